@@ -1,0 +1,3 @@
+"""marsseg: semantic segmentation of Mars terrain in rover images."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,223 @@
+"""Run configuration: nested dataclasses. Defaults < YAML file (--config) < command-line flags.
+
+The resolved config is saved as `config.yaml` in every run directory and inside every checkpoint, so a run
+can be rebuilt from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from marsseg.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or flag with an unknown key, a wrong type or a value out of range."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # the .npz to train on; empty means the embedded synthetic data
+    val_fraction: float = 0.1  # validation part: early stopping and every choice of recipe
+    test_fraction: float = 0.1  # local test part: the final figure only
+    oversample_factor: int = 4  # big-rock images appear this many times per epoch (training part only)
+    sampler: str = "repeat"  # "repeat" (oversample by repetition) or "weighted" (WeightedRandomSampler)
+    in_channels: int = 1  # 3 replicates the gray channel
+    num_workers: int = 0  # DataLoader worker processes; 0 augments in the training process
+
+
+@dataclass
+class AugmentConfig:
+    """Each transform's probability (0 switches it off) and strength."""
+
+    hflip: float = 0.5
+    vflip: float = 0.0  # rover crops have a sky side: upside-down terrain does not occur at test time
+    elastic: float = 0.0
+    elastic_alpha: float = 20.0
+    elastic_sigma: float = 5.0
+    grid_distortion: float = 0.0
+    grid_distort_limit: float = 0.2
+    clahe: float = 0.0
+    clahe_clip_limit: float = 2.0
+    brightness_contrast: float = 0.5
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+    gamma: float = 0.3
+    gamma_limit: float = 20.0  # gamma drawn from 100 +- this, in percent
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    width: int = 32
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
+
+
+@dataclass
+class LossConfig:
+    name: str = "dice_focal"  # "dice_focal" (the study's), "dice", "focal", "cross_entropy", "ce_dice"
+    dice_weight: float = 1.0
+    focal_weight: float = 1.0
+    focal_gamma: float = 2.0
+    class_weights: str = "inverse_sqrt"  # "none", "inverse", "inverse_sqrt", or "manual"
+    manual_weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.0, 1.0, 1.0])
+    ignore_background: bool = True  # the metric never scores a pixel whose true label is 0
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # "adam" or "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    epochs: int = 40
+    minutes: float = 0.0  # wall-clock budget for training; 0 means no limit besides epochs
+    scheduler: str = "cosine"  # "cosine" (with warmup), "plateau", "onecycle" or "none"
+    warmup_epochs: int = 1
+    plateau_patience: int = 3
+    early_stopping_patience: int = 10  # epochs without a better validation mIoU before stopping
+    ema_decay: float = 0.0  # 0 disables the exponential moving average of weights
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    threads: int = 0  # torch CPU threads; 0 picks the number of physical cores
+    tta: bool = True  # flip test-time augmentation when scoring the local test part and predicting
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+CHOICES = {
+    "data.sampler": ("repeat", "weighted"),
+    "data.in_channels": (1, 3),
+    "device": ("auto", "cpu", "cuda"),
+    "loss.name": ("dice_focal", "dice", "focal", "cross_entropy", "ce_dice"),
+    "loss.class_weights": ("none", "inverse", "inverse_sqrt", "manual"),
+    "optim.optimizer": ("adam", "adamw"),
+    "optim.scheduler": ("cosine", "plateau", "onecycle", "none"),
+}
+NON_NEGATIVE = ("optim.weight_decay", "optim.minutes", "optim.warmup_epochs", "data.num_workers", "threads",
+                "optim.ema_decay", "loss.dice_weight", "loss.focal_weight", "loss.focal_gamma", "seed")
+POSITIVE = ("optim.lr", "optim.batch_size", "optim.epochs", "model.width", "data.oversample_factor",
+            "optim.plateau_patience", "optim.early_stopping_patience")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a dataclass field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool) and type(value) is annotation:
+        return value
+    if origin in (list, dict) and isinstance(value, origin):
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+    expected = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{where}: found {value!r} ({type(value).__name__}), expected {expected}")
+
+
+def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(target))
+    names = {f.name for f in fields(target)}
+    for key, value in updates.items():
+        where = f"{source}: field '{prefix}{key}'"
+        if key not in names:
+            raise ConfigError(f"{where} is unknown; expected one of: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: found {value!r}, expected a mapping")
+            _merge(current, value, source, f"{prefix}{key}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], where))
+
+
+def _lookup(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(config: Config, source: str = "config") -> Config:
+    """Raise ConfigError for values out of range; return the config otherwise."""
+    for dotted, allowed in CHOICES.items():
+        if _lookup(config, dotted) not in allowed:
+            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)!r}, "
+                              f"expected one of {', '.join(map(str, allowed))}")
+    for dotted in NON_NEGATIVE:
+        if _lookup(config, dotted) < 0:
+            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected >= 0")
+    for dotted in POSITIVE:
+        if _lookup(config, dotted) <= 0:
+            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected > 0")
+    for f in fields(config.augment):
+        value = getattr(config.augment, f.name)
+        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit"))
+        if value < 0 or (is_probability and value > 1):
+            expected = "a probability in 0..1" if is_probability else ">= 0"
+            raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
+    fractions = config.data.val_fraction + config.data.test_fraction
+    if not (0 < config.data.val_fraction and 0 <= config.data.test_fraction and fractions < 1):
+        raise ConfigError(f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
+                          f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1")
+    if config.optim.ema_decay >= 1:
+        raise ConfigError(f"{source}: field 'optim.ema_decay': found {config.optim.ema_decay}, expected 0 <= x < 1")
+    return config
+
+
+def from_dict(values: dict, source: str = "config") -> Config:
+    config = Config()
+    _merge(config, values or {}, source)
+    return config
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `overrides` (dotted keys, e.g. {"optim.lr": 1e-3})."""
+    config = Config()
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            with open(path) as handle:
+                values = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{path}: found {type(values).__name__}, expected a mapping of config fields")
+        _merge(config, values or {}, path)
+    for dotted, value in (overrides or {}).items():
+        *parents, key = dotted.split(".")
+        nested: dict = {key: value}
+        for parent in reversed(parents):
+            nested = {parent: nested}
+        _merge(config, nested, "command line")
+    return validate(config, path or "config")
+
+
+def to_dict(config: Config) -> dict:
+    return asdict(config)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    from marsseg.data.io import write_atomically
+
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    write_atomically(path, lambda temporary: open(temporary, "w").write(text))

@@ -1,0 +1,50 @@
+"""The study's augmentations as one Albumentations pipeline; masks are always resampled with nearest."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import: the network is closed
+import albumentations as A  # noqa: E402
+
+from marsseg.config import AugmentConfig  # noqa: E402
+
+# Reflection keeps the border textured; a constant fill would invent black terrain.
+BORDER = cv2.BORDER_REFLECT_101
+
+
+def build_augmentation(cfg: AugmentConfig, seed: int = 0) -> A.Compose | None:
+    """The training-time pipeline for uint8 (H, W) images and masks; None when every transform is off.
+
+    Albumentations draws from the Compose's own generator, seeded here (global seeds do not reach it).
+    """
+    transforms = []
+    if cfg.hflip > 0:
+        transforms.append(A.HorizontalFlip(p=cfg.hflip))
+    if cfg.vflip > 0:
+        transforms.append(A.VerticalFlip(p=cfg.vflip))
+    if cfg.elastic > 0:
+        transforms.append(A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, border_mode=BORDER,
+                                             mask_interpolation=cv2.INTER_NEAREST, p=cfg.elastic))
+    if cfg.grid_distortion > 0:
+        transforms.append(A.GridDistortion(distort_limit=cfg.grid_distort_limit, border_mode=BORDER,
+                                           mask_interpolation=cv2.INTER_NEAREST, p=cfg.grid_distortion))
+    if cfg.clahe > 0:
+        transforms.append(A.CLAHE(clip_limit=cfg.clahe_clip_limit, tile_grid_size=(4, 8), p=cfg.clahe))
+    if cfg.brightness_contrast > 0:
+        transforms.append(A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit,
+                                                     contrast_limit=cfg.contrast_limit, p=cfg.brightness_contrast))
+    if cfg.gamma > 0:
+        transforms.append(A.RandomGamma(gamma_limit=(100 - cfg.gamma_limit, 100 + cfg.gamma_limit), p=cfg.gamma))
+    return A.Compose(transforms, seed=seed) if transforms else None
+
+
+def augment_pair(pipeline: A.Compose | None, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one random draw of `pipeline` to an image and its mask together."""
+    if pipeline is None:
+        return image, mask
+    result = pipeline(image=image, mask=mask)
+    return result["image"], result["mask"]

@@ -1,0 +1,60 @@
+"""A torch Dataset serving (float image, long mask) pairs, and the DataLoader factory."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from marsseg.data.augment import augment_pair
+
+# Fixed scaling (not fitted to the data, so a checkpoint needs no statistics): gray 0..255 -> about -1..1.
+PIXEL_CENTER, PIXEL_SCALE = 127.5, 127.5
+
+
+def images_to_tensor(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, C, H, W) float32, the gray channel replicated when C is 3."""
+    tensor = (torch.from_numpy(np.ascontiguousarray(images)).float() - PIXEL_CENTER) / PIXEL_SCALE
+    return tensor.unsqueeze(1).expand(-1, in_channels, -1, -1).contiguous()
+
+
+class SegmentationDataset(Dataset):
+    """Samples `indices` of (images, masks), augmented by `pipeline` when given.
+
+    Indices may repeat (oversampling); each repetition is augmented independently.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, pipeline=None,
+                 in_channels: int = 1):
+        self.images, self.masks, self.indices = images, masks, np.asarray(indices)
+        self.pipeline, self.in_channels = pipeline, in_channels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation's random stream (per epoch, and per worker), so runs and resumes repeat."""
+        if self.pipeline is not None:
+            self.pipeline.set_random_seed(seed)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.indices[position]
+        image, mask = augment_pair(self.pipeline, self.images[index], self.masks[index])
+        return images_to_tensor(image[None], self.in_channels)[0], torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker holds a copy of the dataset; without this all workers would draw the same augmentations.
+    # torch.initial_seed() differs per worker and per epoch and follows the loader's seeded generator.
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                sampler=None, drop_last: bool = False) -> DataLoader:
+    """A seeded DataLoader; `sampler` replaces shuffling when given."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, worker_init_fn=_seed_worker, generator=generator,
+                      drop_last=drop_last, persistent_workers=False)

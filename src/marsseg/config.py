@@ -108,10 +108,27 @@ CHOICES = {
     "optim.optimizer": ("adam", "adamw"),
     "optim.scheduler": ("cosine", "plateau", "onecycle", "none"),
 }
-NON_NEGATIVE = ("optim.weight_decay", "optim.minutes", "optim.warmup_epochs", "data.num_workers", "threads",
-                "optim.ema_decay", "loss.dice_weight", "loss.focal_weight", "loss.focal_gamma", "seed")
-POSITIVE = ("optim.lr", "optim.batch_size", "optim.epochs", "model.width", "data.oversample_factor",
-            "optim.plateau_patience", "optim.early_stopping_patience")
+NON_NEGATIVE = (
+    "optim.weight_decay",
+    "optim.minutes",
+    "optim.warmup_epochs",
+    "data.num_workers",
+    "threads",
+    "optim.ema_decay",
+    "loss.dice_weight",
+    "loss.focal_weight",
+    "loss.focal_gamma",
+    "seed",
+)
+POSITIVE = (
+    "optim.lr",
+    "optim.batch_size",
+    "optim.epochs",
+    "model.width",
+    "data.oversample_factor",
+    "optim.plateau_patience",
+    "optim.early_stopping_patience",
+)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -160,8 +177,10 @@ def validate(config: Config, source: str = "config") -> Config:
     """Raise ConfigError for values out of range; return the config otherwise."""
     for dotted, allowed in CHOICES.items():
         if _lookup(config, dotted) not in allowed:
-            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)!r}, "
-                              f"expected one of {', '.join(map(str, allowed))}")
+            raise ConfigError(
+                f"{source}: field '{dotted}': found {_lookup(config, dotted)!r}, "
+                f"expected one of {', '.join(map(str, allowed))}"
+            )
     for dotted in NON_NEGATIVE:
         if _lookup(config, dotted) < 0:
             raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected >= 0")
@@ -176,8 +195,10 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
     fractions = config.data.val_fraction + config.data.test_fraction
     if not (0 < config.data.val_fraction and 0 <= config.data.test_fraction and fractions < 1):
-        raise ConfigError(f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
-                          f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1")
+        raise ConfigError(
+            f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
+            f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1"
+        )
     if config.optim.ema_decay >= 1:
         raise ConfigError(f"{source}: field 'optim.ema_decay': found {config.optim.ema_decay}, expected 0 <= x < 1")
     return config

@@ -27,16 +27,32 @@ def build_augmentation(cfg: AugmentConfig, seed: int = 0) -> A.Compose | None:
     if cfg.vflip > 0:
         transforms.append(A.VerticalFlip(p=cfg.vflip))
     if cfg.elastic > 0:
-        transforms.append(A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, border_mode=BORDER,
-                                             mask_interpolation=cv2.INTER_NEAREST, p=cfg.elastic))
+        transforms.append(
+            A.ElasticTransform(
+                alpha=cfg.elastic_alpha,
+                sigma=cfg.elastic_sigma,
+                border_mode=BORDER,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=cfg.elastic,
+            )
+        )
     if cfg.grid_distortion > 0:
-        transforms.append(A.GridDistortion(distort_limit=cfg.grid_distort_limit, border_mode=BORDER,
-                                           mask_interpolation=cv2.INTER_NEAREST, p=cfg.grid_distortion))
+        transforms.append(
+            A.GridDistortion(
+                distort_limit=cfg.grid_distort_limit,
+                border_mode=BORDER,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=cfg.grid_distortion,
+            )
+        )
     if cfg.clahe > 0:
         transforms.append(A.CLAHE(clip_limit=cfg.clahe_clip_limit, tile_grid_size=(4, 8), p=cfg.clahe))
     if cfg.brightness_contrast > 0:
-        transforms.append(A.RandomBrightnessContrast(brightness_limit=cfg.brightness_limit,
-                                                     contrast_limit=cfg.contrast_limit, p=cfg.brightness_contrast))
+        transforms.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit, p=cfg.brightness_contrast
+            )
+        )
     if cfg.gamma > 0:
         transforms.append(A.RandomGamma(gamma_limit=(100 - cfg.gamma_limit, 100 + cfg.gamma_limit), p=cfg.gamma))
     return A.Compose(transforms, seed=seed) if transforms else None

@@ -24,8 +24,7 @@ class SegmentationDataset(Dataset):
     Indices may repeat (oversampling); each repetition is augmented independently.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, pipeline=None,
-                 in_channels: int = 1):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, pipeline=None, in_channels: int = 1):
         self.images, self.masks, self.indices = images, masks, np.asarray(indices)
         self.pipeline, self.in_channels = pipeline, in_channels
 
@@ -51,10 +50,25 @@ def _seed_worker(worker_id: int) -> None:
         dataset.reseed(torch.initial_seed() % 2**32)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                sampler=None, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    sampler=None,
+    drop_last: bool = False,
+) -> DataLoader:
     """A seeded DataLoader; `sampler` replaces shuffling when given."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, worker_init_fn=_seed_worker, generator=generator,
-                      drop_last=drop_last, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

@@ -84,9 +84,7 @@ def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool
         raise DataError(f"{path}: field 'test_set' missing: expected test images of shape (M, {HEIGHT}, {WIDTH})")
     if test is not None:
         if test.ndim != 3 or test.shape[1:] != (HEIGHT, WIDTH):
-            raise DataError(
-                f"{path}: field 'test_set': found {_describe(test)}, expected shape (M, {HEIGHT}, {WIDTH})"
-            )
+            raise DataError(f"{path}: field 'test_set': found {_describe(test)}, expected shape (M, {HEIGHT}, {WIDTH})")
         if test.shape[0] == 0:
             raise DataError(f"{path}: field 'test_set': found 0 images, expected at least 1")
         _check_uint8(path, "test_set", test)
@@ -98,9 +96,7 @@ def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool
                 f"{path}: field 'frame_id': found {_describe(frames)}, expected integers of shape ({train.shape[0]},)"
             )
         frames = frames.astype(np.int64)
-    return MarsData(
-        np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, path=str(path)
-    )
+    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, path=str(path))
 
 
 def load_npz(path: str | os.PathLike, require_test: bool = False) -> MarsData:

@@ -39,6 +39,8 @@ def rare_class_sampler(
     weights = np.where(contains_class(masks[indices], label), float(factor), 1.0)
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), num_samples=len(indices), replacement=True,
+        torch.as_tensor(weights, dtype=torch.double),
+        num_samples=len(indices),
+        replacement=True,
         generator=generator,
     )

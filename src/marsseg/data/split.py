@@ -77,8 +77,9 @@ def split_data(data: MarsData, val_fraction: float = 0.1, test_fraction: float =
     its fraction of the big-rock images as closely as whole groups allow.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
-                         "and sum to less than 1")
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum to less than 1"
+        )
     rng = np.random.default_rng(seed)
     groups = group_ids(data)
     has_rare = (data.masks == RARE_CLASS).any(axis=(1, 2))

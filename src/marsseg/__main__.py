@@ -1,0 +1,5 @@
+import sys
+
+from marsseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,360 @@
+"""The `marsseg` command: parses arguments and calls the library; nothing more.
+
+Bad input (a file, a field, a flag) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from marsseg.errors import UserError
+
+DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
+
+
+# ---------------------------------------------------------------- data commands
+
+
+def cmd_data_inspect(args) -> int:
+    from marsseg.data.clean import duplicate_groups
+    from marsseg.data.io import CLASS_NAMES, load_npz
+
+    data = load_npz(args.file)
+    print(f"{args.file}")
+    print(f"  training_set: {len(data)} samples, images and masks {data.images.shape[1:]} uint8")
+    if data.test_images is not None:
+        print(f"  test_set:     {len(data.test_images)} images {data.test_images.shape[1:]} {data.test_images.dtype}")
+    counts = np.bincount(data.masks.reshape(-1), minlength=5)
+    present = [(data.masks == c).any(axis=(1, 2)).sum() for c in range(5)]
+    print(f"  {'class':<12}{'pixel share':>12}{'images containing':>20}")
+    for c, name in enumerate(CLASS_NAMES):
+        print(f"  {c} {name:<10}{100 * counts[c] / counts.sum():>11.2f}%{present[c]:>20d}")
+    flat = data.masks.reshape(len(data), -1)
+    uniform = (flat == flat[:, :1]).all(axis=1)
+    labeled_classes = [np.unique(m[m > 0]).size for m in data.masks]
+    print(f"  uniform masks (one value everywhere): {int(uniform.sum())}")
+    print(f"  masks with a single labeled class (plus background): {sum(n == 1 for n in labeled_classes)}")
+    for what, arrays in (("mask", data.masks), ("image", data.images)):
+        groups = duplicate_groups(arrays)
+        sizes = ", ".join(str(len(g)) for g in groups[:8])
+        print(
+            f"  identical {what}s: {len(groups)} groups covering {sum(map(len, groups))} samples"
+            + (f" (largest: {sizes})" if groups else "")
+        )
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from marsseg.data.io import refuse_to_overwrite, save_npz
+    from marsseg.data.synth import make_synthetic
+
+    if args.n_train < 1 or args.n_test < 1:
+        raise UserError(f"--n-train and --n-test: found {args.n_train} and {args.n_test}, expected >= 1")
+    refuse_to_overwrite(args.out, args.force)
+    save_npz(args.out, make_synthetic(args.n_train, args.n_test, args.seed))
+    print(f"wrote {args.out}: {args.n_train} training and {args.n_test} test samples (seed {args.seed})")
+    return 0
+
+
+def cmd_data_clean(args) -> int:
+    from marsseg import report
+    from marsseg.data.clean import find_contaminated, remove_contaminated
+    from marsseg.data.io import load_npz, refuse_to_overwrite, save_npz, to_course_layout, write_atomically
+
+    report_path = Path(str(args.out).removesuffix(".npz") + ".removed.json")
+    for path in (args.out, report_path, args.show):
+        if path:
+            refuse_to_overwrite(path, args.force)
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise UserError(f"{args.out}: is the input file; write the cleaned data to a new file")
+    data = load_npz(args.file)
+    found = find_contaminated(data)
+    save_npz(args.out, to_course_layout(remove_contaminated(data, found)))
+    removed = [{"index": i, "reason": reason} for i, reason in sorted(found.removed.items())]
+    write_atomically(
+        report_path,
+        lambda t: open(t, "w").write(
+            json.dumps({"input": str(args.file), "samples": len(data), "removed": removed}, indent=1)
+        ),
+    )
+    print(f"{args.file}: {len(data)} samples, removed {len(found.removed)}, kept {len(data) - len(found.removed)}")
+    for rule, count in sorted(found.counts_by_rule().items()):
+        print(f"  {count:5d}  {rule}")
+    for template in found.templates:
+        print(
+            f"  contaminated mask group: {len(template.mask_group)} samples with one identical mask, "
+            f"pasted pixels covering {100 * template.region.mean():.1f}% of the image"
+        )
+    print(f"wrote {args.out} and {report_path}")
+    if args.show:
+        indices = found.removed_indices()
+        report.plot_samples(data.images, data.masks, indices, args.show, limit=args.show_limit)
+        print(f"wrote {args.show} ({min(len(indices), args.show_limit)} of {len(indices)} removed samples)")
+    return 0
+
+
+def cmd_data_split(args) -> int:
+    from marsseg.data.prepare import prepare_data
+
+    prepared = prepare_data(args.file or "", args.val_fraction, args.test_fraction, args.seed)
+    data, split = prepared.data, prepared.split
+    print(
+        f"{args.file or '<synthetic>'}: {len(data) + len(prepared.cleaning.removed)} samples, "
+        f"{len(prepared.cleaning.removed)} contaminated removed"
+    )
+    print(f"  {'part':<6}{'images':>8}{'with big rock':>15}{'big rock pixels':>17}")
+    for name in ("train", "val", "test"):
+        indices = getattr(split, name)
+        masks = data.masks[indices]
+        print(
+            f"  {name:<6}{len(indices):>8}{int((masks == 4).any(axis=(1, 2)).sum()):>15}"
+            f"{100 * (masks == 4).mean():>16.2f}%"
+        )
+    if args.out:
+        split.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- training and scoring
+
+
+def parse_overrides(args) -> dict:
+    """Flags and --set key=value pairs as dotted config overrides (values parsed as YAML scalars)."""
+    overrides = {}
+    for flag, key in (
+        ("data", "data.path"),
+        ("model", "model.name"),
+        ("width", "model.width"),
+        ("epochs", "optim.epochs"),
+        ("minutes", "optim.minutes"),
+        ("lr", "optim.lr"),
+        ("batch_size", "optim.batch_size"),
+        ("seed", "seed"),
+        ("device", "device"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    for pair in getattr(args, "set", None) or []:
+        if "=" not in pair:
+            raise UserError(f"--set {pair}: expected KEY=VALUE, e.g. --set optim.lr=0.001")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_train(args) -> int:
+    from marsseg import report
+    from marsseg.config import load_config
+    from marsseg.engine import fit
+
+    cfg = load_config(args.config, parse_overrides(args))
+    result = fit(cfg, args.out, resume=args.resume, force=args.force)
+    print(
+        f"best validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
+    )
+    if result.test is not None:
+        print(
+            report.format_iou_table(
+                result.test.ious, result.test.miou, f"local test part ({'flip TTA' if cfg.tta else 'no TTA'}):"
+            )
+        )
+    print(f"run directory: {args.out} (metrics.json, metrics.csv, curves.png, confusion.png, best.pt)")
+    return 0
+
+
+def _prepared_for_run(run_dir: str, data_path: str | None):
+    """The run's data, cleaned and split exactly as in training; refuses a different file."""
+    from marsseg.data.prepare import prepare_data
+    from marsseg.data.split import Split
+    from marsseg.engine import load_model
+
+    model, cfg = load_model(run_dir)
+    path = cfg.data.path if data_path is None else data_path
+    split_path = Path(run_dir) / "split.json"
+    if not split_path.is_file():
+        raise UserError(f"{split_path}: missing; is {run_dir} a marsseg run directory?")
+    prepared = prepare_data(path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, Split.load(split_path))
+    recorded = json.loads((Path(run_dir) / "data.json").read_text())["fingerprint"]
+    if prepared.fingerprint != recorded:
+        raise UserError(f"{path or '<synthetic>'}: training_set differs from the one {run_dir} was trained on")
+    return model, cfg, prepared
+
+
+def cmd_evaluate(args) -> int:
+    from marsseg import report
+    from marsseg.engine import evaluate, resolve_device
+
+    model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
+    device = resolve_device(args.device or cfg.device)
+    indices = getattr(prepared.split, args.split)
+    images, masks = prepared.data.images[indices], prepared.data.masks[indices]
+    tta = cfg.tta if args.tta is None else args.tta
+    result = evaluate(model.to(device), images, masks, cfg.data.in_channels, tta, device, keep_predictions=True)
+    name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
+    print(
+        report.format_iou_table(
+            result.ious, result.miou, f"{name}, {len(indices)} images ({'flip TTA' if tta else 'no TTA'}):"
+        )
+    )
+    print("confusion matrix (rows true 1..4, columns predicted 0..4):")
+    print(np.array2string(result.matrix[1:], max_line_width=120))
+    out = Path(args.run_dir)
+    report.plot_confusion(result.matrix, out / f"confusion_{args.split}.png", title=name)
+    report.plot_predictions(images, masks, result.predictions, result.per_image_miou, out / f"worst_{args.split}.png")
+    print(f"wrote {out / f'confusion_{args.split}.png'} and {out / f'worst_{args.split}.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from marsseg.data.io import refuse_to_overwrite
+    from marsseg.data.prepare import load_data
+    from marsseg.engine import load_model, resolve_device
+    from marsseg.predict import predict_labels, write_submission
+
+    refuse_to_overwrite(args.out, args.force)
+    model, cfg = load_model(args.run_dir)
+    data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
+    device = resolve_device(args.device or cfg.device)
+    tta = cfg.tta if args.tta is None else args.tta
+    labels = predict_labels(
+        model.to(device), data.test_images, cfg.data.in_channels, tta=tta, device=device, progress=True
+    )
+    write_submission(labels, args.out)
+    shares = np.bincount(labels.reshape(-1), minlength=5)[1:] / labels.size
+    print(
+        f"wrote {args.out}: {len(labels)} images ({'flip TTA' if tta else 'no TTA'}); predicted shares "
+        + ", ".join(
+            f"{name} {100 * s:.1f}%" for name, s in zip(("soil", "bedrock", "sand", "big rock"), shares, strict=True)
+        )
+    )
+    return 0
+
+
+def cmd_overfit_batch(args) -> int:
+    from marsseg.config import load_config
+    from marsseg.engine import overfit_one_batch
+
+    cfg = load_config(args.config, parse_overrides(args))
+    size = args.batch_size or 32
+    steps, miou = overfit_one_batch(cfg, batch_size=size, target=args.target, max_steps=args.max_steps)
+    if miou >= args.target:
+        print(f"overfit one batch of {size}: mIoU {miou:.4f} >= {args.target} after {steps} steps")
+        return 0
+    print(f"FAILED to overfit one batch of {size}: mIoU {miou:.4f} < {args.target} after {steps} steps")
+    return 1
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, help=DATA_HELP)
+    parser.add_argument("--config", help="YAML file of config fields (defaults < file < flags)")
+    parser.add_argument("--model", help="architecture: unet, dual_unet, deeplab, danet")
+    parser.add_argument("--width", type=int, help="channels of the first level")
+    parser.add_argument("--epochs", type=int, help="maximum number of epochs")
+    parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, help="seeds the split, initialisation, sampling and augmentation")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config field, e.g. --set loss.focal_gamma=1.5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="marsseg",
+        description="Semantic segmentation of Mars terrain (0 unlabeled, 1 soil, 2 bedrock, 3 sand, 4 big rock) "
+        "in 64x128 grayscale rover crops. Scored by mean IoU over classes 1..4, unlabeled pixels ignored.",
+        epilog="Start with: marsseg train --out runs/first  (embedded synthetic data), then "
+        "marsseg predict runs/first --out submission.csv",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect, synthesize, clean or split data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_commands.add_parser("inspect", help="validate a file and print class shares and duplicate groups")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_data_inspect)
+    p = data_commands.add_parser("synth", help="write the embedded synthetic data set in the course layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=2615)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(run=cmd_data_synth)
+    p = data_commands.add_parser("clean", help="remove contaminated samples; writes CLEAN.npz and CLEAN.removed.json")
+    p.add_argument("file")
+    p.add_argument("--out", required=True, help="the cleaned .npz (the report goes beside it)")
+    p.add_argument("--show", help="also write a PNG grid of the removed samples")
+    p.add_argument("--show-limit", type=int, default=24, help="at most this many samples in the grid")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(run=cmd_data_clean)
+    p = data_commands.add_parser("split", help="clean, then print the train/val/local-test split")
+    p.add_argument("file", nargs="?", default="", help=DATA_HELP)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also save the indices as JSON")
+    p.set_defaults(run=cmd_data_split)
+
+    p = commands.add_parser("train", help="train a model; writes checkpoints, curves and metrics to --out")
+    p.add_argument("--out", required=True, help="run directory")
+    _add_training_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory's files")
+    p.set_defaults(run=cmd_train)
+
+    for name, function, text in (
+        ("evaluate", cmd_evaluate, "score a run on its validation or local test part"),
+        ("predict", cmd_predict, "write a Kaggle submission CSV for the test_set"),
+    ):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("run_dir", help="a run directory written by marsseg train")
+        p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+        tta = p.add_mutually_exclusive_group()
+        tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")
+        tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
+        p.set_defaults(run=function)
+    commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
+    commands.choices["predict"].add_argument("--out", required=True, help="the CSV to write")
+    commands.choices["predict"].add_argument("--force", action="store_true", help="overwrite --out")
+
+    p = commands.add_parser("overfit-batch", help="sanity check: can the model overfit one batch? exit 1 if not")
+    _add_training_flags(p)
+    p.add_argument("--target", type=float, default=0.95, help="mIoU to reach on the batch")
+    p.add_argument("--max-steps", type=int, default=300)
+    p.set_defaults(run=cmd_overfit_batch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"marsseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("marsseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""Training and evaluation: train_one_epoch, evaluate, fit(cfg) -> FitResult; checkpoints; schedules."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from marsseg.config import Config, from_dict, save_config, to_dict
+from marsseg.data.augment import build_augmentation
+from marsseg.data.dataset import SegmentationDataset, make_loader
+from marsseg.data.io import write_atomically
+from marsseg.data.prepare import PreparedData, prepare_data
+from marsseg.data.sampling import oversample_rare_class, rare_class_sampler
+from marsseg.data.split import Split
+from marsseg.errors import UserError
+from marsseg.losses import build_loss
+from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.models import create_model
+from marsseg.predict import labels_from_probabilities, predict_probabilities
+
+AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def configure_threads(threads: int) -> None:
+    """Use every core for intra-op parallelism (0 = all), and none for inter-op: one graph runs at a time."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    return create_model(
+        cfg.model.name, in_channels=cfg.data.in_channels, num_classes=5, width=cfg.model.width, **cfg.model.options
+    )
+
+
+def lr_factor(progress: float, warmup: float, schedule: str) -> float:
+    """Multiplier of the base learning rate at `progress` in [0, 1] of training.
+
+    "cosine": linear warmup over the first `warmup` share, then a half cosine to 0.
+    "onecycle": warmup to the peak over 30 %, then cosine down (the peak is the base lr).
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "onecycle":
+        warmup = 0.3
+    if schedule in ("cosine", "onecycle"):
+        if progress < warmup:
+            return 0.1 + 0.9 * progress / warmup
+        return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / max(1 - warmup, 1e-8)))
+    return 1.0
+
+
+# ---------------------------------------------------------------- one epoch, evaluation
+
+
+def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, tuple):  # (final, auxiliary...) from deep supervision
+        return loss_fn(output[0], target) + AUX_LOSS_WEIGHT * sum(loss_fn(o, target) for o in output[1:])
+    return loss_fn(output, target)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    on_step=None,
+    ema=None,
+    description: str = "train",
+) -> dict:
+    """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
+
+    Returns the mean loss and the seconds spent waiting for data versus computing.
+    """
+    model.train()
+    total_loss, batches, data_seconds, compute_seconds = 0.0, 0, 0.0, 0.0
+    bar = tqdm(loader, desc=description, leave=False, disable=None, dynamic_ncols=True)
+    tick = time.perf_counter()
+    for images, masks in bar:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        data_seconds += start - tick
+        if on_step is not None:
+            on_step()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            output = model(images)
+        loss = compute_loss(loss_fn, output, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total_loss += loss.item()
+        batches += 1
+        bar.set_postfix(loss=f"{total_loss / batches:.4f}")
+        tick = time.perf_counter()
+        compute_seconds += tick - start
+    return {"loss": total_loss / max(batches, 1), "data_seconds": data_seconds, "compute_seconds": compute_seconds}
+
+
+@dataclass
+class Evaluation:
+    matrix: np.ndarray  # (5, 5) confusion matrix, rows = true
+    miou: float
+    ious: np.ndarray  # (4,) classes 1..4
+    per_image_miou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    predictions: np.ndarray | None = None  # (N, H, W) labels, when kept
+
+
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    keep_predictions: bool = False,
+    batch_size: int = 128,
+) -> Evaluation:
+    """Score `model` on (images, masks): one confusion matrix over the whole set."""
+    total = torch.zeros(5, 5, dtype=torch.int64)
+    per_image, kept, start = [], [], 0
+    for probs in predict_probabilities(model, images, in_channels, batch_size, tta, device):
+        labels = labels_from_probabilities(probs)
+        truth = torch.from_numpy(masks[start : start + len(labels)]).long()
+        start += len(labels)
+        total += confusion_matrix(truth, labels)
+        if keep_predictions:
+            kept.append(labels.numpy().astype(np.uint8))
+            per_image.extend(mean_iou(confusion_matrix(t, p)) for t, p in zip(truth, labels, strict=True))
+    matrix = total.numpy()
+    return Evaluation(
+        matrix, mean_iou(matrix), iou_per_class(matrix), np.array(per_image), np.concatenate(kept) if kept else None
+    )
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise UserError(f"{path}: not a readable marsseg checkpoint ({type(error).__name__})") from None
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
+    """Rebuild the model of a run from its checkpoint alone (the checkpoint carries the config)."""
+    state = load_checkpoint(Path(run_dir) / f"{which}.pt")
+    cfg = from_dict(state["config"], f"{run_dir}/{which}.pt")
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ---------------------------------------------------------------- fit
+
+
+@dataclass
+class FitResult:
+    run_dir: str
+    best_val_miou: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    history: list[dict]
+    test: Evaluation | None = None  # the local test part, scored once with the best checkpoint
+    val: Evaluation | None = None
+
+
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_miou",
+    "iou_soil",
+    "iou_bedrock",
+    "iou_sand",
+    "iou_big_rock",
+    "seconds",
+    "data_share",
+]
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomically(path, write)
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Path:
+    """Refuse an existing run directory unless resuming or forced (forced: its files are replaced)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
+        raise UserError(f"{run_dir}: run directory exists; pass --resume to continue it or --force to replace it")
+    if resume and not (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def fit(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    force: bool = False,
+    prepared: PreparedData | None = None,
+    on_epoch=None,
+    score_test: bool = True,
+) -> FitResult:
+    """Train `cfg` into `run_dir`: clean -> split -> oversample -> augment -> train with early stopping.
+
+    Args:
+        prepared: data already cleaned and split (a search reuses one split for every trial).
+        on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
+        score_test: score the best checkpoint on the local test part at the end (the final figure only).
+    """
+    run_dir = prepare_run_dir(run_dir, resume, force)
+    state = load_checkpoint(run_dir / "last.pt") if resume else None
+    if state is not None:
+        cfg = from_dict(state["config"], str(run_dir / "last.pt"))
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    if prepared is None:
+        saved_split = Split.load(run_dir / "split.json") if resume else None
+        prepared = prepare_data(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, saved_split)
+    data, split = prepared.data, prepared.split
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
+        split.save(run_dir / "split.json")
+        write_atomically(
+            run_dir / "data.json",
+            lambda t: open(t, "w").write(
+                json.dumps(
+                    {
+                        "path": cfg.data.path or "<synthetic>",
+                        "fingerprint": prepared.fingerprint,
+                        "removed": {str(k): v for k, v in sorted(prepared.cleaning.removed.items())},
+                    },
+                    indent=1,
+                )
+            ),
+        )
+
+    # Oversampling happens here, on the training part only, after the split.
+    train_indices = split.train
+    sampler = None
+    if cfg.data.sampler == "repeat":
+        train_indices = oversample_rare_class(split.train, data.masks, cfg.data.oversample_factor)
+    else:
+        sampler = rare_class_sampler(split.train, data.masks, cfg.data.oversample_factor, cfg.seed)
+    dataset = SegmentationDataset(
+        data.images, data.masks, train_indices, build_augmentation(cfg.augment, cfg.seed), cfg.data.in_channels
+    )
+    loader = make_loader(
+        dataset,
+        cfg.optim.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        sampler=sampler,
+        drop_last=len(dataset) > cfg.optim.batch_size,
+    )
+
+    model = build_model(cfg).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
+    loss_fn = build_loss(cfg.loss, data.masks[split.train]).to(device)
+    optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    plateau = None
+    if cfg.optim.scheduler == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=cfg.optim.plateau_patience
+        )
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True
+        )
+
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    warmup = cfg.optim.warmup_epochs / cfg.optim.epochs
+    budget = cfg.optim.minutes * 60
+    progress = {"step": 0, "seconds": 0.0}
+    history: list[dict] = []
+    best = {"miou": -1.0, "epoch": -1}
+    start_epoch, stale = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if plateau is not None:
+            plateau.load_state_dict(state["plateau"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        _restore_rng(state["rng"])
+        history, best, stale = state["history"], state["best"], state["stale"]
+        progress = state["progress"]
+        start_epoch = state["epoch"] + 1
+
+    def on_step() -> None:
+        # The schedule follows whichever is further along: steps of the planned epochs, or the time budget.
+        if plateau is None:
+            done = progress["step"] / total_steps
+            if budget:
+                done = max(done, (progress["seconds"] + time.perf_counter() - epoch_start) / budget)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * lr_factor(done, warmup, cfg.optim.scheduler)
+        progress["step"] += 1
+
+    scored_model = ema.module if ema is not None else model
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        if budget and progress["seconds"] >= budget:
+            break
+        if stale >= cfg.optim.early_stopping_patience:
+            break
+        epoch_start = time.perf_counter()
+        dataset.reseed(cfg.seed * 100_003 + epoch)  # each epoch's augmentations are fixed by seed and epoch
+        loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        if sampler is not None:
+            sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        stats = train_one_epoch(
+            model, loader, loss_fn, optimizer, device, on_step, ema, description=f"epoch {epoch + 1}/{cfg.optim.epochs}"
+        )
+        if ema is not None and device.type == "cpu":
+            scored_model.to(memory_format=torch.channels_last)
+        val = evaluate(
+            scored_model, data.images[split.val], data.masks[split.val], cfg.data.in_channels, tta=False, device=device
+        )
+        if plateau is not None:
+            plateau.step(val.miou)
+        seconds = time.perf_counter() - epoch_start
+        progress["seconds"] += seconds
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": round(stats["loss"], 5),
+            "val_miou": round(val.miou, 5),
+            "seconds": round(seconds, 2),
+            "data_share": round(stats["data_seconds"] / max(seconds, 1e-9), 4),
+        }
+        for name, iou in zip(HISTORY_FIELDS[4:8], val.ious, strict=True):
+            record[name] = round(float(iou), 5)
+        history.append(record)
+        improved = val.miou > best["miou"]
+        if improved:
+            best, stale = {"miou": val.miou, "epoch": epoch + 1}, 0
+        else:
+            stale += 1
+        tqdm.write(
+            f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
+            f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
+        )
+        checkpoint = {
+            "config": to_dict(cfg),
+            "model": scored_model.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "stale": stale,
+        }
+        if improved:
+            save_checkpoint(run_dir / "best.pt", checkpoint)
+        checkpoint.update(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            history=history,
+            progress=progress,
+            rng=_rng_state(),
+            plateau=plateau.state_dict() if plateau is not None else None,
+            ema=ema.state_dict() if ema is not None else None,
+        )
+        save_checkpoint(run_dir / "last.pt", checkpoint)
+        _write_history(run_dir / "metrics.csv", history)
+        if on_epoch is not None:
+            on_epoch(epoch, val.miou)
+
+    result = FitResult(str(run_dir), best["miou"], best["epoch"], len(history), progress["seconds"], history)
+    from marsseg import report
+
+    report.plot_curves(history, run_dir / "curves.png")
+    if score_test:
+        finish_run(result, cfg, prepared, device)
+    return result
+
+
+def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: torch.device) -> None:
+    """Score the best checkpoint on validation and, once, on the local test part; write metrics.json."""
+    from marsseg import report
+
+    run_dir = Path(result.run_dir)
+    model, _ = load_model(run_dir)
+    model = model.to(device)
+    data, split = prepared.data, prepared.split
+    result.val = evaluate(model, data.images[split.val], data.masks[split.val], cfg.data.in_channels, cfg.tta, device)
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.train_seconds, 1),
+        "tta": cfg.tta,
+        "val_miou": result.val.miou,
+        "val_iou": dict(zip(CLASS_KEYS, result.val.ious.tolist(), strict=True)),
+    }
+    if len(split.test):
+        result.test = evaluate(
+            model, data.images[split.test], data.masks[split.test], cfg.data.in_channels, cfg.tta, device
+        )
+        metrics.update(
+            test_miou=result.test.miou, test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True))
+        )
+        report.plot_confusion(result.test.matrix, run_dir / "confusion.png", title="local test part")
+    write_atomically(run_dir / "metrics.json", lambda t: open(t, "w").write(json.dumps(metrics, indent=1)))
+
+
+CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")
+
+
+def overfit_one_batch(
+    cfg: Config,
+    batch_size: int = 32,
+    target: float = 0.95,
+    max_steps: int = 300,
+    lr: float = 1e-3,
+    check_every: int = 10,
+) -> tuple[int, float]:
+    """The study's first sanity check: can the model drive one fixed batch to mIoU >= `target`?
+
+    No augmentation, no oversampling. Returns (steps taken, the batch's mIoU in eval mode at the end).
+    """
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    prepared = prepare_data(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
+    images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
+    dataset = SegmentationDataset(images, masks, np.arange(len(chosen)), None, cfg.data.in_channels)
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
+    y = torch.from_numpy(masks).long().to(device)
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg.loss, masks).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    miou, step = 0.0, 0
+    bar = tqdm(range(1, max_steps + 1), desc="overfit one batch", leave=False, disable=None)
+    for step in bar:
+        model.train()
+        loss = compute_loss(loss_fn, model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % check_every == 0 or step == max_steps:
+            miou = evaluate(model, images, masks, cfg.data.in_channels, device=device).miou
+            bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
+            if miou >= target:
+                break
+    return step, miou

@@ -1,0 +1,133 @@
+"""Losses: class-weighted Dice, categorical focal, their sum (the study's), and cross-entropy.
+
+All take logits (B, C, H, W) and labels (B, H, W). With `ignore_background`, pixels whose true label is 0
+take no part, as in the metric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marsseg.config import LossConfig
+
+BACKGROUND = 0
+
+
+def class_weights(
+    masks: np.ndarray,
+    scheme: str,
+    num_classes: int = 5,
+    manual: list[float] | None = None,
+    ignore_background: bool = True,
+) -> torch.Tensor:
+    """Per-class weights from the pixel frequencies of the training masks, scaled to mean 1 over scored classes.
+
+    Schemes: "none" (all 1), "inverse" (1 / f), "inverse_sqrt" (1 / sqrt f), "manual" (the given list).
+    """
+    if scheme == "manual":
+        if manual is None or len(manual) != num_classes:
+            raise ValueError(f"manual class weights: found {manual}, expected {num_classes} numbers")
+        return torch.tensor(manual, dtype=torch.float32)
+    counts = np.bincount(masks.reshape(-1), minlength=num_classes).astype(np.float64)
+    frequency = counts / max(counts.sum(), 1)
+    frequency = np.maximum(frequency, 1e-6)  # a class absent from the data still gets a finite weight
+    if scheme == "none":
+        weights = np.ones(num_classes)
+    elif scheme == "inverse":
+        weights = 1 / frequency
+    elif scheme == "inverse_sqrt":
+        weights = 1 / np.sqrt(frequency)
+    else:
+        raise ValueError(f"class weight scheme '{scheme}': expected one of none, inverse, inverse_sqrt, manual")
+    if ignore_background:
+        weights[BACKGROUND] = 0.0
+    scored = weights[1:] if ignore_background else weights
+    return torch.tensor(weights / scored.mean(), dtype=torch.float32)
+
+
+def _valid_pixels(target: torch.Tensor, ignore_background: bool) -> torch.Tensor:
+    return (target != BACKGROUND) if ignore_background else torch.ones_like(target, dtype=torch.bool)
+
+
+class DiceLoss(nn.Module):
+    """1 - 2 sum_c w_c sum(p y) / sum_c w_c sum(p + y), summed over the whole batch."""
+
+    def __init__(self, weights: torch.Tensor, ignore_background: bool = True, smooth: float = 1.0):
+        super().__init__()
+        self.register_buffer("weights", weights.float())
+        self.ignore_background, self.smooth = ignore_background, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)  # (B, C, H, W)
+        onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).float()  # (B, C, H, W)
+        valid = _valid_pixels(target, self.ignore_background).unsqueeze(1).float()  # (B, 1, H, W)
+        probs, onehot = probs * valid, onehot * valid
+        intersection = (probs * onehot).sum(dim=(0, 2, 3))  # (C,)
+        total = (probs + onehot).sum(dim=(0, 2, 3))  # (C,)
+        w = self.weights
+        return 1 - (2 * (w * intersection).sum() + self.smooth) / ((w * total).sum() + self.smooth)
+
+
+class FocalLoss(nn.Module):
+    """Categorical focal loss: mean over valid pixels of -alpha_t (1 - p_t)^gamma log p_t."""
+
+    def __init__(self, alpha: torch.Tensor, gamma: float = 2.0, ignore_background: bool = True):
+        super().__init__()
+        self.register_buffer("alpha", alpha.float())
+        self.gamma, self.ignore_background = gamma, ignore_background
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_probs = logits.float().log_softmax(dim=1)  # (B, C, H, W)
+        log_pt = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, H, W)
+        focal = -self.alpha[target] * (1 - log_pt.exp()).pow(self.gamma) * log_pt
+        valid = _valid_pixels(target, self.ignore_background)
+        return focal[valid].sum() / valid.sum().clamp(min=1)
+
+
+class CrossEntropyLoss(nn.Module):
+    """Class-weighted cross-entropy, ignoring background pixels when asked."""
+
+    def __init__(self, weights: torch.Tensor, ignore_background: bool = True):
+        super().__init__()
+        self.register_buffer("weights", weights.float())
+        self.ignore_index = BACKGROUND if ignore_background else -100
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if (target != self.ignore_index).sum() == 0:
+            return logits.sum() * 0.0  # nothing labeled in this batch
+        return F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index)
+
+
+class SumOfLosses(nn.Module):
+    """weight_a * loss_a + weight_b * loss_b."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, first_weight: float, second_weight: float):
+        super().__init__()
+        self.first, self.second = first, second
+        self.first_weight, self.second_weight = first_weight, second_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.first_weight * self.first(logits, target) + self.second_weight * self.second(logits, target)
+
+
+def build_loss(cfg: LossConfig, train_masks: np.ndarray) -> nn.Module:
+    """The loss named by `cfg`, with class weights from the training part's masks."""
+    weights = class_weights(
+        train_masks, cfg.class_weights, manual=cfg.manual_weights, ignore_background=cfg.ignore_background
+    )
+    dice = DiceLoss(weights, cfg.ignore_background)
+    focal = FocalLoss(weights, cfg.focal_gamma, cfg.ignore_background)
+    cross_entropy = CrossEntropyLoss(weights, cfg.ignore_background)
+    losses = {
+        "dice_focal": lambda: SumOfLosses(dice, focal, cfg.dice_weight, cfg.focal_weight),
+        "ce_dice": lambda: SumOfLosses(dice, cross_entropy, cfg.dice_weight, cfg.focal_weight),
+        "dice": lambda: dice,
+        "focal": lambda: focal,
+        "cross_entropy": lambda: cross_entropy,
+    }
+    if cfg.name not in losses:
+        raise ValueError(f"unknown loss '{cfg.name}'; choose one of: {', '.join(losses)}")
+    return losses[cfg.name]()

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny synthetic data set, written once per session, and the real data where present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marsseg.data.io import save_npz
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
+
+
+@pytest.fixture(scope="session")
+def tiny_arrays() -> dict[str, np.ndarray]:
+    from marsseg.data.synth import make_synthetic
+
+    return make_synthetic(n_train=240, n_test=16, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory, tiny_arrays) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    save_npz(path, tiny_arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_npz() -> Path:
+    if not REAL_DATA.is_file():
+        pytest.skip(f"{REAL_DATA} is absent")
+    return REAL_DATA

@@ -1,0 +1,56 @@
+import numpy as np
+
+from marsseg.data.io import MarsData
+from marsseg.data.split import Split, group_ids, split_data
+
+
+def synthetic_set(n=300, seed=0, frame_ids=None):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 64, 128), dtype=np.uint8)
+    masks = rng.integers(1, 4, (n, 64, 128), dtype=np.uint8)
+    masks[: n // 10, :5, :5] = 4  # 10 % of images contain big rock
+    return MarsData(images, masks, None, frame_ids)
+
+
+def test_parts_are_disjoint_cover_everything_and_repeat_with_seed():
+    data = synthetic_set()
+    split = split_data(data, 0.1, 0.1, seed=1)
+    parts = [set(split.train.tolist()), set(split.val.tolist()), set(split.test.tolist())]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set.union(*parts) == set(range(len(data)))
+    assert 20 <= len(split.val) <= 40 and 20 <= len(split.test) <= 40
+    again = split_data(data, 0.1, 0.1, seed=1)
+    assert np.array_equal(again.val, split.val) and np.array_equal(again.test, split.test)
+    assert not np.array_equal(split_data(data, 0.1, 0.1, seed=2).val, split.val)
+
+
+def test_stratified_big_rock_lands_in_every_part():
+    data = synthetic_set()
+    split = split_data(data, 0.1, 0.1, seed=0)
+    rare = (data.masks == 4).any(axis=(1, 2))
+    counts = [int(rare[getattr(split, p)].sum()) for p in ("train", "val", "test")]
+    assert counts[1] >= 2 and counts[2] >= 2 and sum(counts) == 30 and counts[0] >= 20
+
+
+def test_duplicates_near_duplicates_and_frames_never_straddle():
+    frames = np.arange(300) // 2  # consecutive pairs are two halves of one frame
+    data = synthetic_set(frame_ids=frames)
+    data.images[100] = data.images[7]  # exact duplicate
+    noisy = data.images[50].astype(int) + np.random.default_rng(0).integers(-1, 2, (64, 128))
+    data.images[201] = np.clip(noisy, 0, 255).astype(np.uint8)  # near duplicate of 50
+    groups = group_ids(data)
+    assert groups[100] == groups[7] and groups[201] == groups[50] and groups[10] == groups[11]
+    for seed in range(5):
+        split = split_data(data, 0.2, 0.2, seed=seed)
+        part = np.empty(len(data), dtype=object)
+        for name in ("train", "val", "test"):
+            part[getattr(split, name)] = name
+        assert part[100] == part[7] and part[201] == part[50]
+        assert all(part[2 * k] == part[2 * k + 1] for k in range(150))
+
+
+def test_split_saves_and_loads(tmp_path):
+    split = split_data(synthetic_set(), 0.1, 0.1, seed=0)
+    split.save(tmp_path / "split.json")
+    loaded = Split.load(tmp_path / "split.json")
+    assert all(np.array_equal(getattr(loaded, p), getattr(split, p)) for p in ("train", "val", "test"))

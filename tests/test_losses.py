@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from marsseg.config import LossConfig
+from marsseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, build_loss, class_weights
+
+EQUAL = torch.tensor([0.0, 1, 1, 1, 1])
+
+
+def target_and_uniform_logits():
+    target = torch.tensor([[[1, 2, 3, 4], [0, 0, 1, 2]]])  # (1, 2, 4)
+    return target, torch.zeros(1, 5, 2, 4)
+
+
+def test_dice_of_uniform_prediction_has_known_value():
+    target, logits = target_and_uniform_logits()
+    # per valid pixel: sum_c p y = 0.2, sum_c (p + y) over classes 1..4 = 0.8 + 1 -> 1 - 2 * 0.2 / 1.8
+    assert DiceLoss(EQUAL, smooth=0.0)(logits, target).item() == pytest.approx(1 - 0.4 / 1.8)
+
+
+def test_dice_of_perfect_prediction_is_near_zero():
+    target, _ = target_and_uniform_logits()
+    logits = F.one_hot(target, 5).permute(0, 3, 1, 2).float() * 30
+    assert DiceLoss(EQUAL, smooth=0.0)(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_focal_of_uniform_prediction_has_known_value():
+    target, logits = target_and_uniform_logits()
+    assert FocalLoss(EQUAL, gamma=2.0)(logits, target).item() == pytest.approx(0.64 * math.log(5))
+    assert FocalLoss(EQUAL, gamma=0.0)(logits, target).item() == pytest.approx(math.log(5))
+
+
+def test_background_pixels_do_not_change_any_loss():
+    target, logits = target_and_uniform_logits()
+    changed = logits.clone()
+    changed[0, :, 1, :2] = torch.randn(5, 2) * 10  # the two background pixels
+    for loss in (DiceLoss(EQUAL), FocalLoss(EQUAL), CrossEntropyLoss(EQUAL)):
+        assert loss(changed, target).item() == pytest.approx(loss(logits, target).item())
+
+
+def test_cross_entropy_matches_torch_on_labeled_pixels():
+    torch.manual_seed(0)
+    target, _ = target_and_uniform_logits()
+    logits = torch.randn(1, 5, 2, 4)
+    weights = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    labeled = target != 0
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[labeled], target[labeled], weight=weights)
+    assert CrossEntropyLoss(weights)(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_class_weight_schemes():
+    masks = np.zeros((1, 10, 10), np.uint8)
+    masks[0, :4], masks[0, 4:8], masks[0, 8:9], masks[0, 9, :1] = 1, 2, 3, 4  # freq .4 .4 .1 .01, bg .09
+    inverse = class_weights(masks, "inverse").numpy()
+    assert inverse[0] == 0 and inverse[1:].mean() == pytest.approx(1.0)
+    assert inverse[4] / inverse[1] == pytest.approx(40.0) and inverse[3] / inverse[1] == pytest.approx(4.0)
+    root = class_weights(masks, "inverse_sqrt").numpy()
+    assert root[4] / root[1] == pytest.approx(math.sqrt(40.0))
+    assert class_weights(masks, "none").numpy().tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert class_weights(masks, "manual", manual=[0, 1, 2, 3, 4]).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="inverse_sqrt"):
+        class_weights(masks, "bogus")
+
+
+@pytest.mark.parametrize("name", ["dice_focal", "dice", "focal", "cross_entropy", "ce_dice"])
+def test_every_loss_has_finite_gradients_even_without_labeled_pixels(name):
+    masks = np.random.default_rng(0).integers(0, 5, (2, 8, 8)).astype(np.uint8)
+    loss_fn = build_loss(LossConfig(name=name), masks)
+    for target in (torch.from_numpy(masks).long(), torch.zeros(2, 8, 8, dtype=torch.long)):
+        logits = torch.randn(2, 5, 8, 8, requires_grad=True)
+        loss = loss_fn(logits, target)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_study_loss_is_dice_plus_focal():
+    masks = np.random.default_rng(1).integers(0, 5, (2, 8, 8)).astype(np.uint8)
+    target, logits = torch.from_numpy(masks).long(), torch.randn(2, 5, 8, 8)
+    total = build_loss(LossConfig(name="dice_focal"), masks)(logits, target)
+    parts = build_loss(LossConfig(name="dice"), masks)(logits, target) + build_loss(LossConfig(name="focal"), masks)(
+        logits, target
+    )
+    assert total.item() == pytest.approx(parts.item())

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+
+
+def test_hand_worked_example_ignores_background():
+    true = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    pred = torch.tensor([1, 3, 1, 2, 2, 2, 4])
+    matrix = confusion_matrix(true, pred)
+    assert matrix.sum() == 7 and matrix[1, 2] == 1 and matrix[0, 3] == 1
+    # soil: TP 1, FN 1 (the predicted-1 pixel with true 0 does not count) -> 1/2
+    # bedrock: TP 2, FP 1 -> 2/3; sand: FN 1 (the predicted-3 pixel on background is ignored) -> 0; big rock: FP 1 -> 0
+    assert iou_per_class(matrix) == pytest.approx([0.5, 2 / 3, 0.0, 0.0])
+    assert mean_iou(matrix) == pytest.approx((0.5 + 2 / 3) / 4)
+
+
+def test_class_absent_and_never_predicted_is_skipped():
+    true = torch.tensor([[1, 1], [2, 0]])
+    pred = torch.tensor([[1, 1], [2, 4]])  # the 4 sits on background: ignored
+    ious = iou_per_class(confusion_matrix(true, pred))
+    assert ious[:2].tolist() == [1.0, 1.0] and np.isnan(ious[2]) and np.isnan(ious[3])
+    assert mean_iou(confusion_matrix(true, pred)) == 1.0
+
+
+def test_one_matrix_over_the_whole_set_is_not_a_mean_of_images():
+    true = [torch.tensor([1, 1, 1, 1]), torch.tensor([2, 2, 2, 2])]
+    pred = [torch.tensor([1, 1, 1, 1]), torch.tensor([2, 2, 2, 1])]
+    total = confusion_matrix(true[0], pred[0]) + confusion_matrix(true[1], pred[1])
+    assert iou_per_class(total)[:2] == pytest.approx([4 / 5, 3 / 4])
+
+
+def test_only_background_gives_nan():
+    assert np.isnan(mean_iou(confusion_matrix(torch.zeros(4), torch.ones(4))))

@@ -5,8 +5,9 @@ from marsseg.config import AugmentConfig
 from marsseg.data.augment import augment_pair, build_augmentation
 from marsseg.data.dataset import SegmentationDataset
 
-EVERYTHING = AugmentConfig(hflip=0.5, vflip=0.5, elastic=1.0, grid_distortion=1.0, clahe=1.0,
-                           brightness_contrast=1.0, gamma=1.0)
+EVERYTHING = AugmentConfig(
+    hflip=0.5, vflip=0.5, elastic=1.0, grid_distortion=1.0, clahe=1.0, brightness_contrast=1.0, gamma=1.0
+)
 
 
 def pattern():

@@ -49,7 +49,11 @@ def test_missing_not_npz_and_truncated_files(tmp_path, capsys):
     save_npz(good, good_arrays(n=20))
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    for path, words in ((tmp_path / "absent.npz", "not found"), (text, "not a readable"), (truncated, "not a readable")):
+    for path, words in (
+        (tmp_path / "absent.npz", "not found"),
+        (text, "not a readable"),
+        (truncated, "not a readable"),
+    ):
         assert main(["data", "inspect", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(path) in err and words in err

@@ -54,3 +54,24 @@ def test_split_saves_and_loads(tmp_path):
     split.save(tmp_path / "split.json")
     loaded = Split.load(tmp_path / "split.json")
     assert all(np.array_equal(getattr(loaded, p), getattr(split, p)) for p in ("train", "val", "test"))
+
+
+def test_halves_of_one_frame_are_found_by_their_seam_and_kept_together():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    frames = [
+        cv2.resize(rng.random((8, 16)).astype(np.float32), (128, 128), interpolation=cv2.INTER_CUBIC) for _ in range(40)
+    ]
+    halves = np.stack([half for f in frames for half in (f[:64], f[64:])])
+    halves = (np.clip(halves, 0, 1) * 255).astype(np.uint8)  # 2k = top, 2k + 1 = bottom of frame k
+    order = rng.permutation(80)
+    images = halves[order]
+    frame_of = order // 2
+    data = MarsData(images, np.ones_like(images), None, None)
+    groups = group_ids(data)
+    together = sum(groups[a] == groups[b] for a in range(80) for b in range(a + 1, 80) if frame_of[a] == frame_of[b])
+    assert together >= 36  # of 40 frames
+    wrong = sum(groups[a] == groups[b] for a in range(80) for b in range(a + 1, 80) if frame_of[a] != frame_of[b])
+    assert wrong <= 4
+    assert len(np.unique(group_ids(data, infer_frames=False))) == 80

@@ -47,8 +47,34 @@ def near_duplicate_keys(images: np.ndarray) -> list[str]:
     return hash_each((blocks // 16).astype(np.uint8))
 
 
-def group_ids(data: MarsData) -> np.ndarray:
-    """(N,) group id: samples that share an exact image, a near-duplicate key or a frame id share a group."""
+def seam_pairs(images: np.ndarray, max_ratio: float = 0.9) -> list[tuple[int, int]]:
+    """Pairs (top, bottom) that look like the two halves of one camera frame.
+
+    The course crops are the top and bottom halves of frames, shuffled, without frame ids. The last row of a
+    top half continues into the first row of its bottom half, so a pair is kept when each is the other's
+    closest seam match and the match is clearly closer than the runner-up (ratio test). A wrong pair only
+    makes the split a little coarser; a missed pair can leak a frame across a boundary.
+    """
+    if len(images) < 3:
+        return []
+    bottom_rows = images[:, -1, :].astype(np.float32)  # (N, W)
+    top_rows = images[:, 0, :].astype(np.float32)  # (N, W)
+    distance = (
+        (bottom_rows**2).sum(1)[:, None] + (top_rows**2).sum(1)[None, :] - 2 * bottom_rows @ top_rows.T
+    )  # (N, N): squared seam distance of i above j
+    np.fill_diagonal(distance, np.inf)
+    best_below = distance.argmin(axis=1)
+    best_above = distance.argmin(axis=0)
+    two_closest = np.partition(distance, 1, axis=1)[:, :2]
+    ratio = np.sqrt(np.maximum(two_closest[:, 0], 0) / np.maximum(two_closest[:, 1], 1e-9))
+    return [(i, int(j)) for i, j in enumerate(best_below) if best_above[j] == i and ratio[i] < max_ratio]
+
+
+def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
+    """(N,) group id: samples that share an exact image, a near-duplicate key or a frame share a group.
+
+    Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from `seam_pairs`.
+    """
     parent = list(range(len(data)))
 
     def find(i: int) -> int:
@@ -67,10 +93,15 @@ def group_ids(data: MarsData) -> np.ndarray:
                 parent[find(index)] = find(first_seen[key])
             else:
                 first_seen[key] = index
+    if data.frame_ids is None and infer_frames:
+        for top, bottom in seam_pairs(data.images):
+            parent[find(bottom)] = find(top)
     return np.array([find(i) for i in range(len(data))], dtype=np.int64)
 
 
-def split_data(data: MarsData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> Split:
+def split_data(
+    data: MarsData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
+) -> Split:
     """Split whole groups into train / val / test, stratified on whether a group contains big rock.
 
     Within each stratum the groups are shuffled and dealt out by cumulative size, so each part receives
@@ -81,7 +112,7 @@ def split_data(data: MarsData, val_fraction: float = 0.1, test_fraction: float =
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum to less than 1"
         )
     rng = np.random.default_rng(seed)
-    groups = group_ids(data)
+    groups = group_ids(data, infer_frames)
     has_rare = (data.masks == RARE_CLASS).any(axis=(1, 2))
     members: dict[int, list[int]] = {}
     for index, group in enumerate(groups.tolist()):

@@ -1,0 +1,108 @@
+"""Training end to end on tiny synthetic data: checkpoints, resume after kill -9, refusal, metrics files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from marsseg.cli import main
+from marsseg.config import load_config
+from marsseg.engine import fit, lr_factor, load_model, overfit_one_batch
+
+FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0"]
+
+
+def tiny_config(tiny_npz, **overrides):
+    values = {"data.path": str(tiny_npz), "model.width": 8, "optim.batch_size": 32, "optim.epochs": 2, "threads": 1}
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_npz):
+    result = fit(tiny_config(tiny_npz), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "split.json", "data.json", "metrics.csv", "curves.png", "best.pt", "last.pt",
+                 "metrics.json", "confusion.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test_miou"] <= 1 and set(metrics["test_iou"]) == {"soil", "bedrock", "sand", "big_rock"}
+    assert result.epochs_run == 2 and len((run / "metrics.csv").read_text().splitlines()) == 3
+    model, cfg = load_model(run)
+    assert cfg.model.width == 8
+    state = torch.load(run / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_existing_run_dir_is_refused_without_resume_or_force(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err and (run / "keep.txt").read_text() == "mine"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "new"), "--resume"]) == 2
+
+
+def test_bad_config_and_bad_data_exit_2_with_one_line(tmp_path, tiny_npz, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("optim:\n  lr: -0.1\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("optim:\n  learning_rate: 0.1\n")
+    wrong_type = tmp_path / "type.yaml"
+    wrong_type.write_text("optim:\n  epochs: many\n")
+    for path, words in ((bad_yaml, "optim.lr"), (unknown, "learning_rate"), (wrong_type, "optim.epochs")):
+        assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err
+    assert main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_config_precedence_defaults_then_file_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.01\n  epochs: 7\nmodel:\n  width: 24\n")
+    cfg = load_config(str(path), {"optim.lr": 0.002})
+    assert cfg.optim.lr == 0.002 and cfg.optim.epochs == 7 and cfg.model.width == 24
+    assert cfg.optim.batch_size == 64  # default untouched
+
+
+def test_lr_schedule_warms_up_then_anneals_to_zero():
+    assert lr_factor(0.0, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_factor(0.1, 0.1, "cosine") == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.1, "cosine") == pytest.approx(0.0)
+    assert lr_factor(0.5, 0.1, "none") == 1.0
+
+
+@pytest.mark.slow
+def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, tiny_npz):
+    args = ["--data", str(tiny_npz), *FAST, "--epochs", "5", "--set", "threads=1"]
+    command = [sys.executable, "-m", "marsseg", "train", "--out", str(tmp_path / "killed"), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epochs_before = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] + 1
+    assert epochs_before < 5  # it was killed mid-run
+    assert main(["train", "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert main(["train", "--out", str(tmp_path / "whole"), *args]) == 0
+    killed = np.genfromtxt(tmp_path / "killed" / "metrics.csv", delimiter=",", names=True)
+    whole = np.genfromtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", names=True)
+    assert len(killed) == len(whole) == 5
+    np.testing.assert_allclose(killed["train_loss"], whole["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(killed["val_miou"], whole["val_miou"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_overfit_one_batch_reaches_target(tiny_npz):
+    cfg = tiny_config(tiny_npz, **{"model.width": 16})
+    steps, miou = overfit_one_batch(cfg, batch_size=8, target=0.9, max_steps=200)
+    assert miou >= 0.9 and steps < 200

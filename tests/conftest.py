@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from marsseg.data.io import save_npz
 
@@ -31,3 +32,8 @@ def real_npz() -> Path:
     if not REAL_DATA.is_file():
         pytest.skip(f"{REAL_DATA} is absent")
     return REAL_DATA
+
+
+# One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes
+# some tests start, more threads only spin against each other.
+torch.set_num_threads(1)

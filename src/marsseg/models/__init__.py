@@ -1,0 +1,61 @@
+"""The model zoo: one file per architecture, `MODELS` maps names to classes, `create_model` builds one.
+
+Every model maps a (B, in_channels, H, W) float image to (B, num_classes, H, W) logits, for H and W
+divisible by 16 (64x128 crops in practice).
+"""
+
+import inspect
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from marsseg.models.danet import DANet
+from marsseg.models.deeplab import DeepLabV3
+from marsseg.models.dual_unet import DualUNet
+from marsseg.models.unet import UNet
+
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "dual_unet": DualUNet, "deeplab": DeepLabV3, "danet": DANet}
+
+__all__ = ["MODELS", "DANet", "DeepLabV3", "DualUNet", "UNet", "count_parameters", "create_model", "gflops_per_image"]
+
+
+def create_model(name: str, in_channels: int = 1, num_classes: int = 5, **kwargs) -> nn.Module:
+    """Build the model called `name` (a key of `MODELS`) with the given constructor arguments.
+
+    Raises:
+        ValueError: for an unknown name, an argument the constructor does not take, or a bad value.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    cls = MODELS[name]
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("in_channels", "num_classes")]
+    unexpected = sorted(set(kwargs) - set(accepted))
+    if unexpected:
+        raise ValueError(
+            f"model {name!r} got unexpected argument(s) {', '.join(unexpected)}; "
+            f"accepted: in_channels, num_classes, {', '.join(accepted)}"
+        )
+    return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def gflops_per_image(model: nn.Module, in_channels: int = 1, height: int = 64, width: int = 128) -> float:
+    """GFLOP of one eval-mode forward pass on one image (a multiply-add counts as 2 FLOP).
+
+    Counts matmuls and convolutions only (what FlopCounterMode counts), not norms, activations or resizes.
+    """
+    was_training = model.training
+    param = next(model.parameters())
+    x = torch.zeros(1, in_channels, height, width, device=param.device, dtype=param.dtype)
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e9

@@ -1,0 +1,70 @@
+"""U-Net: the baseline encoder-decoder with skip connections at every level."""
+
+import torch
+from torch import nn
+
+from marsseg.models.blocks import BasicBlock, ConvBNReLU, DoubleConv, UpBlock, check_model_args, resize
+
+LEVELS = 4  # three poolings: 64x128 -> 8x16 at the bottom (4x8 with a strided stem)
+
+
+class UNet(nn.Module):
+    """U-Net with batch norm and four levels of width, 2*width, 4*width, 8*width channels.
+
+    Args:
+        in_channels: image channels (1 for grayscale).
+        num_classes: output channels (logits).
+        width: channels of the first level; doubled at each level down.
+        stem_stride: 1, or 2 for a strided 3x3 stem conv that halves H and W before the encoder and a
+            bilinear x2 upsample of the logits at the end (about 4x fewer FLOPs per image).
+        residual: use residual basic blocks instead of double convs in the encoder.
+        dropout: channel dropout on the bottom (most abstract) features.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 5,
+        width: int = 32,
+        stem_stride: int = 1,
+        residual: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        check_model_args(in_channels, num_classes, width, dropout)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
+        channels = [width * 2**level for level in range(LEVELS)]
+        block = BasicBlock if residual else DoubleConv
+        if stem_stride == 2:
+            self.stem = ConvBNReLU(in_channels, width, stride=2)
+            first_in = width
+        else:
+            self.stem = nn.Identity()
+            first_in = in_channels
+        self.encoder = nn.ModuleList(
+            [block(first_in if level == 0 else channels[level - 1], channels[level]) for level in range(LEVELS)]
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout2d(dropout)
+        # decoder[0] goes from the bottom level up one; the last one ends at the first level.
+        self.decoder = nn.ModuleList(
+            [UpBlock(channels[level + 1], channels[level], channels[level]) for level in reversed(range(LEVELS - 1))]
+        )
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]  # (H, W)
+        x = self.stem(x)  # (B, in_channels, H, W), or (B, width, H/2, W/2) with stem_stride=2
+        skips = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                x = self.pool(x)
+            x = block(x)  # (B, width * 2**level, H' / 2**level, W' / 2**level)
+            skips.append(x)
+        x = self.dropout(skips.pop())  # (B, 8 * width, H' / 8, W' / 8)
+        for up in self.decoder:
+            x = up(x, skips.pop())  # one level up: double H, W, halve channels
+        logits = self.head(x)  # (B, num_classes, H', W')
+        # Upsampling the logits (num_classes channels) is the cheapest place to get back to full size.
+        return logits if logits.shape[-2:] == size else resize(logits, size)  # (B, num_classes, H, W)

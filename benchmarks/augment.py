@@ -13,7 +13,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as a DataLoader worker has
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from marsseg.config import AugmentConfig  # noqa: E402
 from marsseg.data.augment import augment_pair, build_augmentation  # noqa: E402

@@ -52,37 +52,39 @@ def measured_peak() -> tuple[float, float]:
     return matmul, 2 * BATCH * 64 * 64 * 9 * 64 * 128 / seconds / 1e9
 
 
-def model_rows(cfg: Config, names: list[str], peak: float) -> list[str]:
-    rows = []
-    for name in names:
-        cfg.model.name = name
-        model = build_model(cfg)
-        gflop = gflops_per_image(model)
-        model = model.to(memory_format=torch.channels_last)
-        x = torch.randn(BATCH, 1, 64, 128).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(1, 5, (BATCH, 64, 128))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+def time_model(model: torch.nn.Module) -> tuple[float, float]:
+    """(seconds per training step, seconds per inference batch) at batch 64, channels-last."""
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 1, 64, 128).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(1, 5, (BATCH, 64, 128))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
 
-        def train_step():
-            output = model(x)
-            loss = F.cross_entropy(output[0] if isinstance(output, tuple) else output, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    def train_step():
+        output = model(x)
+        loss = F.cross_entropy(output[0] if isinstance(output, tuple) else output, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-        model.train()
-        train_seconds = timed(train_step, 4)
-        model.eval()
-        with torch.no_grad():
-            infer_seconds = timed(lambda: model(x), 6)
-        train_gflops = 3 * gflop * BATCH / train_seconds  # backward costs about twice the forward
-        infer_gflops = gflop * BATCH / infer_seconds
-        rows.append(
-            f"{name + ' w' + str(cfg.model.width):<16}{count_parameters(model) / 1e6:>8.2f}{gflop:>8.3f}"
-            f"{BATCH / train_seconds:>10.0f}{train_gflops:>9.0f}{100 * train_gflops / peak:>7.0f}%"
-            f"{BATCH / infer_seconds:>10.0f}{infer_gflops:>9.0f}{100 * infer_gflops / peak:>7.0f}%"
-        )
-    return rows
+    model.train()
+    train_seconds = timed(train_step, 4)
+    model.eval()
+    with torch.no_grad():
+        infer_seconds = timed(lambda: model(x), 6)
+    return train_seconds, infer_seconds
+
+
+def model_row(cfg: Config, peak: float) -> str:
+    model = build_model(cfg)
+    gflop = gflops_per_image(model)
+    train_seconds, infer_seconds = time_model(model)
+    train_gflops = 3 * gflop * BATCH / train_seconds  # backward costs about twice the forward
+    infer_gflops = gflop * BATCH / infer_seconds
+    return (
+        f"{cfg.model.name + ' w' + str(cfg.model.width):<16}{count_parameters(model) / 1e6:>8.2f}{gflop:>8.3f}"
+        f"{BATCH / train_seconds:>10.0f}{train_gflops:>9.0f}{100 * train_gflops / peak:>7.0f}%"
+        f"{BATCH / infer_seconds:>10.0f}{infer_gflops:>9.0f}{100 * infer_gflops / peak:>7.0f}%"
+    )
 
 
 def fit_one_epoch(data: str) -> None:
@@ -116,23 +118,28 @@ def main() -> None:
     configure_threads(cfg.threads)
     matmul, conv = measured_peak()
     peak = max(matmul, conv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak fp32: matmul {matmul:.0f} GFLOP/s, "
-          f"3x3 conv {conv:.0f} GFLOP/s -> peak {peak:.0f} GFLOP/s")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak fp32: matmul {matmul:.0f} GFLOP/s, "
+        f"3x3 conv {conv:.0f} GFLOP/s -> peak {peak:.0f} GFLOP/s"
+    )
     print(f"default model: {cfg.model.name} width {cfg.model.width} {cfg.model.options}; batch {BATCH}")
-    print(f"{'model':<16}{'Mparams':>8}{'GFLOP':>8}{'train/s':>10}{'GFLOP/s':>9}{'%peak':>8}"
-          f"{'infer/s':>10}{'GFLOP/s':>9}{'%peak':>8}")
-    default_options = dict(cfg.model.options)
+    print(
+        f"{'model':<16}{'Mparams':>8}{'GFLOP':>8}{'train/s':>10}{'GFLOP/s':>9}{'%peak':>8}"
+        f"{'infer/s':>10}{'GFLOP/s':>9}{'%peak':>8}"
+    )
     for name in args.models.split(","):
-        cfg.model.options = default_options if name == load_config().model.name else {}
-        for row in model_rows(cfg, [name], peak):
-            print(row, flush=True)
+        cfg.model.name = name
+        print(model_row(cfg, peak), flush=True)
     if not args.skip_fit:
         source = args.data or "<synthetic>"
-        output = subprocess.run([sys.executable, __file__, "--fit-child", "--data", args.data], check=True,
-                                capture_output=True, text=True).stdout.split()
+        output = subprocess.run(
+            [sys.executable, __file__, "--fit-child", "--data", args.data], check=True, capture_output=True, text=True
+        ).stdout.split()
         share, seconds, rss = output[-3:]
-        print(f"one epoch of the default recipe on {source}: {float(seconds):.1f} s, data loading + augmentation "
-              f"{100 * float(share):.1f}% of step time, peak RSS {float(rss):.0f} MiB")
+        print(
+            f"one epoch of the default recipe on {source}: {float(seconds):.1f} s, data loading + augmentation "
+            f"{100 * float(share):.1f}% of step time, peak RSS {float(rss):.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 
 from marsseg.cli import main
 from marsseg.config import load_config
-from marsseg.engine import fit, lr_factor, load_model, overfit_one_batch
+from marsseg.engine import fit, load_model, lr_factor, overfit_one_batch
 
 FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0"]
 
@@ -27,8 +27,17 @@ def tiny_config(tiny_npz, **overrides):
 def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_npz):
     result = fit(tiny_config(tiny_npz), tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.yaml", "split.json", "data.json", "metrics.csv", "curves.png", "best.pt", "last.pt",
-                 "metrics.json", "confusion.png"):
+    for name in (
+        "config.yaml",
+        "split.json",
+        "data.json",
+        "metrics.csv",
+        "curves.png",
+        "best.pt",
+        "last.pt",
+        "metrics.json",
+        "confusion.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test_miou"] <= 1 and set(metrics["test_iou"]) == {"soil", "bedrock", "sand", "big_rock"}

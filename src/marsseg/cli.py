@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,13 @@ def cmd_data_clean(args) -> int:
 
 
 def cmd_data_split(args) -> int:
+    from marsseg.config import DataConfig
     from marsseg.data.prepare import prepare_data
 
-    prepared = prepare_data(args.file or "", args.val_fraction, args.test_fraction, args.seed)
+    cfg = DataConfig(
+        path=args.file or "", val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.seed
+    )
+    prepared = prepare_data(cfg)
     data, split = prepared.data, prepared.split
     print(
         f"{args.file or '<synthetic>'}: {len(data) + len(prepared.cleaning.removed)} samples, "
@@ -182,7 +187,7 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
     split_path = Path(run_dir) / "split.json"
     if not split_path.is_file():
         raise UserError(f"{split_path}: missing; is {run_dir} a marsseg run directory?")
-    prepared = prepare_data(path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, Split.load(split_path))
+    prepared = prepare_data(replace(cfg.data, path=path), Split.load(split_path))
     recorded = json.loads((Path(run_dir) / "data.json").read_text())["fingerprint"]
     if prepared.fingerprint != recorded:
         raise UserError(f"{path or '<synthetic>'}: training_set differs from the one {run_dir} was trained on")

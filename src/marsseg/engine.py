@@ -275,7 +275,7 @@ def fit(
 
     if prepared is None:
         saved_split = Split.load(run_dir / "split.json") if resume else None
-        prepared = prepare_data(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed, saved_split)
+        prepared = prepare_data(cfg.data, saved_split)
     data, split = prepared.data, prepared.split
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
@@ -483,7 +483,7 @@ def overfit_one_batch(
     configure_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    prepared = prepare_data(cfg.data.path, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    prepared = prepare_data(cfg.data)
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
     images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]

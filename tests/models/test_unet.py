@@ -1,6 +1,6 @@
 import pytest
 
-from marsseg.models import UNet, gflops_per_image
+from marsseg.models import ResUNet, UNet, gflops_per_image
 from marsseg.models.blocks import BasicBlock
 from tests.models.base import ModelContract
 
@@ -12,6 +12,15 @@ class TestUNet(ModelContract):
 class TestUNetStridedResidual(ModelContract):
     model_cls = UNet
     kwargs = {"stem_stride": 2, "residual": True, "dropout": 0.1}
+
+
+class TestResUNet(ModelContract):
+    model_cls = ResUNet
+
+
+def test_res_unet_is_the_strided_residual_unet():
+    model = ResUNet(width=8)
+    assert isinstance(model.encoder[0], BasicBlock) and model.stem[0].stride == (2, 2)
 
 
 def test_strided_stem_costs_fewer_flops():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from marsseg.config import DataConfig
 from marsseg.data.clean import CleaningReport, find_contaminated, remove_contaminated
 from marsseg.data.io import MarsData, load_npz, validate_arrays
 from marsseg.data.split import Split, split_data
@@ -37,13 +38,11 @@ def fingerprint(data: MarsData) -> str:
     return digest.hexdigest()
 
 
-def prepare_data(
-    path: str, val_fraction: float, test_fraction: float, seed: int, split: Split | None = None
-) -> PreparedData:
-    """Load, remove contaminated samples, and split (or reuse `split`, e.g. a saved run's)."""
-    raw = load_data(path)
+def prepare_data(cfg: DataConfig, split: Split | None = None) -> PreparedData:
+    """Load `cfg.path`, remove contaminated samples, and split (or reuse `split`, e.g. a saved run's)."""
+    raw = load_data(cfg.path)
     report = find_contaminated(raw)
     data = remove_contaminated(raw, report)
     if split is None:
-        split = split_data(data, val_fraction, test_fraction, seed)
+        split = split_data(data, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     return PreparedData(data, report, split, fingerprint(raw))

@@ -13,11 +13,27 @@ from torch.utils.flop_counter import FlopCounterMode
 from marsseg.models.danet import DANet
 from marsseg.models.deeplab import DeepLabV3
 from marsseg.models.dual_unet import DualUNet
-from marsseg.models.unet import UNet
+from marsseg.models.unet import ResUNet, UNet
 
-MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "dual_unet": DualUNet, "deeplab": DeepLabV3, "danet": DANet}
+MODELS: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "res_unet": ResUNet,
+    "dual_unet": DualUNet,
+    "deeplab": DeepLabV3,
+    "danet": DANet,
+}
 
-__all__ = ["MODELS", "DANet", "DeepLabV3", "DualUNet", "UNet", "count_parameters", "create_model", "gflops_per_image"]
+__all__ = [
+    "MODELS",
+    "DANet",
+    "DeepLabV3",
+    "DualUNet",
+    "ResUNet",
+    "UNet",
+    "count_parameters",
+    "create_model",
+    "gflops_per_image",
+]
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 5, **kwargs) -> nn.Module:

@@ -68,3 +68,12 @@ class UNet(nn.Module):
         logits = self.head(x)  # (B, num_classes, H', W')
         # Upsampling the logits (num_classes channels) is the cheapest place to get back to full size.
         return logits if logits.shape[-2:] == size else resize(logits, size)  # (B, num_classes, H, W)
+
+
+class ResUNet(UNet):
+    """The default model: a U-Net whose strided stem halves the resolution first and whose encoder blocks are
+    residual. About 4x fewer FLOPs per image than the plain U-Net; on a CPU that buys more epochs in the same
+    time."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.0):
+        super().__init__(in_channels, num_classes, width, stem_stride=2, residual=True, dropout=dropout)

@@ -258,13 +258,33 @@ def cmd_overfit_batch(args) -> int:
     return 1
 
 
+def cmd_experiments(args) -> int:
+    from marsseg.config import load_config
+    from marsseg.experiments import run_experiments
+    from marsseg.models import MODELS
+
+    cfg = load_config(args.config, parse_overrides(args))
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds: found {args.seeds}, expected >= 1")
+    run_experiments(cfg, args.out, models, args.seeds, ensemble=not args.no_ensemble)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.csv, results.md, results.png; runs in {args.out}/runs")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--config", help="YAML file of config fields (defaults < file < flags)")
-    parser.add_argument("--model", help="architecture: unet, dual_unet, deeplab, danet")
+    parser.add_argument(
+        "--model", help="architecture: res_unet (default), unet (the study's baseline), dual_unet, deeplab, danet"
+    )
     parser.add_argument("--width", type=int, help="channels of the first level")
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
     parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")
@@ -339,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
     commands.choices["predict"].add_argument("--out", required=True, help="the CSV to write")
     commands.choices["predict"].add_argument("--force", action="store_true", help="overwrite --out")
+
+    p = commands.add_parser(
+        "experiments", help="train several models with one recipe, budget and split; write a results table"
+    )
+    p.add_argument("--out", required=True, help="directory for results.csv, results.md, results.png and runs/")
+    _add_training_flags(p)
+    p.add_argument("--models", default="unet,dual_unet,deeplab,danet,res_unet", help="comma-separated model names")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per model (the split stays the same)")
+    p.add_argument("--no-ensemble", action="store_true", help="skip the ensemble row (softmax averaged)")
+    p.set_defaults(run=cmd_experiments)
 
     p = commands.add_parser("overfit-batch", help="sanity check: can the model overfit one batch? exit 1 if not")
     _add_training_flags(p)

@@ -54,6 +54,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Channels-last convolutions are faster with oneDNN on CPU, but torch 2.13's oneDNN convolution backward corrupts
+# the heap ("double free") for the attention and DeepLab models at small widths (seen at 8 and 12, not at 16 or
+# 32); the U-Nets are fine at every width tried.
+CHANNELS_LAST_ANY_WIDTH = ("unet", "res_unet", "dual_unet")
+CHANNELS_LAST_MIN_WIDTH = 32
+
+
+def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
+    if device.type == "cpu" and (
+        cfg.model.name in CHANNELS_LAST_ANY_WIDTH or cfg.model.width >= CHANNELS_LAST_MIN_WIDTH
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def build_model(cfg: Config) -> nn.Module:
     return create_model(
         cfg.model.name, in_channels=cfg.data.in_channels, num_classes=5, width=cfg.model.width, **cfg.model.options
@@ -94,6 +109,7 @@ def train_one_epoch(
     on_step=None,
     ema=None,
     description: str = "train",
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict:
     """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
 
@@ -105,8 +121,7 @@ def train_one_epoch(
     tick = time.perf_counter()
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        if device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=memory_format)
         start = time.perf_counter()
         data_seconds += start - tick
         if on_step is not None:
@@ -314,9 +329,8 @@ def fit(
         drop_last=len(dataset) > cfg.optim.batch_size,
     )
 
-    model = build_model(cfg).to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN on CPU
+    memory_format = training_memory_format(cfg, device)
+    model = build_model(cfg).to(device).to(memory_format=memory_format)
     loss_fn = build_loss(cfg.loss, data.masks[split.train]).to(device)
     optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -374,10 +388,18 @@ def fit(
         if sampler is not None:
             sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
         stats = train_one_epoch(
-            model, loader, loss_fn, optimizer, device, on_step, ema, description=f"epoch {epoch + 1}/{cfg.optim.epochs}"
+            model,
+            loader,
+            loss_fn,
+            optimizer,
+            device,
+            on_step,
+            ema,
+            f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            memory_format,
         )
-        if ema is not None and device.type == "cpu":
-            scored_model.to(memory_format=torch.channels_last)
+        if ema is not None:
+            scored_model.to(memory_format=memory_format)
         val = evaluate(
             scored_model, data.images[split.val], data.masks[split.val], cfg.data.in_channels, tta=False, device=device
         )

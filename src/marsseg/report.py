@@ -17,7 +17,7 @@ from marsseg.data.io import CLASS_NAMES, write_atomically  # noqa: E402
 LABEL_COLORS = ListedColormap(["#000000", "#a0522d", "#6a7fa8", "#e8c547", "#e0242b"])
 
 
-def _save(figure, path: str | os.PathLike) -> None:
+def save_figure(figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     plt.close(figure)
@@ -49,7 +49,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
         right.plot(epochs, [h[key] for h in history], label=name, color=color)
     right.set(title="validation IoU per class", xlabel="epoch", ylim=(0, 1))
     right.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
@@ -64,7 +64,7 @@ def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, title: str = "")
     for (i, j), share in np.ndenumerate(shares):
         axis.text(j, i, f"{share:.2f}", ha="center", va="center", color="white" if share > 0.5 else "black")
     figure.colorbar(image)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_predictions(
@@ -90,7 +90,7 @@ def plot_predictions(
     axes[0, 0].set_title("image")
     axes[0, 1].set_title("true (black = unlabeled)")
     axes[0, 2].set_title("prediction overlaid")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_samples(
@@ -113,4 +113,4 @@ def plot_samples(
         axes[row, 2 * column].imshow(images[index], cmap="gray", vmin=0, vmax=255)
         axes[row, 2 * column].set_title(captions[k] if captions else f"#{index}", fontsize=7)
         axes[row, 2 * column + 1].imshow(masks[index], cmap=LABEL_COLORS, vmin=0, vmax=4, interpolation="nearest")
-    _save(figure, path)
+    save_figure(figure, path)

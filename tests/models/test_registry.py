@@ -13,7 +13,9 @@ def test_create_model_builds_each_model(name):
 
 
 def test_unknown_name_lists_the_options():
-    with pytest.raises(ValueError, match="unknown model 'foo'; choose one of: danet, deeplab, dual_unet, res_unet, unet"):
+    with pytest.raises(
+        ValueError, match="unknown model 'foo'; choose one of: danet, deeplab, dual_unet, res_unet, unet"
+    ):
         create_model("foo")
 
 

@@ -1,0 +1,179 @@
+"""The experiments table: every model trained with one recipe, budget and split, over seeds, plus an ensemble.
+
+Each (model, seed) trains into its own run directory under OUT/runs; a run with metrics.json is finished and
+skipped when the command is run again, and a run that has only last.pt (killed) is resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marsseg.config import Config
+from marsseg.data.io import write_atomically
+from marsseg.data.prepare import PreparedData, prepare_data
+from marsseg.engine import (
+    CLASS_KEYS,
+    build_model,
+    configure_threads,
+    fit,
+    load_model,
+    resolve_device,
+)
+from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.models import count_parameters, gflops_per_image
+from marsseg.predict import labels_from_probabilities, predict_probabilities
+
+FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_miou", "test_miou"] + [
+    f"test_{name}" for name in CLASS_KEYS
+]
+
+
+def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
+    """Train (or resume, or skip) one (model, seed) and return its row."""
+    if not (run_dir / "metrics.json").is_file():
+        fit(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), force=True, prepared=prepared)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model = build_model(cfg)
+    row = {
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "params": count_parameters(model),
+        "gflops": round(gflops_per_image(model, cfg.data.in_channels), 3),
+        "train_minutes": round(metrics["train_seconds"] / 60, 2),
+        "epochs": metrics["epochs_run"],
+        "val_miou": round(metrics["val_miou"], 4),
+        "test_miou": round(metrics["test_miou"], 4),
+    }
+    row.update({f"test_{k}": round(v, 4) for k, v in metrics["test_iou"].items()})
+    return row
+
+
+def ensemble_scores(run_dirs: list[Path], prepared: PreparedData, tta: bool, device) -> dict[str, tuple]:
+    """Softmax averaged over the best checkpoints of `run_dirs`: (mIoU, per-class IoU) on val and test."""
+    models = [load_model(run_dir) for run_dir in run_dirs]
+    scores = {}
+    for part in ("val", "test"):
+        indices = getattr(prepared.split, part)
+        images, masks = prepared.data.images[indices], prepared.data.masks[indices]
+        streams = [
+            predict_probabilities(m.to(device), images, c.data.in_channels, tta=tta, device=device) for m, c in models
+        ]
+        total, start = torch.zeros(5, 5, dtype=torch.int64), 0
+        for batches in zip(*streams, strict=True):
+            labels = labels_from_probabilities(torch.stack(batches).mean(dim=0))
+            total += confusion_matrix(torch.from_numpy(masks[start : start + len(labels)]), labels)
+            start += len(labels)
+        scores[part] = (mean_iou(total), iou_per_class(total))
+    return scores
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds, one line per model (in the order first seen)."""
+    summary = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == name]
+        line = {"model": name, "seeds": len(group), "params": group[0]["params"], "gflops": group[0]["gflops"]}
+        for key in ["train_minutes", "val_miou", "test_miou"] + [f"test_{c}" for c in CLASS_KEYS]:
+            values = np.array([float(r[key]) for r in group])
+            line[key] = (values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0)
+        summary.append(line)
+    return summary
+
+
+def format_markdown(summary: list[dict], budget: str) -> str:
+    def cell(pair, digits=3):
+        mean, std = pair
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    header = (
+        "| model | params (M) | GFLOP/img | seeds | train min | val mIoU | local-test mIoU | soil | bedrock | sand "
+        "| big rock |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [f"Budget per run: {budget}. Mean ± std over seeds; IoU per class on the local test part.", "", header]
+    for s in summary:
+        lines.append(
+            f"| {s['model']} | {s['params'] / 1e6:.2f} | {s['gflops']:.2f} | {s['seeds']} "
+            f"| {cell(s['train_minutes'], 1)} | {cell(s['val_miou'])} | {cell(s['test_miou'])} | "
+            + " | ".join(cell(s[f"test_{c}"]) for c in CLASS_KEYS)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(summary: list[dict], path: Path) -> None:
+    from marsseg import report
+
+    plt = report.plt
+    names = [s["model"] for s in summary]
+    x = np.arange(len(names))
+    figure, axis = plt.subplots(figsize=(1.6 * len(names) + 3, 3.8))
+    for offset, key, label in ((-0.2, "val_miou", "validation"), (0.2, "test_miou", "local test")):
+        means = [s[key][0] for s in summary]
+        errors = [s[key][1] for s in summary]
+        axis.bar(x + offset, means, 0.4, yerr=errors, capsize=3, label=label)
+    big_rock = [s["test_big_rock"][0] for s in summary]
+    axis.plot(x, big_rock, "o", color=report.LABEL_COLORS.colors[4], label="big rock IoU (test)")
+    axis.set_xticks(x, names)
+    axis.set(ylabel="mIoU (classes 1-4)", ylim=(0, 1), title="models at an equal budget")
+    axis.legend(fontsize=8)
+    report.save_figure(figure, path)
+
+
+def run_experiments(
+    base: Config, out_dir: str | os.PathLike, models: list[str], seeds: int, ensemble: bool = True
+) -> list[dict]:
+    """Train every model for every seed on one split; write results.csv, results.md and results.png."""
+    out_dir = Path(out_dir)
+    configure_threads(base.threads)
+    prepared = prepare_data(base.data)
+    rows = []
+    for name in models:
+        for seed in range(seeds):
+            cfg = replace(base, seed=base.seed + seed, model=replace(base.model, name=name, options={}))
+            rows.append(run_one(cfg, out_dir / "runs" / f"{name}_seed{cfg.seed}", prepared))
+            write_table(rows, out_dir, base)
+    if ensemble and len(rows) > 1:
+        run_dirs = [out_dir / "runs" / f"{r['model']}_seed{r['seed']}" for r in rows]
+        scores = ensemble_scores(run_dirs, prepared, base.tta, resolve_device(base.device))
+        row = {
+            "model": f"ensemble of {len(rows)}",
+            "seed": "-",
+            "params": sum(r["params"] for r in rows),
+            "gflops": round(sum(r["gflops"] for r in rows), 3),
+            "train_minutes": round(sum(r["train_minutes"] for r in rows), 2),
+            "epochs": "-",
+            "val_miou": round(scores["val"][0], 4),
+            "test_miou": round(scores["test"][0], 4),
+        }
+        row.update({f"test_{c}": round(float(v), 4) for c, v in zip(CLASS_KEYS, scores["test"][1], strict=True)})
+        rows.append(row)
+        write_table(rows, out_dir, base)
+    return rows
+
+
+def budget_text(cfg: Config) -> str:
+    text = f"{cfg.optim.epochs} epochs"
+    return text + (f", at most {cfg.optim.minutes:g} minutes" if cfg.optim.minutes else "")
+
+
+def write_table(rows: list[dict], out_dir: Path, cfg: Config) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(temporary: str) -> None:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(out_dir / "results.csv", write_csv)
+    summary = summarize(rows)
+    text = format_markdown(summary, budget_text(cfg))
+    write_atomically(out_dir / "results.md", lambda temporary: open(temporary, "w").write(text))
+    plot_results(summary, out_dir / "results.png")

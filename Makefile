@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(MARSSEG) data inspect $(DEMO)/mars_synth.npz
 	$(MARSSEG) data clean $(DEMO)/mars_synth.npz --out $(DEMO)/mars_clean.npz --show $(DEMO)/removed.png --force
 	$(MARSSEG) data split $(DEMO)/mars_synth.npz
-	$(MARSSEG) train --data $(DEMO)/mars_synth.npz --out $(DEMO)/run --force --width 16 --epochs 8 --minutes 4
+	$(MARSSEG) train --data $(DEMO)/mars_synth.npz --out $(DEMO)/run --force --epochs 10 --minutes 4
 	$(MARSSEG) evaluate $(DEMO)/run --split test
 	$(MARSSEG) predict $(DEMO)/run --out $(DEMO)/submission.csv --force
 	@echo

@@ -290,7 +290,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int, help="seeds the split, initialisation, sampling and augmentation")
+    parser.add_argument(
+        "--seed", type=int, help="seeds initialisation, sampling and augmentation (the split has data.split_seed)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
         "--set",

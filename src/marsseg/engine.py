@@ -253,13 +253,30 @@ def _write_history(path: Path, history: list[dict]) -> None:
     write_atomically(path, write)
 
 
+RUN_FILES = (
+    "config.yaml",
+    "split.json",
+    "data.json",
+    "metrics.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "best.pt",
+    "last.pt",
+)
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Path:
-    """Refuse an existing run directory unless resuming or forced (forced: its files are replaced)."""
+    """Refuse an existing run directory unless resuming or forced; forced, its run files are removed first
+    (so no checkpoint or figure of the old run survives beside the new one)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
         raise UserError(f"{run_dir}: run directory exists; pass --resume to continue it or --force to replace it")
     if resume and not (run_dir / "last.pt").is_file():
         raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
+    if force and not resume:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

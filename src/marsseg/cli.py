@@ -276,6 +276,31 @@ def cmd_experiments(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from marsseg.config import load_config
+    from marsseg.models import MODELS
+    from marsseg.tune import tune
+
+    cfg = load_config(args.config, parse_overrides(args))
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    try:
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        raise UserError(f"--widths: found {args.widths!r}, expected comma-separated integers") from None
+    if args.trials < 1 or min(widths) < 1:
+        raise UserError(f"--trials and --widths: found {args.trials} and {args.widths}, expected positive numbers")
+    study = tune(cfg, args.out, args.trials, args.storage, args.study, args.timeout, args.heartbeat, models, widths)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        print(f"best validation mIoU {best.value:.4f} (trial {best.number}); {len(study.trials)} trials in the study")
+        print(f"wrote {args.out}/best.yaml (marsseg train --config {args.out}/best.yaml), trials.csv, history.png")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -371,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="training seeds per model (the split stays the same)")
     p.add_argument("--no-ensemble", action="store_true", help="skip the ensemble row (softmax averaged)")
     p.set_defaults(run=cmd_experiments)
+
+    p = commands.add_parser("tune", help="hyperparameter search with Optuna; resumable, shareable between workers")
+    p.add_argument("--out", required=True, help="directory for the study, best.yaml, trials.csv and plots")
+    _add_training_flags(p)
+    p.add_argument("--trials", type=int, required=True, help="trials in the study, counting every worker's")
+    p.add_argument("--storage", help="SQLAlchemy URL of a shared study (default: sqlite in --out)")
+    p.add_argument("--study", default="marsseg", help="study name within the storage")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--models", default="res_unet,deeplab,unet", help="models the search may choose")
+    p.add_argument("--widths", default="16,24,32,48", help="widths the search may choose")
+    p.add_argument("--heartbeat", type=int, default=60, help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_tune)
 
     p = commands.add_parser("overfit-batch", help="sanity check: can the model overfit one batch? exit 1 if not")
     _add_training_flags(p)

@@ -1,0 +1,216 @@
+"""Hyperparameter search with Optuna (TPE sampler, median pruner), calling the same `fit` as `marsseg train`.
+
+Every trial trains on one fixed split and is scored on the validation part only; the local test part is never
+looked at while tuning. The study lives in a database (SQLite in the output directory by default, or any
+SQLAlchemy URL), so several processes or machines can work on one study and a re-run resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import fcntl
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from tqdm import tqdm
+
+from marsseg.config import Config, save_config
+from marsseg.data.io import write_atomically
+from marsseg.data.prepare import prepare_data
+from marsseg.engine import fit
+from marsseg.errors import UserError
+
+# States that count towards the study's number of trials. A failed trial (a killed worker's, once its heartbeat
+# stops) does not count: its place is taken by a new trial.
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING")
+DEFAULT_MODELS = ("res_unet", "deeplab", "unet")
+DEFAULT_WIDTHS = (16, 24, 32, 48)
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("marsseg tune needs Optuna: pip install 'marsseg[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def suggest_config(trial, base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> Config:
+    """The search space: optimisation, model, loss, sampling, augmentation and schedule."""
+    cfg = copy.deepcopy(base)
+    cfg.optim.lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    cfg.optim.weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    cfg.optim.batch_size = trial.suggest_categorical("batch_size", [16, 32, 64])
+    cfg.optim.scheduler = trial.suggest_categorical("scheduler", ["cosine", "onecycle", "plateau"])
+    cfg.model.name = trial.suggest_categorical("model", list(models))
+    cfg.model.width = trial.suggest_categorical("width", list(widths))
+    cfg.model.options = {}
+    cfg.loss.focal_weight = trial.suggest_float("focal_weight", 0.25, 4.0, log=True)  # dice weight stays 1
+    cfg.loss.focal_gamma = trial.suggest_float("focal_gamma", 0.0, 3.0)
+    cfg.loss.class_weights = trial.suggest_categorical("class_weights", ["none", "inverse_sqrt", "inverse"])
+    cfg.data.oversample_factor = trial.suggest_int("oversample_factor", 1, 8)
+    cfg.augment.elastic = trial.suggest_float("elastic", 0.0, 0.5)
+    cfg.augment.grid_distortion = trial.suggest_float("grid_distortion", 0.0, 0.5)
+    cfg.augment.brightness_limit = trial.suggest_float("brightness_limit", 0.0, 0.4)
+    cfg.augment.contrast_limit = trial.suggest_float("contrast_limit", 0.0, 0.4)
+    cfg.augment.gamma = trial.suggest_float("gamma", 0.0, 0.6)
+    return cfg
+
+
+def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbeat: int = 60):
+    """Create or load the study; trials of dead workers (no heartbeat for 2 intervals) are marked failed."""
+    optuna = _optuna()
+    url = storage or f"sqlite:///{out_dir / 'study.db'}"
+    with warnings.catch_warnings():  # heartbeats are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+        )
+    study = optuna.create_study(
+        study_name=name,
+        storage=rdb,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        load_if_exists=True,
+    )
+    return study, rdb
+
+
+@contextlib.contextmanager
+def heartbeat_while_running(rdb, trial, interval: int):
+    """Record the trial's heartbeat every `interval` seconds, so a killed worker's trial is seen as stale."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            rdb.record_heartbeat(trial._trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _claim_lock(out_dir: Path):
+    """Workers on one machine take turns to claim a trial, so together they never start more than asked."""
+    with open(out_dir / ".claim.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_trial(study, n_trials: int, out_dir: Path):
+    """A new trial, or None once the study holds `n_trials` finished or running trials."""
+    optuna = _optuna()
+    with _claim_lock(out_dir):
+        optuna.storages.fail_stale_trials(study)
+        counted = [t for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED]
+        if len(counted) >= n_trials:
+            return None
+        return study.ask()
+
+
+def run_trial(study, trial, base: Config, prepared, out_dir: Path, space: dict) -> None:
+    optuna = _optuna()
+    cfg = suggest_config(trial, base, **space)
+
+    def report(epoch: int, val_miou: float) -> None:
+        trial.report(val_miou, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    try:
+        result = fit(
+            cfg,
+            out_dir / "trials" / f"trial_{trial.number:04d}",
+            force=True,
+            prepared=prepared,
+            on_epoch=report,
+            score_test=False,
+        )
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
+    except Exception:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    study.tell(trial, result.best_val_miou)
+
+
+def tune(
+    base: Config,
+    out_dir: str | os.PathLike,
+    n_trials: int,
+    storage: str | None = None,
+    name: str = "marsseg",
+    timeout: float | None = None,
+    heartbeat: int = 60,
+    models=DEFAULT_MODELS,
+    widths=DEFAULT_WIDTHS,
+):
+    """Run trials until the study holds `n_trials` (counting other workers') or `timeout` seconds pass."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
+    prepared = prepare_data(base.data)  # one split for every trial
+    start = time.monotonic()
+    space = {"models": tuple(models), "widths": tuple(widths)}
+    done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+    bar = tqdm(total=n_trials, initial=done_before, desc="trials", disable=None)
+    while timeout is None or time.monotonic() - start < timeout:
+        trial = claim_trial(study, n_trials, out_dir)
+        if trial is None:
+            break
+        with heartbeat_while_running(rdb, trial, heartbeat):
+            run_trial(study, trial, base, prepared, out_dir, space)
+        bar.update(1)
+    bar.close()
+    write_outputs(study, base, out_dir, space)
+    return study
+
+
+def write_outputs(study, base: Config, out_dir: Path, space: dict) -> None:
+    """best.yaml (for `marsseg train --config`), trials.csv, and the optimisation history and importance plots."""
+    optuna = _optuna()
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({key for t in trials for key in t.params})
+
+    def write_csv(temporary: str) -> None:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["number", "state", "val_miou", "seconds", *names])
+            for t in trials:
+                seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+                writer.writerow([t.number, t.state.name, t.value, seconds, *(t.params.get(n, "") for n in names)])
+
+    write_atomically(out_dir / "trials.csv", write_csv)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if not complete:
+        return
+    best = max(complete, key=lambda t: t.value)
+    save_config(suggest_config(optuna.trial.FixedTrial(best.params), base, **space), out_dir / "best.yaml")
+    from marsseg import report
+
+    axis = optuna.visualization.matplotlib.plot_optimization_history(study)
+    report.save_figure(axis.figure, out_dir / "history.png")
+    if len(complete) >= 2:
+        axis = optuna.visualization.matplotlib.plot_param_importances(study)
+        report.save_figure(axis.figure, out_dir / "importances.png")

@@ -1,0 +1,90 @@
+"""Tuning: workers share one SQLite study without losing or duplicating trials, and a killed worker's study resumes."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+
+def tune_command(tiny_npz, out, trials, epochs=1):
+    return [
+        sys.executable,
+        "-m",
+        "marsseg",
+        "tune",
+        "--data",
+        str(tiny_npz),
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        "--epochs",
+        str(epochs),
+        "--models",
+        "res_unet",
+        "--widths",
+        "8",
+        "--batch-size",
+        "32",
+        "--set",
+        "threads=1",
+        "--heartbeat",
+        "1",
+    ]
+
+
+def trial_states(out):
+    with sqlite3.connect(out / "study.db") as db:
+        return db.execute("select number, state from trials order by number").fetchall()
+
+
+@pytest.mark.slow
+def test_two_workers_finish_n_trials_between_them(tmp_path, tiny_npz):
+    out = tmp_path / "study"
+    out.mkdir()
+    workers = [
+        subprocess.Popen(tune_command(tiny_npz, out, 4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()[-2000:]
+    states = trial_states(out)
+    assert [number for number, _ in states] == [0, 1, 2, 3]  # none lost, none duplicated, none extra
+    assert all(state in ("COMPLETE", "PRUNED") for _, state in states)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"trial_000{i}" for i in range(4)]
+    assert (out / "best.yaml").is_file() and (out / "history.png").is_file()
+    assert len((out / "trials.csv").read_text().splitlines()) == 5
+    # best.yaml is a config that marsseg train accepts
+    from marsseg.config import load_config
+
+    assert load_config(str(out / "best.yaml")).model.width == 8
+
+
+@pytest.mark.slow
+def test_killed_worker_keeps_finished_trials_and_the_study_resumes(tmp_path, tiny_npz):
+    out = tmp_path / "study"
+    out.mkdir()
+    worker = subprocess.Popen(
+        tune_command(tiny_npz, out, 3, epochs=3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (out / "study.db").exists() and any(s == "COMPLETE" for _, s in trial_states(out)):
+            break
+        time.sleep(0.2)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    finished_before = [(n, s) for n, s in trial_states(out) if s == "COMPLETE"]
+    assert finished_before
+    time.sleep(2.5)  # past the grace period of the killed worker's heartbeat
+    assert subprocess.run(tune_command(tiny_npz, out, 3, epochs=3), capture_output=True).returncode == 0
+    states = trial_states(out)
+    assert all(item in states for item in finished_before)  # intact
+    assert sum(s in ("COMPLETE", "PRUNED") for _, s in states) == 3
+    assert all(s in ("COMPLETE", "PRUNED", "FAIL") for _, s in states)  # the killed one is marked failed

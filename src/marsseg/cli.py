@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -155,13 +156,36 @@ def parse_overrides(args) -> dict:
     return overrides
 
 
+def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
+    """`marsseg train --nproc K ...` is `torchrun --standalone --nproc_per_node K -m marsseg train ...`."""
+    import subprocess
+
+    rest = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.call([*command, "-m", "marsseg", *rest])
+
+
 def cmd_train(args) -> int:
     from marsseg import report
     from marsseg.config import load_config
     from marsseg.engine import fit
 
+    if args.nproc < 1:
+        raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
     cfg = load_config(args.config, parse_overrides(args))
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch_with_torchrun(args.argv, args.nproc)
     result = fit(cfg, args.out, resume=args.resume, force=args.force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(
         f"best validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
@@ -369,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run directory's files")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="train with DistributedDataParallel in this many processes (via torchrun)"
+    )
     p.set_defaults(run=cmd_train)
 
     for name, function, text in (
@@ -420,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except UserError as error:

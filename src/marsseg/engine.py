@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -110,6 +111,7 @@ def train_one_epoch(
     ema=None,
     description: str = "train",
     memory_format: torch.memory_format = torch.contiguous_format,
+    show_progress: bool = True,
 ) -> dict:
     """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
 
@@ -117,7 +119,7 @@ def train_one_epoch(
     """
     model.train()
     total_loss, batches, data_seconds, compute_seconds = 0.0, 0, 0.0, 0.0
-    bar = tqdm(loader, desc=description, leave=False, disable=None, dynamic_ncols=True)
+    bar = tqdm(loader, desc=description, leave=False, disable=None if show_progress else True, dynamic_ncols=True)
     tick = time.perf_counter()
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
@@ -227,6 +229,7 @@ class FitResult:
     history: list[dict]
     test: Evaluation | None = None  # the local test part, scored once with the best checkpoint
     val: Evaluation | None = None
+    model: nn.Module | None = None  # the trained model as it ended (not the best checkpoint)
 
 
 HISTORY_FIELDS = [
@@ -281,6 +284,49 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Pa
     return run_dir
 
 
+@dataclass
+class Ranks:
+    """Where this process stands among the training processes (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Ranks:
+    """Join the process group when started by torchrun: gloo on CPU, NCCL on GPU. One process: no group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = resolve_device(device_name).type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _distributed_evaluation(evaluation: Evaluation, ranks: Ranks) -> Evaluation:
+    """Sum the ranks' confusion matrices (each scored its own shard) into the whole set's evaluation."""
+    if ranks.world == 1:
+        return evaluation
+    matrix = torch.from_numpy(evaluation.matrix).clone()
+    dist.all_reduce(matrix)
+    return Evaluation(matrix.numpy(), mean_iou(matrix), iou_per_class(matrix))
+
+
+def _write_data_record(run_dir: Path, cfg: Config, prepared: PreparedData) -> None:
+    record = {
+        "path": cfg.data.path or "<synthetic>",
+        "fingerprint": prepared.fingerprint,
+        "removed": {str(k): v for k, v in sorted(prepared.cleaning.removed.items())},
+    }
+    write_atomically(run_dir / "data.json", lambda t: open(t, "w").write(json.dumps(record, indent=1)))
+
+
 def fit(
     cfg: Config,
     run_dir: str | os.PathLike,
@@ -292,39 +338,41 @@ def fit(
 ) -> FitResult:
     """Train `cfg` into `run_dir`: clean -> split -> oversample -> augment -> train with early stopping.
 
+    Started by torchrun with several processes, it trains with DistributedDataParallel: each process takes
+    batch_size / processes images of every global batch; rank 0 alone writes files and logs.
+
     Args:
         prepared: data already cleaned and split (a search reuses one split for every trial).
         on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
         score_test: score the best checkpoint on the local test part at the end (the final figure only).
     """
-    run_dir = prepare_run_dir(run_dir, resume, force)
+    ranks = init_distributed(cfg.device)
+    if ranks.is_main:
+        run_dir = prepare_run_dir(run_dir, resume, force)
+    if ranks.world > 1:
+        dist.barrier()  # the run directory is ready (or refused) before any rank reads it
+    run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt") if resume else None
     if state is not None:
         cfg = from_dict(state["config"], str(run_dir / "last.pt"))
-    configure_threads(cfg.threads)
+    if ranks.world > 1 and cfg.optim.batch_size % ranks.world:
+        raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide among {ranks.world} processes")
+    if ranks.world > 1 and cfg.data.sampler != "repeat":
+        raise UserError("data.sampler 'weighted' is not supported with several processes; use 'repeat'")
+    configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     seed_everything(cfg.seed)
 
     if prepared is None:
         saved_split = Split.load(run_dir / "split.json") if resume else None
         prepared = prepare_data(cfg.data, saved_split)
     data, split = prepared.data, prepared.split
-    if not resume:
+    if ranks.is_main and not resume:
         save_config(cfg, run_dir / "config.yaml")
         split.save(run_dir / "split.json")
-        write_atomically(
-            run_dir / "data.json",
-            lambda t: open(t, "w").write(
-                json.dumps(
-                    {
-                        "path": cfg.data.path or "<synthetic>",
-                        "fingerprint": prepared.fingerprint,
-                        "removed": {str(k): v for k, v in sorted(prepared.cleaning.removed.items())},
-                    },
-                    indent=1,
-                )
-            ),
-        )
+        _write_data_record(run_dir, cfg, prepared)
 
     # Oversampling happens here, on the training part only, after the split.
     train_indices = split.train
@@ -336,18 +384,18 @@ def fit(
     dataset = SegmentationDataset(
         data.images, data.masks, train_indices, build_augmentation(cfg.augment, cfg.seed), cfg.data.in_channels
     )
+    batch_size = cfg.optim.batch_size // ranks.world
+    drop_last = len(dataset) > cfg.optim.batch_size
+    if ranks.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
+        )
     loader = make_loader(
-        dataset,
-        cfg.optim.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        sampler=sampler,
-        drop_last=len(dataset) > cfg.optim.batch_size,
+        dataset, batch_size, True, cfg.seed, cfg.data.num_workers, sampler=sampler, drop_last=drop_last
     )
 
     memory_format = training_memory_format(cfg, device)
-    model = build_model(cfg).to(device).to(memory_format=memory_format)
+    model = build_model(cfg).to(device).to(memory_format=memory_format)  # identical on every rank (same seed)
     loss_fn = build_loss(cfg.loss, data.masks[split.train]).to(device)
     optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -381,28 +429,38 @@ def fit(
         history, best, stale = state["history"], state["best"], state["stale"]
         progress = state["progress"]
         start_epoch = state["epoch"] + 1
+    trained = model  # the module whose weights are saved; `model` may become its DDP wrapper
+    if ranks.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
 
     def on_step() -> None:
         # The schedule follows whichever is further along: steps of the planned epochs, or the time budget.
+        # Several processes follow steps only, so that every rank sets the same learning rate.
         if plateau is None:
             done = progress["step"] / total_steps
-            if budget:
+            if budget and ranks.world == 1:
                 done = max(done, (progress["seconds"] + time.perf_counter() - epoch_start) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(done, warmup, cfg.optim.scheduler)
         progress["step"] += 1
 
-    scored_model = ema.module if ema is not None else model
+    scored_model = ema.module if ema is not None else trained
+    val_shard = split.val[ranks.rank :: ranks.world]
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.optim.epochs):
-        if budget and progress["seconds"] >= budget:
-            break
-        if stale >= cfg.optim.early_stopping_patience:
+        stop = stale >= cfg.optim.early_stopping_patience or bool(budget and progress["seconds"] >= budget)
+        if ranks.world > 1:  # rank 0's clock decides, so that no rank waits for one that stopped
+            flag = torch.tensor([float(stop)])
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if stop:
             break
         epoch_start = time.perf_counter()
         dataset.reseed(cfg.seed * 100_003 + epoch)  # each epoch's augmentations are fixed by seed and epoch
         loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
-        if sampler is not None:
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.set_epoch(epoch)
+        elif sampler is not None:
             sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
         stats = train_one_epoch(
             model,
@@ -414,12 +472,14 @@ def fit(
             ema,
             f"epoch {epoch + 1}/{cfg.optim.epochs}",
             memory_format,
+            show_progress=ranks.is_main,
         )
         if ema is not None:
             scored_model.to(memory_format=memory_format)
         val = evaluate(
-            scored_model, data.images[split.val], data.masks[split.val], cfg.data.in_channels, tta=False, device=device
+            scored_model, data.images[val_shard], data.masks[val_shard], cfg.data.in_channels, tta=False, device=device
         )
+        val = _distributed_evaluation(val, ranks)
         if plateau is not None:
             plateau.step(val.miou)
         seconds = time.perf_counter() - epoch_start
@@ -440,39 +500,44 @@ def fit(
             best, stale = {"miou": val.miou, "epoch": epoch + 1}, 0
         else:
             stale += 1
-        tqdm.write(
-            f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
-            f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
-        )
-        checkpoint = {
-            "config": to_dict(cfg),
-            "model": scored_model.state_dict(),
-            "epoch": epoch,
-            "best": best,
-            "stale": stale,
-        }
-        if improved:
-            save_checkpoint(run_dir / "best.pt", checkpoint)
-        checkpoint.update(
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            history=history,
-            progress=progress,
-            rng=_rng_state(),
-            plateau=plateau.state_dict() if plateau is not None else None,
-            ema=ema.state_dict() if ema is not None else None,
-        )
-        save_checkpoint(run_dir / "last.pt", checkpoint)
-        _write_history(run_dir / "metrics.csv", history)
+        if ranks.is_main:
+            tqdm.write(
+                f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
+                f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
+            )
+            checkpoint = {
+                "config": to_dict(cfg),
+                "model": scored_model.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "stale": stale,
+            }
+            if improved:
+                save_checkpoint(run_dir / "best.pt", checkpoint)
+            checkpoint.update(
+                model=trained.state_dict(),
+                optimizer=optimizer.state_dict(),
+                history=history,
+                progress=progress,
+                rng=_rng_state(),
+                plateau=plateau.state_dict() if plateau is not None else None,
+                ema=ema.state_dict() if ema is not None else None,
+            )
+            save_checkpoint(run_dir / "last.pt", checkpoint)
+            _write_history(run_dir / "metrics.csv", history)
         if on_epoch is not None:
             on_epoch(epoch, val.miou)
 
     result = FitResult(str(run_dir), best["miou"], best["epoch"], len(history), progress["seconds"], history)
-    from marsseg import report
+    result.model = trained
+    if ranks.is_main:
+        from marsseg import report
 
-    report.plot_curves(history, run_dir / "curves.png")
-    if score_test:
-        finish_run(result, cfg, prepared, device)
+        report.plot_curves(history, run_dir / "curves.png")
+        if score_test:
+            finish_run(result, cfg, prepared, device)
+    if ranks.world > 1:
+        dist.barrier()  # every rank returns once rank 0 has written its files
     return result
 
 

@@ -1,0 +1,28 @@
+"""Run under torchrun by tests/test_distributed.py: trains one short epoch and saves this rank's parameters."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from marsseg.config import load_config
+from marsseg.engine import fit
+
+# No augmentation, no oversampling, a constant learning rate: the run is a pure function of the batches.
+CONFIG = {
+    "model.width": 8,
+    "optim.batch_size": 32,
+    "optim.epochs": 1,
+    "optim.scheduler": "none",
+    "data.oversample_factor": 1,
+    "augment.hflip": 0.0,
+    "augment.brightness_contrast": 0.0,
+    "augment.gamma": 0.0,
+    "threads": 1,
+}
+
+if __name__ == "__main__":
+    out, data = sys.argv[1], sys.argv[2]
+    result = fit(load_config(None, {**CONFIG, "data.path": data}), f"{out}/run", force=True, score_test=False)
+    params = {name: p.detach().clone() for name, p in result.model.named_parameters()}
+    torch.save(params, f"{out}/rank{dist.get_rank()}.pt")

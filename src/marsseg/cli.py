@@ -282,16 +282,23 @@ def cmd_overfit_batch(args) -> int:
     return 1
 
 
+def parse_model_list(text: str) -> list[str]:
+    """--models a,b,c: names checked against the model zoo."""
+    from marsseg.models import MODELS
+
+    models = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in models if name not in MODELS]
+    if unknown or not models:
+        raise UserError(f"--models: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(MODELS)}")
+    return models
+
+
 def cmd_experiments(args) -> int:
     from marsseg.config import load_config
     from marsseg.experiments import run_experiments
-    from marsseg.models import MODELS
 
     cfg = load_config(args.config, parse_overrides(args))
-    models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = [name for name in models if name not in MODELS]
-    if unknown:
-        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    models = parse_model_list(args.models)
     if args.seeds < 1:
         raise UserError(f"--seeds: found {args.seeds}, expected >= 1")
     run_experiments(cfg, args.out, models, args.seeds, ensemble=not args.no_ensemble)
@@ -302,14 +309,10 @@ def cmd_experiments(args) -> int:
 
 def cmd_tune(args) -> int:
     from marsseg.config import load_config
-    from marsseg.models import MODELS
     from marsseg.tune import tune
 
     cfg = load_config(args.config, parse_overrides(args))
-    models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = [name for name in models if name not in MODELS]
-    if unknown:
-        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    models = parse_model_list(args.models)
     try:
         widths = [int(w) for w in args.widths.split(",")]
     except ValueError:

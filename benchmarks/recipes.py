@@ -1,0 +1,91 @@
+"""Ablation of the default recipe: each lever as one row, trained on one split, scored on validation.
+
+Every variant is the default config plus a few overrides. Rows report validation mIoU (every choice is made on
+validation) and, for reference, local-test mIoU and big-rock IoU. Finished runs are skipped on a re-run.
+Run: .venv/bin/python benchmarks/recipes.py --data ../shared/data/mars64.npz --out runs/ablation \\
+         [--variants default,no_ignore_bg,...] [--epochs N] [--seeds K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from marsseg.config import load_config
+from marsseg.data.prepare import prepare_data
+from marsseg.engine import fit
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "cross_entropy": {"loss.name": "cross_entropy"},
+    "study_loss_with_background": {"loss.ignore_background": False, "loss.class_weights": "none"},
+    "dice_focal_no_class_weights": {"loss.class_weights": "none"},
+    "dice_focal_inverse_weights": {"loss.class_weights": "inverse"},
+    "no_oversampling": {"data.oversample_factor": 1},
+    "oversample_x8": {"data.oversample_factor": 8},
+    "weighted_sampler": {"data.sampler": "weighted"},
+    "flips_only": {"augment.brightness_contrast": 0.0, "augment.gamma": 0.0},
+    "study_augmentations": {
+        "augment.vflip": 0.5,
+        "augment.elastic": 0.3,
+        "augment.grid_distortion": 0.3,
+        "augment.clahe": 0.3,
+    },
+    "plain_unet": {"model.name": "unet"},
+    "width_48": {"model.width": 48},
+    "lr_1e-3": {"optim.lr": 1e-3},
+    "plateau": {"optim.scheduler": "plateau"},
+    "onecycle": {"optim.scheduler": "onecycle"},
+    "batch_32": {"optim.batch_size": 32},
+    "no_ema": {"optim.ema_decay": 0.0},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs for every row")
+    parser.add_argument("--seeds", type=int, default=1)
+    args = parser.parse_args()
+    base = load_config(None, {"data.path": args.data})
+    prepared = prepare_data(base.data)  # one split for every row
+    print(f"{'variant':<30}{'seed':>5}{'val mIoU':>10}{'test mIoU':>11}{'big rock':>10}{'minutes':>9}")
+    for name in args.variants.split(","):
+        rows = []
+        for seed in range(args.seeds):
+            overrides = {"data.path": args.data, "seed": seed, **VARIANTS[name]}
+            if args.epochs:
+                overrides["optim.epochs"] = args.epochs
+            run_dir = Path(args.out) / f"{name}_seed{seed}"
+            if not (run_dir / "metrics.json").is_file():
+                fit(load_config(None, overrides), run_dir, force=True, prepared=prepared)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append(
+                (
+                    metrics["val_miou"],
+                    metrics["test_miou"],
+                    metrics["test_iou"]["big_rock"],
+                    metrics["train_seconds"] / 60,
+                )
+            )
+            print(
+                f"{name:<30}{seed:>5}{rows[-1][0]:>10.4f}{rows[-1][1]:>11.4f}{rows[-1][2]:>10.4f}{rows[-1][3]:>9.1f}",
+                flush=True,
+            )
+        if len(rows) > 1:
+            mean, std = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
+            print(
+                f"{name + ' (mean ± std)':<35}{mean[0]:>6.4f}±{std[0]:.4f} {mean[1]:.4f}±{std[1]:.4f} "
+                f"{mean[2]:.4f}±{std[2]:.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

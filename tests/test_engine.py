@@ -115,3 +115,22 @@ def test_overfit_one_batch_reaches_target(tiny_npz):
     cfg = tiny_config(tiny_npz, **{"model.width": 16})
     steps, miou = overfit_one_batch(cfg, batch_size=8, target=0.9, max_steps=200)
     assert miou >= 0.9 and steps < 200
+
+
+def test_big_rock_scale_turns_close_calls_into_big_rock():
+    from marsseg.predict import labels_from_probabilities
+
+    probs = torch.tensor([0.0, 0.3, 0.25, 0.25, 0.2]).reshape(1, 5, 1, 1).repeat(1, 1, 1, 2)
+    probs[0, :, 0, 1] = torch.tensor([0.5, 0.4, 0.05, 0.05, 0.0])
+    assert labels_from_probabilities(probs).flatten().tolist() == [1, 1]  # never 0, even where 0 is likeliest
+    assert labels_from_probabilities(probs, big_rock_scale=2.0).flatten().tolist() == [4, 1]
+
+
+def test_scale_chosen_on_validation_is_stored_in_the_checkpoint(tmp_path, tiny_npz):
+    from marsseg.engine import BIG_ROCK_SCALES
+
+    fit(tiny_config(tiny_npz, **{"optim.epochs": 1, "big_rock_scale": 0.0}), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["big_rock_scale"] in BIG_ROCK_SCALES and len(metrics["big_rock_scale_val_miou"]) == 7
+    assert metrics["val_miou"] == pytest.approx(max(metrics["big_rock_scale_val_miou"].values()), abs=1e-5)
+    assert load_model(tmp_path / "run")[1].big_rock_scale == metrics["big_rock_scale"]

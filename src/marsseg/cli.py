@@ -227,7 +227,10 @@ def cmd_evaluate(args) -> int:
     indices = getattr(prepared.split, args.split)
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     tta = cfg.tta if args.tta is None else args.tta
-    result = evaluate(model.to(device), images, masks, cfg.data.in_channels, tta, device, keep_predictions=True)
+    scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
+    result = evaluate(
+        model.to(device), images, masks, cfg.data.in_channels, tta, device, keep_predictions=True, big_rock_scale=scale
+    )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
         report.format_iou_table(
@@ -255,7 +258,13 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device or cfg.device)
     tta = cfg.tta if args.tta is None else args.tta
     labels = predict_labels(
-        model.to(device), data.test_images, cfg.data.in_channels, tta=tta, device=device, progress=True
+        model.to(device),
+        data.test_images,
+        cfg.data.in_channels,
+        tta=tta,
+        device=device,
+        progress=True,
+        big_rock_scale=cfg.big_rock_scale or 1.0,
     )
     write_submission(labels, args.out)
     shares = np.bincount(labels.reshape(-1), minlength=5)[1:] / labels.size

@@ -95,6 +95,10 @@ class Config:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0 picks the number of physical cores
     tta: bool = True  # flip test-time augmentation when scoring the local test part and predicting
+    # Multiplies the big-rock probability before the argmax (predict.labels_from_probabilities). 0 means: choose
+    # it on the validation part after training (from engine.BIG_ROCK_SCALES); the choice is stored in best.pt.
+    # Off by default: on mars64 the scale chosen on validation (4) did not carry over to held-out images.
+    big_rock_scale: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -118,6 +122,7 @@ NON_NEGATIVE = (
     "data.num_workers",
     "threads",
     "optim.ema_decay",
+    "big_rock_scale",
     "data.split_seed",
     "loss.dice_weight",
     "loss.focal_weight",

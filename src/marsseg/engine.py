@@ -162,12 +162,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     keep_predictions: bool = False,
     batch_size: int = 128,
+    big_rock_scale: float = 1.0,
 ) -> Evaluation:
     """Score `model` on (images, masks): one confusion matrix over the whole set."""
     total = torch.zeros(5, 5, dtype=torch.int64)
     per_image, kept, start = [], [], 0
     for probs in predict_probabilities(model, images, in_channels, batch_size, tta, device):
-        labels = labels_from_probabilities(probs)
+        labels = labels_from_probabilities(probs, big_rock_scale)
         truth = torch.from_numpy(masks[start : start + len(labels)]).long()
         start += len(labels)
         total += confusion_matrix(truth, labels)
@@ -541,26 +542,56 @@ def fit(
     return result
 
 
+BIG_ROCK_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def choose_big_rock_scale(
+    model: nn.Module, images: np.ndarray, masks: np.ndarray, in_channels: int, tta: bool, device
+) -> tuple[float, dict[float, float]]:
+    """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
+    probabilities = torch.cat(list(predict_probabilities(model, images, in_channels, tta=tta, device=device)))
+    truth = torch.from_numpy(masks).long()
+    scores = {
+        s: mean_iou(confusion_matrix(truth, labels_from_probabilities(probabilities, s))) for s in BIG_ROCK_SCALES
+    }
+    return max(scores, key=scores.get), scores
+
+
 def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: torch.device) -> None:
-    """Score the best checkpoint on validation and, once, on the local test part; write metrics.json."""
+    """Choose the big-rock scale on validation if asked, then score the best checkpoint on validation and, once,
+    on the local test part; write metrics.json."""
     from marsseg import report
 
     run_dir = Path(result.run_dir)
     model, _ = load_model(run_dir)
     model = model.to(device)
     data, split = prepared.data, prepared.split
-    result.val = evaluate(model, data.images[split.val], data.masks[split.val], cfg.data.in_channels, cfg.tta, device)
+    val_images, val_masks = data.images[split.val], data.masks[split.val]
     metrics = {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 1),
         "tta": cfg.tta,
-        "val_miou": result.val.miou,
-        "val_iou": dict(zip(CLASS_KEYS, result.val.ious.tolist(), strict=True)),
     }
+    scale = cfg.big_rock_scale
+    if scale == 0:
+        scale, scores = choose_big_rock_scale(model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device)
+        metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
+        state = load_checkpoint(run_dir / "best.pt")
+        state["config"]["big_rock_scale"] = scale  # predict and evaluate read it from here
+        save_checkpoint(run_dir / "best.pt", state)
+    metrics["big_rock_scale"] = scale
+    result.val = evaluate(model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, big_rock_scale=scale)
+    metrics.update(val_miou=result.val.miou, val_iou=dict(zip(CLASS_KEYS, result.val.ious.tolist(), strict=True)))
     if len(split.test):
         result.test = evaluate(
-            model, data.images[split.test], data.masks[split.test], cfg.data.in_channels, cfg.tta, device
+            model,
+            data.images[split.test],
+            data.masks[split.test],
+            cfg.data.in_channels,
+            cfg.tta,
+            device,
+            big_rock_scale=scale,
         )
         metrics.update(
             test_miou=result.test.miou, test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True))

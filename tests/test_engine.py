@@ -134,3 +134,23 @@ def test_scale_chosen_on_validation_is_stored_in_the_checkpoint(tmp_path, tiny_n
     assert metrics["big_rock_scale"] in BIG_ROCK_SCALES and len(metrics["big_rock_scale_val_miou"]) == 7
     assert metrics["val_miou"] == pytest.approx(max(metrics["big_rock_scale_val_miou"].values()), abs=1e-5)
     assert load_model(tmp_path / "run")[1].big_rock_scale == metrics["big_rock_scale"]
+
+
+def test_ema_warms_up_so_the_average_forgets_the_initial_weights():
+    from marsseg.engine import ema_average
+
+    average = ema_average(0.99)
+    value = torch.tensor(1.0)  # e.g. a batch-norm running variance at initialisation
+    for n in range(300):
+        value = average(value, torch.tensor(0.001), torch.tensor(n))
+    assert value.item() < 0.0015  # a fixed 0.99 decay would still hold 0.99**300 ~ 0.05 of the initial 1.0
+    assert average(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(10_000)).item() == pytest.approx(0.99)
+
+
+@pytest.mark.slow
+def test_ema_model_is_scored_and_reasonable(tmp_path, tiny_npz):
+    plain = fit(tiny_config(tiny_npz, **{"optim.epochs": 3}), tmp_path / "plain", score_test=False)
+    averaged = fit(
+        tiny_config(tiny_npz, **{"optim.epochs": 3, "optim.ema_decay": 0.9}), tmp_path / "ema", score_test=False
+    )
+    assert averaged.best_val_miou > 0.5 * plain.best_val_miou > 0

@@ -76,6 +76,21 @@ def build_model(cfg: Config) -> nn.Module:
     )
 
 
+def ema_average(decay: float):
+    """The exponential moving average step, with the decay warmed up as min(decay, (1 + n) / (10 + n)).
+
+    Without the warm-up the average keeps the initial weights' share decay**n for a long time; batch-norm
+    running variances shrink by orders of magnitude early on, so that residue alone wrecks the averaged model.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        weight = min(decay, (1 + n) / (10 + n))
+        return averaged * weight + current * (1 - weight)
+
+    return average
+
+
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:
     """Multiplier of the base learning rate at `progress` in [0, 1] of training.
 
@@ -407,9 +422,7 @@ def fit(
         )
     ema = None
     if cfg.optim.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True
-        )
+        ema = torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_average(cfg.optim.ema_decay), use_buffers=True)
 
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.optim.epochs

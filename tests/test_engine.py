@@ -154,3 +154,11 @@ def test_ema_model_is_scored_and_reasonable(tmp_path, tiny_npz):
         tiny_config(tiny_npz, **{"optim.epochs": 3, "optim.ema_decay": 0.9}), tmp_path / "ema", score_test=False
     )
     assert averaged.best_val_miou > 0.5 * plain.best_val_miou > 0
+
+
+def test_unknown_model_or_option_is_a_config_error_before_anything_is_written(tmp_path, tiny_npz, capsys):
+    for flags, words in ((["--model", "vit"], "unknown model 'vit'"), (["--set", "model.options={depth: 3}"], "depth")):
+        assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err
+        assert not (tmp_path / "r").exists()

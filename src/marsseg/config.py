@@ -208,9 +208,20 @@ def validate(config: Config, source: str = "config") -> Config:
             f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
             f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1"
         )
+    _check_model(config, source)
     if config.optim.ema_decay >= 1:
         raise ConfigError(f"{source}: field 'optim.ema_decay': found {config.optim.ema_decay}, expected 0 <= x < 1")
     return config
+
+
+def _check_model(config: Config, source: str) -> None:
+    """The model section names a model and arguments its class accepts (building it is the sure test)."""
+    from marsseg.models import create_model
+
+    try:
+        create_model(config.model.name, config.data.in_channels, width=config.model.width, **config.model.options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{source}: field 'model': {error}") from None
 
 
 def from_dict(values: dict, source: str = "config") -> Config:

@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_threads(threads: int) -> None:
-    """Use every core for intra-op parallelism (0 = all), and none for inter-op: one graph runs at a time."""
+    """Intra-op threads for CPU work: `threads`, or every core when 0."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 

@@ -1,11 +1,12 @@
 """Run under torchrun by tests/test_distributed.py: trains one short epoch and saves this rank's parameters."""
 
 import sys
+from dataclasses import fields
 
 import torch
 import torch.distributed as dist
 
-from marsseg.config import load_config
+from marsseg.config import AugmentConfig, load_config
 from marsseg.engine import fit
 
 # No augmentation, no oversampling, a constant learning rate: the run is a pure function of the batches.
@@ -15,9 +16,7 @@ CONFIG = {
     "optim.epochs": 1,
     "optim.scheduler": "none",
     "data.oversample_factor": 1,
-    "augment.hflip": 0.0,
-    "augment.brightness_contrast": 0.0,
-    "augment.gamma": 0.0,
+    **{f"augment.{f.name}": 0.0 for f in fields(AugmentConfig) if not f.name.endswith(("_alpha", "_sigma", "_limit"))},
     "threads": 1,
 }
 

@@ -56,8 +56,10 @@ def cmd_data_synth(args) -> int:
     from marsseg.data.io import refuse_to_overwrite, save_npz
     from marsseg.data.synth import make_synthetic
 
-    if args.n_train < 1 or args.n_test < 1:
-        raise UserError(f"--n-train and --n-test: found {args.n_train} and {args.n_test}, expected >= 1")
+    if args.n_train < 1 or args.n_test < 1 or args.seed < 0:
+        raise UserError(
+            f"--n-train, --n-test, --seed: found {args.n_train}, {args.n_test}, {args.seed}, expected >= 1, >= 1, >= 0"
+        )
     refuse_to_overwrite(args.out, args.force)
     save_npz(args.out, make_synthetic(args.n_train, args.n_test, args.seed))
     print(f"wrote {args.out}: {args.n_train} training and {args.n_test} test samples (seed {args.seed})")
@@ -67,7 +69,7 @@ def cmd_data_synth(args) -> int:
 def cmd_data_clean(args) -> int:
     from marsseg import report
     from marsseg.data.clean import find_contaminated, remove_contaminated
-    from marsseg.data.io import load_npz, refuse_to_overwrite, save_npz, to_course_layout, write_atomically
+    from marsseg.data.io import load_npz, refuse_to_overwrite, save_npz, to_course_layout, write_text_atomically
 
     report_path = Path(str(args.out).removesuffix(".npz") + ".removed.json")
     for path in (args.out, report_path, args.show):
@@ -79,11 +81,8 @@ def cmd_data_clean(args) -> int:
     found = find_contaminated(data)
     save_npz(args.out, to_course_layout(remove_contaminated(data, found)))
     removed = [{"index": i, "reason": reason} for i, reason in sorted(found.removed.items())]
-    write_atomically(
-        report_path,
-        lambda t: open(t, "w").write(
-            json.dumps({"input": str(args.file), "samples": len(data), "removed": removed}, indent=1)
-        ),
+    write_text_atomically(
+        report_path, json.dumps({"input": str(args.file), "samples": len(data), "removed": removed}, indent=1)
     )
     print(f"{args.file}: {len(data)} samples, removed {len(found.removed)}, kept {len(data) - len(found.removed)}")
     for rule, count in sorted(found.counts_by_rule().items()):
@@ -102,12 +101,16 @@ def cmd_data_clean(args) -> int:
 
 
 def cmd_data_split(args) -> int:
-    from marsseg.config import DataConfig
+    from marsseg.config import load_config
     from marsseg.data.prepare import prepare_data
 
-    cfg = DataConfig(
-        path=args.file or "", val_fraction=args.val_fraction, test_fraction=args.test_fraction, split_seed=args.seed
-    )
+    fields = {
+        "path": args.file or "",
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "split_seed": args.seed,
+    }
+    cfg = load_config(None, {f"data.{key}": value for key, value in fields.items()}).data
     prepared = prepare_data(cfg)
     data, split = prepared.data, prepared.split
     print(
@@ -152,7 +155,10 @@ def parse_overrides(args) -> dict:
         if "=" not in pair:
             raise UserError(f"--set {pair}: expected KEY=VALUE, e.g. --set optim.lr=0.001")
         key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {pair}: {value!r} is not a YAML value") from None
     return overrides
 
 
@@ -180,7 +186,11 @@ def cmd_train(args) -> int:
 
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
-    cfg = load_config(args.config, parse_overrides(args))
+    overrides = parse_overrides(args)
+    if args.resume and (overrides or args.config):
+        given = ", ".join([*overrides, *(["--config"] if args.config else [])])
+        raise UserError(f"--resume continues with the run's own config; found overrides ({given}), expected none")
+    cfg = load_config(args.config, overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return relaunch_with_torchrun(args.argv, args.nproc)
     result = fit(cfg, args.out, resume=args.resume, force=args.force)
@@ -202,7 +212,7 @@ def cmd_train(args) -> int:
 
 def _prepared_for_run(run_dir: str, data_path: str | None):
     """The run's data, cleaned and split exactly as in training; refuses a different file."""
-    from marsseg.data.prepare import prepare_data
+    from marsseg.data.prepare import prepare_data, recorded_fingerprint
     from marsseg.data.split import Split
     from marsseg.engine import load_model
 
@@ -211,10 +221,11 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
     split_path = Path(run_dir) / "split.json"
     if not split_path.is_file():
         raise UserError(f"{split_path}: missing; is {run_dir} a marsseg run directory?")
-    prepared = prepare_data(replace(cfg.data, path=path), Split.load(split_path))
-    recorded = json.loads((Path(run_dir) / "data.json").read_text())["fingerprint"]
-    if prepared.fingerprint != recorded:
-        raise UserError(f"{path or '<synthetic>'}: training_set differs from the one {run_dir} was trained on")
+    try:
+        split = Split.load(split_path)
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{split_path}: unreadable; is {run_dir} a marsseg run directory?") from None
+    prepared = prepare_data(replace(cfg.data, path=path), split, recorded_fingerprint(run_dir))
     return model, cfg, prepared
 
 
@@ -225,6 +236,8 @@ def cmd_evaluate(args) -> int:
     model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
     device = resolve_device(args.device or cfg.device)
     indices = getattr(prepared.split, args.split)
+    if len(indices) == 0:
+        raise UserError(f"{args.run_dir}: the {args.split} part of this run is empty; choose another --split")
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     tta = cfg.tta if args.tta is None else args.tta
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish

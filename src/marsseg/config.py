@@ -7,8 +7,8 @@ can be rebuilt from its directory alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -141,20 +141,20 @@ POSITIVE = (
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check `value` against a dataclass field's type; ints are accepted where floats are expected."""
+    """Check `value` against a dataclass field's type; ints are accepted where floats are expected, and so are
+    strings such as "1e-3" (YAML reads an exponent without a decimal point as a string)."""
     origin = typing.get_origin(annotation)
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
     if origin in (list, dict) and isinstance(value, origin):
         return value
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                pass
     expected = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{where}: found {value!r} ({type(value).__name__}), expected {expected}")
 
@@ -190,6 +190,9 @@ def validate(config: Config, source: str = "config") -> Config:
                 f"{source}: field '{dotted}': found {_lookup(config, dotted)!r}, "
                 f"expected one of {', '.join(map(str, allowed))}"
             )
+    for dotted in (*NON_NEGATIVE, *POSITIVE, "data.val_fraction", "data.test_fraction", "big_rock_scale"):
+        if isinstance(_lookup(config, dotted), float) and not math.isfinite(_lookup(config, dotted)):
+            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected a finite number")
     for dotted in NON_NEGATIVE:
         if _lookup(config, dotted) < 0:
             raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected >= 0")
@@ -199,7 +202,7 @@ def validate(config: Config, source: str = "config") -> Config:
     for f in fields(config.augment):
         value = getattr(config.augment, f.name)
         is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit"))
-        if value < 0 or (is_probability and value > 1):
+        if not math.isfinite(value) or value < 0 or (is_probability and value > 1):
             expected = "a probability in 0..1" if is_probability else ">= 0"
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
     fractions = config.data.val_fraction + config.data.test_fraction
@@ -208,6 +211,9 @@ def validate(config: Config, source: str = "config") -> Config:
             f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
             f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1"
         )
+    weights = config.loss.manual_weights
+    if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
+        raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")
     _check_model(config, source)
     if config.optim.ema_decay >= 1:
         raise ConfigError(f"{source}: field 'optim.ema_decay': found {config.optim.ema_decay}, expected 0 <= x < 1")
@@ -216,10 +222,10 @@ def validate(config: Config, source: str = "config") -> Config:
 
 def _check_model(config: Config, source: str) -> None:
     """The model section names a model and arguments its class accepts (building it is the sure test)."""
-    from marsseg.models import create_model
+    from marsseg.engine import build_model
 
     try:
-        create_model(config.model.name, config.data.in_channels, width=config.model.width, **config.model.options)
+        build_model(config)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source}: field 'model': {error}") from None
 
@@ -258,7 +264,7 @@ def to_dict(config: Config) -> dict:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    from marsseg.data.io import write_atomically
+    from marsseg.data.io import write_text_atomically
 
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
-    write_atomically(path, lambda temporary: open(temporary, "w").write(text))
+    write_text_atomically(path, text)

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from marsseg.config import Config, from_dict, save_config, to_dict
 from marsseg.data.augment import build_augmentation
-from marsseg.data.dataset import SegmentationDataset, make_loader
-from marsseg.data.io import write_atomically
-from marsseg.data.prepare import PreparedData, prepare_data
+from marsseg.data.dataset import SegmentationDataset, images_to_tensor, make_loader
+from marsseg.data.io import NUM_CLASSES, write_atomically, write_text_atomically
+from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import oversample_rare_class, rare_class_sampler
 from marsseg.data.split import Split
 from marsseg.errors import UserError
@@ -71,9 +71,7 @@ def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_fo
 
 
 def build_model(cfg: Config) -> nn.Module:
-    return create_model(
-        cfg.model.name, in_channels=cfg.data.in_channels, num_classes=5, width=cfg.model.width, **cfg.model.options
-    )
+    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
 
 
 def ema_average(decay: float):
@@ -168,21 +166,14 @@ class Evaluation:
     predictions: np.ndarray | None = None  # (N, H, W) labels, when kept
 
 
-def evaluate(
-    model: nn.Module,
-    images: np.ndarray,
-    masks: np.ndarray,
-    in_channels: int = 1,
-    tta: bool = False,
-    device: torch.device | str = "cpu",
-    keep_predictions: bool = False,
-    batch_size: int = 128,
-    big_rock_scale: float = 1.0,
+def evaluate_probabilities(
+    batches, masks: np.ndarray, keep_predictions: bool = False, big_rock_scale: float = 1.0
 ) -> Evaluation:
-    """Score `model` on (images, masks): one confusion matrix over the whole set."""
-    total = torch.zeros(5, 5, dtype=torch.int64)
+    """Score a stream of probability batches (B, C, H, W), in order, against `masks`: one confusion matrix over
+    the whole set. The one place where predictions become a score."""
+    total = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
     per_image, kept, start = [], [], 0
-    for probs in predict_probabilities(model, images, in_channels, batch_size, tta, device):
+    for probs in batches:
         labels = labels_from_probabilities(probs, big_rock_scale)
         truth = torch.from_numpy(masks[start : start + len(labels)]).long()
         start += len(labels)
@@ -194,6 +185,22 @@ def evaluate(
     return Evaluation(
         matrix, mean_iou(matrix), iou_per_class(matrix), np.array(per_image), np.concatenate(kept) if kept else None
     )
+
+
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    keep_predictions: bool = False,
+    batch_size: int = 128,
+    big_rock_scale: float = 1.0,
+) -> Evaluation:
+    """Score `model` on (images, masks)."""
+    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device)
+    return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -215,10 +222,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the model of a run from its checkpoint alone (the checkpoint carries the config)."""
-    state = load_checkpoint(Path(run_dir) / f"{which}.pt")
-    cfg = from_dict(state["config"], f"{run_dir}/{which}.pt")
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    path = Path(run_dir) / f"{which}.pt"
+    state = load_checkpoint(path)
+    try:
+        cfg = from_dict(state["config"], str(path))
+        model = build_model(cfg)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg
 
 
@@ -273,6 +284,12 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 RUN_FILES = (
+    "confusion_val.png",
+    "confusion_test.png",
+    "confusion_train.png",
+    "worst_val.png",
+    "worst_test.png",
+    "worst_train.png",
     "config.yaml",
     "split.json",
     "data.json",
@@ -289,6 +306,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Pa
     """Refuse an existing run directory unless resuming or forced; forced, its run files are removed first
     (so no checkpoint or figure of the old run survives beside the new one)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory; name a run directory")
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
         raise UserError(f"{run_dir}: run directory exists; pass --resume to continue it or --force to replace it")
     if resume and not (run_dir / "last.pt").is_file():
@@ -321,7 +340,10 @@ def init_distributed(device_name: str) -> Ranks:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = resolve_device(device_name).type == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        # The small reductions (confusion matrices, the stop flag) are CPU tensors: gloo carries them beside NCCL.
+        dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -332,15 +354,6 @@ def _distributed_evaluation(evaluation: Evaluation, ranks: Ranks) -> Evaluation:
     matrix = torch.from_numpy(evaluation.matrix).clone()
     dist.all_reduce(matrix)
     return Evaluation(matrix.numpy(), mean_iou(matrix), iou_per_class(matrix))
-
-
-def _write_data_record(run_dir: Path, cfg: Config, prepared: PreparedData) -> None:
-    record = {
-        "path": cfg.data.path or "<synthetic>",
-        "fingerprint": prepared.fingerprint,
-        "removed": {str(k): v for k, v in sorted(prepared.cleaning.removed.items())},
-    }
-    write_atomically(run_dir / "data.json", lambda t: open(t, "w").write(json.dumps(record, indent=1)))
 
 
 def fit(
@@ -381,14 +394,15 @@ def fit(
         device = torch.device("cuda", ranks.local_rank)
     seed_everything(cfg.seed)
 
-    if prepared is None:
-        saved_split = Split.load(run_dir / "split.json") if resume else None
-        prepared = prepare_data(cfg.data, saved_split)
+    if resume:  # the saved split, on the same data, whatever was passed in
+        prepared = prepare_data(cfg.data, Split.load(run_dir / "split.json"), recorded_fingerprint(run_dir))
+    elif prepared is None:
+        prepared = prepare_data(cfg.data)
     data, split = prepared.data, prepared.split
     if ranks.is_main and not resume:
         save_config(cfg, run_dir / "config.yaml")
         split.save(run_dir / "split.json")
-        _write_data_record(run_dir, cfg, prepared)
+        write_data_record(run_dir, prepared)
 
     # Oversampling happens here, on the training part only, after the split.
     train_indices = split.train
@@ -470,12 +484,14 @@ def fit(
         if stop:
             break
         epoch_start = time.perf_counter()
-        dataset.reseed(cfg.seed * 100_003 + epoch)  # each epoch's augmentations are fixed by seed and epoch
-        loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
+        epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
+        dataset.reseed(epoch_seed)
+        loader.generator.manual_seed(epoch_seed)
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)
         elif sampler is not None:
-            sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
+            sampler.generator.manual_seed(epoch_seed)
         stats = train_one_epoch(
             model,
             loader,
@@ -610,7 +626,7 @@ def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: t
             test_miou=result.test.miou, test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True))
         )
         report.plot_confusion(result.test.matrix, run_dir / "confusion.png", title="local test part")
-    write_atomically(run_dir / "metrics.json", lambda t: open(t, "w").write(json.dumps(metrics, indent=1)))
+    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
 CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")
@@ -635,8 +651,7 @@ def overfit_one_batch(
     rng = np.random.default_rng(cfg.seed)
     chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
     images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
-    dataset = SegmentationDataset(images, masks, np.arange(len(chosen)), None, cfg.data.in_channels)
-    x = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
+    x = images_to_tensor(images, cfg.data.in_channels).to(device)
     y = torch.from_numpy(masks).long().to(device)
     model = build_model(cfg).to(device)
     loss_fn = build_loss(cfg.loss, masks).to(device)

@@ -14,21 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from marsseg.config import Config
-from marsseg.data.io import write_atomically
+from marsseg.config import Config, to_dict
+from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.engine import (
     CLASS_KEYS,
     build_model,
     configure_threads,
+    evaluate_probabilities,
     fit,
     load_model,
     resolve_device,
 )
-from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.errors import UserError
 from marsseg.models import count_parameters, gflops_per_image
-from marsseg.predict import labels_from_probabilities, predict_probabilities
+from marsseg.predict import predict_probabilities
 
 FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_miou", "test_miou"] + [
     f"test_{name}" for name in CLASS_KEYS
@@ -37,6 +39,9 @@ FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_m
 
 def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     """Train (or resume, or skip) one (model, seed) and return its row."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+        raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -49,9 +54,9 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
         "train_minutes": round(metrics["train_seconds"] / 60, 2),
         "epochs": metrics["epochs_run"],
         "val_miou": round(metrics["val_miou"], 4),
-        "test_miou": round(metrics["test_miou"], 4),
+        "test_miou": round(metrics.get("test_miou", float("nan")), 4),  # no test part: test_fraction 0
     }
-    row.update({f"test_{k}": round(v, 4) for k, v in metrics["test_iou"].items()})
+    row.update({f"test_{k}": round(metrics.get("test_iou", {}).get(k, float("nan")), 4) for k in CLASS_KEYS})
     return row
 
 
@@ -65,12 +70,9 @@ def ensemble_scores(run_dirs: list[Path], prepared: PreparedData, tta: bool, dev
         streams = [
             predict_probabilities(m.to(device), images, c.data.in_channels, tta=tta, device=device) for m, c in models
         ]
-        total, start = torch.zeros(5, 5, dtype=torch.int64), 0
-        for batches in zip(*streams, strict=True):
-            labels = labels_from_probabilities(torch.stack(batches).mean(dim=0))
-            total += confusion_matrix(torch.from_numpy(masks[start : start + len(labels)]), labels)
-            start += len(labels)
-        scores[part] = (mean_iou(total), iou_per_class(total))
+        averaged = (torch.stack(batches).mean(dim=0) for batches in zip(*streams, strict=True))
+        result = evaluate_probabilities(averaged, masks)
+        scores[part] = (result.miou, result.ious)
     return scores
 
 
@@ -175,5 +177,5 @@ def write_table(rows: list[dict], out_dir: Path, cfg: Config) -> None:
     write_atomically(out_dir / "results.csv", write_csv)
     summary = summarize(rows)
     text = format_markdown(summary, budget_text(cfg))
-    write_atomically(out_dir / "results.md", lambda temporary: open(temporary, "w").write(text))
+    write_text_atomically(out_dir / "results.md", text)
     plot_results(summary, out_dir / "results.png")

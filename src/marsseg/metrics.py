@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NUM_CLASSES = 5
+from marsseg.data.io import NUM_CLASSES
+
 SCORED_CLASSES = (1, 2, 3, 4)
 
 

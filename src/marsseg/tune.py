@@ -169,7 +169,8 @@ def tune(
     """Run trials until the study holds `n_trials` (counting other workers') or `timeout` seconds pass."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
+    with _claim_lock(out_dir):  # two workers creating one SQLite schema at once collide
+        study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
     prepared = prepare_data(base.data)  # one split for every trial
     start = time.monotonic()
     space = {"models": tuple(models), "widths": tuple(widths)}

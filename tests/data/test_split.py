@@ -36,10 +36,13 @@ def test_duplicates_near_duplicates_and_frames_never_straddle():
     frames = np.arange(300) // 2  # consecutive pairs are two halves of one frame
     data = synthetic_set(frame_ids=frames)
     data.images[100] = data.images[7]  # exact duplicate
-    noisy = data.images[50].astype(int) + np.random.default_rng(0).integers(-1, 2, (64, 128))
-    data.images[201] = np.clip(noisy, 0, 255).astype(np.uint8)  # near duplicate of 50
+    for copy, original, seed in ((201, 50, 0), (202, 60, 1), (203, 70, 2)):  # near duplicates: noise of std 3
+        noisy = data.images[original].astype(float) + np.random.default_rng(seed).normal(0, 3, (64, 128))
+        data.images[copy] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     groups = group_ids(data)
-    assert groups[100] == groups[7] and groups[201] == groups[50] and groups[10] == groups[11]
+    assert groups[100] == groups[7] and groups[10] == groups[11]
+    assert groups[201] == groups[50] and groups[202] == groups[60] and groups[203] == groups[70]
+    assert len(np.unique(groups)) >= 140  # nothing else merged: 150 frames less the 4 copies
     for seed in range(5):
         split = split_data(data, 0.2, 0.2, seed=seed)
         part = np.empty(len(data), dtype=object)

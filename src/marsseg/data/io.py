@@ -145,6 +145,14 @@ def write_atomically(path: str | os.PathLike, write) -> None:
         raise
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+
+    write_atomically(path, write)
+
+
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write arrays as an uncompressed .npz, atomically."""
 

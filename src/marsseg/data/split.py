@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from marsseg.data.clean import hash_each
-from marsseg.data.io import MarsData, write_atomically
+from marsseg.data.io import MarsData, write_text_atomically
 
 RARE_CLASS = 4  # big rock
 
@@ -30,7 +30,7 @@ class Split:
 
     def save(self, path: str | os.PathLike) -> None:
         parts = {name: getattr(self, name).tolist() for name in ("train", "val", "test")}
-        write_atomically(path, lambda temporary: open(temporary, "w").write(json.dumps(parts)))
+        write_text_atomically(path, json.dumps(parts))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:
@@ -39,12 +39,26 @@ class Split:
         return cls(*(np.array(parts[name], dtype=np.int64) for name in ("train", "val", "test")))
 
 
-def near_duplicate_keys(images: np.ndarray) -> list[str]:
-    """A coarse hash per image: 8x8 block means quantised to 16 levels, so re-encoded or slightly noisy
-    copies of one crop share a key."""
+def near_duplicate_pairs(images: np.ndarray, max_rms: float = 1.0, chunk: int = 2048) -> list[tuple[int, int]]:
+    """Pairs of images whose 8x8 block means differ by less than `max_rms` gray levels (root mean square).
+
+    Block means average away re-encoding and sensor noise (noise of std s leaves about s / 8), so a noisy or
+    re-compressed copy of a crop stays within the bound while different crops do not. A distance, not a
+    quantised hash: a hash splits copies whose block means straddle a bin edge.
+    """
     n, height, width = images.shape
-    blocks = images.reshape(n, height // 8, 8, width // 8, 8).mean(axis=(2, 4))  # (N, 8, 16)
-    return hash_each((blocks // 16).astype(np.uint8))
+    blocks = images.reshape(n, height // 8, 8, width // 8, 8).mean(axis=(2, 4)).reshape(n, -1)  # (N, 128)
+    blocks = blocks.astype(np.float64)
+    squares = (blocks**2).sum(axis=1)
+    limit = max_rms**2 * blocks.shape[1]
+    pairs = []
+    for start in range(0, n, chunk):  # (chunk, N) distances at a time: memory stays bounded for large files
+        distance = (
+            squares[start : start + chunk, None] + squares[None, :] - 2 * blocks[start : start + chunk] @ blocks.T
+        )
+        rows, columns = np.nonzero(distance < limit)
+        pairs += [(start + i, j) for i, j in zip(rows.tolist(), columns.tolist(), strict=True) if start + i < j]
+    return pairs
 
 
 def seam_pairs(images: np.ndarray, max_ratio: float = 0.9) -> list[tuple[int, int]]:
@@ -83,7 +97,7 @@ def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
             i = parent[i]
         return i
 
-    keyings = [hash_each(data.images), near_duplicate_keys(data.images)]
+    keyings = [hash_each(data.images)]
     if data.frame_ids is not None:
         keyings.append(data.frame_ids.tolist())
     for keys in keyings:
@@ -93,9 +107,11 @@ def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
                 parent[find(index)] = find(first_seen[key])
             else:
                 first_seen[key] = index
+    linked = near_duplicate_pairs(data.images)
     if data.frame_ids is None and infer_frames:
-        for top, bottom in seam_pairs(data.images):
-            parent[find(bottom)] = find(top)
+        linked += seam_pairs(data.images)
+    for first, second in linked:
+        parent[find(second)] = find(first)
     return np.array([find(i) for i in range(len(data))], dtype=np.int64)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -97,7 +96,8 @@ def fit_one_epoch(data: str) -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(cfg, run_dir, force=True, score_test=False)
     record = result.history[-1]
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+    peak_rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
     print(f"{record['data_share']:.4f} {record['seconds']:.1f} {peak_rss:.0f}")
 
 

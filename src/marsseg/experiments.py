@@ -90,9 +90,9 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def format_markdown(summary: list[dict], budget: str) -> str:
-    def cell(pair, digits=3):
+    def cell(pair, seeds: int, digits: int = 3) -> str:
         mean, std = pair
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"  # no spread of one
 
     header = (
         "| model | params (M) | GFLOP/img | seeds | train min | val mIoU | local-test mIoU | soil | bedrock | sand "
@@ -100,10 +100,11 @@ def format_markdown(summary: list[dict], budget: str) -> str:
     )
     lines = [f"Budget per run: {budget}. Mean ± std over seeds; IoU per class on the local test part.", "", header]
     for s in summary:
+        n = s["seeds"]
         lines.append(
-            f"| {s['model']} | {s['params'] / 1e6:.2f} | {s['gflops']:.2f} | {s['seeds']} "
-            f"| {cell(s['train_minutes'], 1)} | {cell(s['val_miou'])} | {cell(s['test_miou'])} | "
-            + " | ".join(cell(s[f"test_{c}"]) for c in CLASS_KEYS)
+            f"| {s['model']} | {s['params'] / 1e6:.2f} | {s['gflops']:.2f} | {n} "
+            f"| {cell(s['train_minutes'], n, 1)} | {cell(s['val_miou'], n)} | {cell(s['test_miou'], n)} | "
+            + " | ".join(cell(s[f"test_{c}"], n) for c in CLASS_KEYS)
             + " |"
         )
     return "\n".join(lines) + "\n"

@@ -66,6 +66,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "dice_focal"  # "dice_focal" (the study's), "dice", "focal", "cross_entropy", "ce_dice"
+    # dice_weight scales the Dice term; focal_weight the second term (focal, or cross-entropy in "ce_dice")
     dice_weight: float = 1.0
     focal_weight: float = 1.0
     focal_gamma: float = 2.0

@@ -579,10 +579,7 @@ def choose_big_rock_scale(
 ) -> tuple[float, dict[float, float]]:
     """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
     probabilities = torch.cat(list(predict_probabilities(model, images, in_channels, tta=tta, device=device)))
-    truth = torch.from_numpy(masks).long()
-    scores = {
-        s: mean_iou(confusion_matrix(truth, labels_from_probabilities(probabilities, s))) for s in BIG_ROCK_SCALES
-    }
+    scores = {s: evaluate_probabilities([probabilities], masks, big_rock_scale=s).miou for s in BIG_ROCK_SCALES}
     return max(scores, key=scores.get), scores
 
 

@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.io import write_atomically
+from marsseg.data.split import RARE_CLASS
 
 # Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and a pixel
 # whose true label is 1..4 predicted as 0 is a miss for its class. Predicting 0 can only lower the score.
 FIRST_SCORED_CLASS = 1
-BIG_ROCK = 4
+BIG_ROCK = RARE_CLASS
 
 
 def main_output(output: torch.Tensor | tuple) -> torch.Tensor:

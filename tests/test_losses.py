@@ -28,6 +28,18 @@ def test_dice_of_perfect_prediction_is_near_zero():
     assert DiceLoss(EQUAL, smooth=0.0)(logits, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_per_class_dice_counts_a_missed_rare_class_as_much_as_a_common_one():
+    target = torch.tensor([[[1, 1, 1, 4, 0]]])  # (1, 1, 5): three soil, one big rock, one background
+    logits = F.one_hot(torch.ones_like(target), 5).permute(0, 3, 1, 2).float() * 30  # soil everywhere
+    # soil: I = 3, T = 4 + 3; big rock: I = 0, T = 1; bedrock and sand: I = T = 0 (smooth 1)
+    assert DiceLoss(EQUAL)(logits, target).item() == pytest.approx(1 - 7 / 9, abs=1e-5)
+    per_class = (1 - 7 / 8) + (1 - 1 / 2)  # soil and big rock; the absent classes score a perfect 1
+    assert DiceLoss(EQUAL, per_class=True)(logits, target).item() == pytest.approx(per_class / 4, abs=1e-5)
+    weights = torch.tensor([0.0, 1, 1, 1, 5])
+    weighted = (1 - 7 / 8) + 5 * (1 - 1 / 2)
+    assert DiceLoss(weights, per_class=True)(logits, target).item() == pytest.approx(weighted / 8, abs=1e-5)
+
+
 def test_focal_of_uniform_prediction_has_known_value():
     target, logits = target_and_uniform_logits()
     assert FocalLoss(EQUAL, gamma=2.0)(logits, target).item() == pytest.approx(0.64 * math.log(5))

@@ -70,6 +70,7 @@ class LossConfig:
     dice_weight: float = 1.0
     focal_weight: float = 1.0
     focal_gamma: float = 2.0
+    dice_per_class: bool = False  # Dice as the weighted mean of per-class Dice losses (see losses.DiceLoss)
     class_weights: str = "inverse_sqrt"  # "none", "inverse", "inverse_sqrt", or "manual"
     manual_weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.0, 1.0, 1.0])
     ignore_background: bool = True  # the metric never scores a pixel whose true label is 0

@@ -53,12 +53,20 @@ def _valid_pixels(target: torch.Tensor, ignore_background: bool) -> torch.Tensor
 
 
 class DiceLoss(nn.Module):
-    """1 - 2 sum_c w_c sum(p y) / sum_c w_c sum(p + y), summed over the whole batch."""
+    """Soft Dice over the whole batch, in one of two forms.
 
-    def __init__(self, weights: torch.Tensor, ignore_background: bool = True, smooth: float = 1.0):
+    - global (default): 1 - 2 sum_c w_c I_c / sum_c w_c T_c, one ratio of weighted sums, where
+      I_c = sum(p_c y_c) and T_c = sum(p_c + y_c) over the batch's valid pixels;
+    - per class: sum_c w_c (1 - (2 I_c + s) / (T_c + s)) / sum_c w_c, the weighted mean of each class's own
+      Dice loss, so a rare class counts as much as a common one (mean IoU scores classes that way).
+    """
+
+    def __init__(
+        self, weights: torch.Tensor, ignore_background: bool = True, smooth: float = 1.0, per_class: bool = False
+    ):
         super().__init__()
         self.register_buffer("weights", weights.float())
-        self.ignore_background, self.smooth = ignore_background, smooth
+        self.ignore_background, self.smooth, self.per_class = ignore_background, smooth, per_class
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(dim=1)  # (B, C, H, W)
@@ -68,6 +76,9 @@ class DiceLoss(nn.Module):
         intersection = (probs * onehot).sum(dim=(0, 2, 3))  # (C,)
         total = (probs + onehot).sum(dim=(0, 2, 3))  # (C,)
         w = self.weights
+        if self.per_class:
+            dice = (2 * intersection + self.smooth) / (total + self.smooth)  # (C,)
+            return (w * (1 - dice)).sum() / w.sum().clamp(min=1e-12)
         return 1 - (2 * (w * intersection).sum() + self.smooth) / ((w * total).sum() + self.smooth)
 
 
@@ -118,7 +129,7 @@ def build_loss(cfg: LossConfig, train_masks: np.ndarray) -> nn.Module:
     weights = class_weights(
         train_masks, cfg.class_weights, manual=cfg.manual_weights, ignore_background=cfg.ignore_background
     )
-    dice = DiceLoss(weights, cfg.ignore_background)
+    dice = DiceLoss(weights, cfg.ignore_background, per_class=cfg.dice_per_class)
     focal = FocalLoss(weights, cfg.focal_gamma, cfg.ignore_background)
     cross_entropy = CrossEntropyLoss(weights, cfg.ignore_background)
     losses = {

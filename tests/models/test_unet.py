@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from marsseg.models import ResUNet, UNet, gflops_per_image
+from marsseg.models import ResUNet, UNet, count_parameters, gflops_per_image
 from marsseg.models.blocks import BasicBlock
 from tests.models.base import ModelContract
 
@@ -12,6 +13,11 @@ class TestUNet(ModelContract):
 class TestUNetStridedResidual(ModelContract):
     model_cls = UNet
     kwargs = {"stem_stride": 2, "residual": True, "dropout": 0.1}
+
+
+class TestUNetFiveLevels(ModelContract):
+    model_cls = UNet
+    kwargs = {"levels": 5}
 
 
 class TestResUNet(ModelContract):
@@ -35,3 +41,17 @@ def test_residual_encoder_uses_basic_blocks():
 def test_bad_stem_stride_is_rejected():
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
         UNet(stem_stride=4)
+
+
+def test_levels_set_the_depth_and_a_fifth_level_keeps_full_resolution_output():
+    model = UNet(width=8, levels=5)
+    assert len(model.encoder) == 5 and len(model.decoder) == 4
+    assert model.encoder[-1][1][0].out_channels == 8 * 2**4  # the deepest level's second conv
+    assert model(torch.zeros(2, 1, 64, 128)).shape == (2, 5, 64, 128)
+    assert count_parameters(model) > count_parameters(UNet(width=8, levels=4))
+
+
+@pytest.mark.parametrize("levels", [1, 7, 2.0, True])
+def test_bad_levels_are_rejected(levels):
+    with pytest.raises(ValueError, match="levels"):
+        UNet(levels=levels)

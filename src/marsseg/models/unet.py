@@ -19,6 +19,8 @@ class UNet(nn.Module):
             bilinear x2 upsample of the logits at the end (about 4x fewer FLOPs per image).
         residual: use residual basic blocks instead of double convs in the encoder.
         dropout: channel dropout on the bottom (most abstract) features.
+        levels: encoder levels (levels - 1 poolings); H and W must be divisible by 2**(levels - 1) (x2 with a
+            strided stem).
     """
 
     def __init__(
@@ -29,12 +31,15 @@ class UNet(nn.Module):
         stem_stride: int = 1,
         residual: bool = False,
         dropout: float = 0.0,
+        levels: int = LEVELS,
     ):
         super().__init__()
         check_model_args(in_channels, num_classes, width, dropout)
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
-        channels = [width * 2**level for level in range(LEVELS)]
+        if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= 6:
+            raise ValueError(f"levels must be an integer in 2..6, got {levels!r}")
+        channels = [width * 2**level for level in range(levels)]
         block = BasicBlock if residual else DoubleConv
         if stem_stride == 2:
             self.stem = ConvBNReLU(in_channels, width, stride=2)
@@ -43,13 +48,13 @@ class UNet(nn.Module):
             self.stem = nn.Identity()
             first_in = in_channels
         self.encoder = nn.ModuleList(
-            [block(first_in if level == 0 else channels[level - 1], channels[level]) for level in range(LEVELS)]
+            [block(first_in if level == 0 else channels[level - 1], channels[level]) for level in range(levels)]
         )
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout2d(dropout)
         # decoder[0] goes from the bottom level up one; the last one ends at the first level.
         self.decoder = nn.ModuleList(
-            [UpBlock(channels[level + 1], channels[level], channels[level]) for level in reversed(range(LEVELS - 1))]
+            [UpBlock(channels[level + 1], channels[level], channels[level]) for level in reversed(range(levels - 1))]
         )
         self.head = nn.Conv2d(width, num_classes, 1)
 

@@ -506,8 +506,9 @@ def fit(
         )
         if ema is not None:
             scored_model.to(memory_format=memory_format)
+        # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
         val = evaluate(
-            scored_model, data.images[val_shard], data.masks[val_shard], cfg.data.in_channels, tta=False, device=device
+            scored_model, data.images[val_shard], data.masks[val_shard], cfg.data.in_channels, cfg.tta, device
         )
         val = _distributed_evaluation(val, ranks)
         if plateau is not None:

@@ -14,8 +14,9 @@ from marsseg.data.dataset import images_to_tensor
 from marsseg.data.io import write_atomically
 from marsseg.data.split import RARE_CLASS
 
-# Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and a pixel
-# whose true label is 1..4 predicted as 0 is a miss for its class. Predicting 0 can only lower the score.
+# Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and 0 on a pixel
+# labelled 1..4 is never a hit. (0 can still beat a wrong class, removing its false positive; on mars64 a rule
+# that abstains gained no more than the big-rock scale: benchmarks/decision_rules.py.)
 FIRST_SCORED_CLASS = 1
 BIG_ROCK = RARE_CLASS
 

@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict] = {
     "plain_unet": {"model.name": "unet"},
     "full_res_unet16": {"model.name": "unet", "model.width": 16, "model.options": {"levels": 5}},
     "dice_per_class": {"loss.dice_per_class": True},
+    "cosine_40_no_early_stop": {"optim.epochs": 40, "optim.early_stopping_patience": 40},
+    "width_48_cosine_40": {"model.width": 48, "optim.epochs": 40, "optim.early_stopping_patience": 40},
     "width_48": {"model.width": 48},
     "plateau": {"optim.scheduler": "plateau"},
     "onecycle": {"optim.scheduler": "onecycle"},
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs for every row")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = physical cores")
     args = parser.parse_args()
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row
@@ -74,7 +77,7 @@ def main() -> None:
     for name in args.variants.split(","):
         rows = []
         for seed in range(args.seeds):
-            overrides = {"data.path": args.data, "seed": seed, **VARIANTS[name]}
+            overrides = {"data.path": args.data, "seed": seed, "threads": args.threads, **VARIANTS[name]}
             if args.epochs:
                 overrides["optim.epochs"] = args.epochs
             run_dir = Path(args.out) / f"{name}_seed{seed}"

@@ -30,6 +30,8 @@ def tune_command(tiny_npz, out, trials, epochs=1):
         "res_unet",
         "--widths",
         "8",
+        "--width",
+        "8",
         "--batch-size",
         "32",
         "--set",
@@ -63,6 +65,10 @@ def test_two_workers_finish_n_trials_between_them(tmp_path, tiny_npz):
     # best.yaml is a config that marsseg train accepts
     from marsseg.config import load_config
 
+    study = optuna.load_study(study_name="marsseg", storage=f"sqlite:///{out / 'study.db'}")
+    first = study.trials[0].params  # the recipe the study starts from is measured first
+    assert first["width"] == 8 and first["batch_size"] == 32 and first["lr"] == pytest.approx(load_config().optim.lr)
+
     assert load_config(str(out / "best.yaml")).model.width == 8
 
 
@@ -88,3 +94,15 @@ def test_killed_worker_keeps_finished_trials_and_the_study_resumes(tmp_path, tin
     assert all(item in states for item in finished_before)  # intact
     assert sum(s in ("COMPLETE", "PRUNED") for _, s in states) == 3
     assert all(s in ("COMPLETE", "PRUNED", "FAIL") for _, s in states)  # the killed one is marked failed
+
+
+def test_the_base_recipe_is_a_point_of_the_search_space_only_when_it_lies_inside():
+    from marsseg.config import load_config
+    from marsseg.tune import base_params, suggest_config
+
+    base = load_config()
+    params = base_params(base)
+    assert params["model"] == base.model.name and params["oversample_factor"] == base.data.oversample_factor
+    assert suggest_config(optuna.trial.FixedTrial(params), base) == base  # the point reproduces the recipe
+    assert base_params(base, widths=(16,)) is None
+    assert base_params(load_config(None, {"optim.batch_size": 48})) is None

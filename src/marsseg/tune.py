@@ -63,6 +63,51 @@ def suggest_config(trial, base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WI
     return cfg
 
 
+def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict | None:
+    """`base` as a point of the search space (suggest_config's names), or None when it lies outside the space.
+
+    A new study starts with this point as its first trial, so the study measures the recipe it starts from
+    under the same budget and can only report a best that is at least as good on validation.
+    """
+    params = {
+        "lr": base.optim.lr,
+        "weight_decay": base.optim.weight_decay,
+        "batch_size": base.optim.batch_size,
+        "scheduler": base.optim.scheduler,
+        "model": base.model.name,
+        "width": base.model.width,
+        "focal_weight": base.loss.focal_weight,
+        "focal_gamma": base.loss.focal_gamma,
+        "class_weights": base.loss.class_weights,
+        "oversample_factor": base.data.oversample_factor,
+        "elastic": base.augment.elastic,
+        "grid_distortion": base.augment.grid_distortion,
+        "brightness_limit": base.augment.brightness_limit,
+        "contrast_limit": base.augment.contrast_limit,
+        "gamma": base.augment.gamma,
+    }
+    inside = (
+        base.model.name in models
+        and base.model.width in widths
+        and base.optim.batch_size in (16, 32, 64)
+        and base.optim.scheduler in ("cosine", "onecycle", "plateau")
+        and base.loss.class_weights in ("none", "inverse_sqrt", "inverse")
+        and base.loss.name == "dice_focal"
+        and base.loss.dice_weight == 1.0
+        and 1e-4 <= params["lr"] <= 3e-3
+        and 1e-6 <= params["weight_decay"] <= 1e-2
+        and 0.25 <= params["focal_weight"] <= 4.0
+        and 0.0 <= params["focal_gamma"] <= 3.0
+        and 1 <= params["oversample_factor"] <= 8
+        and params["elastic"] <= 0.5
+        and params["grid_distortion"] <= 0.5
+        and params["brightness_limit"] <= 0.4
+        and params["contrast_limit"] <= 0.4
+        and params["gamma"] <= 0.6
+    )
+    return params if inside else None
+
+
 def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbeat: int = 60):
     """Create or load the study; trials of dead workers (no heartbeat for 2 intervals) are marked failed."""
     optuna = _optuna()
@@ -171,6 +216,9 @@ def tune(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _claim_lock(out_dir):  # two workers creating one SQLite schema at once collide
         study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
+        start_point = base_params(base, models, widths)
+        if start_point is not None and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(start_point)
     prepared = prepare_data(base.data)  # one split for every trial
     start = time.monotonic()
     space = {"models": tuple(models), "widths": tuple(widths)}

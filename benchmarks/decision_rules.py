@@ -12,7 +12,7 @@ read. Rules:
   (q_k (1 + IoU_k) - IoU_k) / U_k, with IoU_k and the union U_k estimated on the fitting half; label 0 (scored as
   no prediction: it removes a false positive and never adds a true positive) where every class's change is negative.
 
-Run: .venv/bin/python benchmarks/decision_rules.py RUN_DIR [RUN_DIR ...]
+Run: .venv/bin/python benchmarks/decision_rules.py RUN_DIR [RUN_DIR ...] [--tta on|off]
 """
 
 from __future__ import annotations
@@ -74,14 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories of `marsseg train`")
     parser.add_argument("--halvings", type=int, default=20)
+    parser.add_argument("--tta", choices=("run", "on", "off"), default="run", help="flip TTA: as the run says, or not")
     args = parser.parse_args()
-    print(f"{'run':<40}{'rule':<26}{'mIoU':>8}{'big rock':>10}{'gain':>9}{'wins':>7}")
+    print(f"{'run':<46}{'rule':<26}{'mIoU':>8}{'big rock':>10}{'gain':>9}{'wins':>7}")
     for run in args.runs:
         model, cfg = load_model(run)
         prepared = prepare_data(cfg.data, Split.load(f"{run}/split.json"))
         val = prepared.split.val
         images = prepared.data.images[val]
-        probs = torch.cat(list(predict_probabilities(model, images, cfg.data.in_channels, tta=cfg.tta)))
+        tta = cfg.tta if args.tta == "run" else args.tta == "on"
+        probs = torch.cat(list(predict_probabilities(model, images, cfg.data.in_channels, tta=tta)))
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)
         results: dict[str, list] = {}
@@ -98,7 +100,7 @@ def main() -> None:
             values = np.array(values)
             gain = values[:, 0] - baseline
             print(
-                f"{run[-40:]:<40}{name:<26}{values[:, 0].mean():>8.4f}{np.nanmean(values[:, 1]):>10.4f}"
+                f"{run[-45:]:<46}{name:<26}{values[:, 0].mean():>8.4f}{np.nanmean(values[:, 1]):>10.4f}"
                 f"{gain.mean():>+9.4f}{np.mean(gain > 0):>7.2f}",
                 flush=True,
             )

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 
@@ -34,6 +35,17 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
     assert all(0 <= float(r["test_miou"]) <= 1 and int(r["params"]) > 0 for r in rows)
     table = (out / "results.md").read_text()
     assert "±" in table and "| deeplab |" in table and (out / "results.png").stat().st_size > 1000
+    # an ensemble of one run chooses its big-rock scale as training did, so it reproduces the run's figures
+    from marsseg.data.prepare import prepare_data
+    from marsseg.engine import load_model
+    from marsseg.experiments import ensemble_scores
+
+    run = out / "runs" / "res_unet_seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = ensemble_scores([run], prepare_data(load_model(run)[1].data), tta=True, device="cpu")
+    assert scores["scale"] == metrics["big_rock_scale"]
+    assert scores["val"][0] == pytest.approx(metrics["val_miou"], abs=1e-6)
+    assert scores["test"][0] == pytest.approx(metrics["test_miou"], abs=1e-6)
     stamp = (out / "runs" / "deeplab_seed1" / "best.pt").stat().st_mtime_ns
     assert main(args) == 0  # everything finished: nothing is trained again
     assert (out / "runs" / "deeplab_seed1" / "best.pt").stat().st_mtime_ns == stamp

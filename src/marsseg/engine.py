@@ -580,6 +580,11 @@ def choose_big_rock_scale(
 ) -> tuple[float, dict[float, float]]:
     """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
     probabilities = torch.cat(list(predict_probabilities(model, images, in_channels, tta=tta, device=device)))
+    return best_big_rock_scale(probabilities, masks)
+
+
+def best_big_rock_scale(probabilities: torch.Tensor, masks: np.ndarray) -> tuple[float, dict[float, float]]:
+    """For probabilities (N, C, H, W) of the images whose masks are `masks`: the best scale and every scale's mIoU."""
     scores = {s: evaluate_probabilities([probabilities], masks, big_rock_scale=s).miou for s in BIG_ROCK_SCALES}
     return max(scores, key=scores.get), scores
 

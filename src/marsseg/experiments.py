@@ -21,6 +21,7 @@ from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.engine import (
     CLASS_KEYS,
+    best_big_rock_scale,
     build_model,
     configure_threads,
     evaluate_probabilities,
@@ -60,18 +61,26 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     return row
 
 
-def ensemble_scores(run_dirs: list[Path], prepared: PreparedData, tta: bool, device) -> dict[str, tuple]:
-    """Softmax averaged over the best checkpoints of `run_dirs`: (mIoU, per-class IoU) on val and test."""
+def ensemble_scores(
+    run_dirs: list[Path], prepared: PreparedData, tta: bool, device, big_rock_scale: float = 0.0
+) -> dict[str, tuple]:
+    """Softmax averaged over the best checkpoints of `run_dirs`: (mIoU, per-class IoU) on val and test.
+
+    The big-rock scale is `big_rock_scale`, or with 0 the one that is best for the ensemble on validation (as
+    training chooses it for one model); scores["scale"] holds it.
+    """
     models = [load_model(run_dir) for run_dir in run_dirs]
-    scores = {}
+    scores: dict = {}
     for part in ("val", "test"):
         indices = getattr(prepared.split, part)
         images, masks = prepared.data.images[indices], prepared.data.masks[indices]
         streams = [
             predict_probabilities(m.to(device), images, c.data.in_channels, tta=tta, device=device) for m, c in models
         ]
-        averaged = (torch.stack(batches).mean(dim=0) for batches in zip(*streams, strict=True))
-        result = evaluate_probabilities(averaged, masks)
+        averaged = torch.cat([torch.stack(batches).mean(dim=0) for batches in zip(*streams, strict=True)])
+        if part == "val":
+            scores["scale"] = big_rock_scale or best_big_rock_scale(averaged, masks)[0]
+        result = evaluate_probabilities([averaged], masks, big_rock_scale=scores["scale"])
         scores[part] = (result.miou, result.ious)
     return scores
 
@@ -144,7 +153,7 @@ def run_experiments(
             write_table(rows, out_dir, base)
     if ensemble and len(rows) > 1:
         run_dirs = [out_dir / "runs" / f"{r['model']}_seed{r['seed']}" for r in rows]
-        scores = ensemble_scores(run_dirs, prepared, base.tta, resolve_device(base.device))
+        scores = ensemble_scores(run_dirs, prepared, base.tta, resolve_device(base.device), base.big_rock_scale)
         row = {
             "model": f"ensemble of {len(rows)}",
             "seed": "-",

@@ -41,8 +41,13 @@ def tune_command(tiny_npz, out, trials, epochs=1):
     ]
 
 
+# Past the grace period of a dead worker's heartbeat (2 heartbeats of 1 s), plus the 1-second resolution of the
+# timestamps that SQLite compares, plus a margin.
+GRACE_SECONDS = 4.0
+
+
 def trial_states(out):
-    with sqlite3.connect(out / "study.db") as db:
+    with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True) as db:  # read-only: never creates it
         return db.execute("select number, state from trials order by number").fetchall()
 
 
@@ -56,6 +61,7 @@ def test_two_workers_finish_n_trials_between_them(tmp_path, tiny_npz):
     ]
     for worker in workers:
         assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()[-2000:]
+        assert "Warning" not in worker.stderr.read().decode()  # Optuna's experimental-API noise is silenced
     states = trial_states(out)
     assert [number for number, _ in states] == [0, 1, 2, 3]  # none lost, none duplicated, none extra
     assert all(state in ("COMPLETE", "PRUNED") for _, state in states)
@@ -81,14 +87,17 @@ def test_killed_worker_keeps_finished_trials_and_the_study_resumes(tmp_path, tin
     )
     deadline = time.time() + 240
     while time.time() < deadline:
-        if (out / "study.db").exists() and any(s == "COMPLETE" for _, s in trial_states(out)):
-            break
+        try:
+            if any(s == "COMPLETE" for _, s in trial_states(out)):
+                break
+        except sqlite3.OperationalError:  # the worker has not created the database or its tables yet
+            pass
         time.sleep(0.2)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     finished_before = [(n, s) for n, s in trial_states(out) if s == "COMPLETE"]
     assert finished_before
-    time.sleep(2.5)  # past the grace period of the killed worker's heartbeat
+    time.sleep(GRACE_SECONDS)
     assert subprocess.run(tune_command(tiny_npz, out, 3, epochs=3), capture_output=True).returncode == 0
     states = trial_states(out)
     assert all(item in states for item in finished_before)  # intact
@@ -106,3 +115,15 @@ def test_the_base_recipe_is_a_point_of_the_search_space_only_when_it_lies_inside
     assert suggest_config(optuna.trial.FixedTrial(params), base) == base  # the point reproduces the recipe
     assert base_params(base, widths=(16,)) is None
     assert base_params(load_config(None, {"optim.batch_size": 48})) is None
+
+
+def test_a_trial_claimed_by_a_worker_that_dies_at_once_is_failed_and_replaced(tmp_path):
+    from marsseg.tune import claim_trial, open_study
+
+    study, rdb = open_study(tmp_path, None, "s", seed=0, heartbeat=1)
+    dead = claim_trial(study, rdb, 2, tmp_path)  # its worker dies before any heartbeat thread starts
+    time.sleep(GRACE_SECONDS)
+    claimed = claim_trial(study, rdb, 2, tmp_path)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {dead.number: "FAIL", claimed.number: "RUNNING"}
+    assert claim_trial(study, rdb, 2, tmp_path) is not None  # the failed trial does not count towards the 2

@@ -38,6 +38,10 @@ def _optuna():
     except ImportError:
         raise UserError("marsseg tune needs Optuna: pip install 'marsseg[tune]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats, fail_stale_trials and the matplotlib plots are marked experimental, and heartbeats outside
+    # Study.optimize warn on every trial: noise for a user of `marsseg tune`, which uses them on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     return optuna
 
 
@@ -112,14 +116,12 @@ def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbe
     """Create or load the study; trials of dead workers (no heartbeat for 2 intervals) are marked failed."""
     optuna = _optuna()
     url = storage or f"sqlite:///{out_dir / 'study.db'}"
-    with warnings.catch_warnings():  # heartbeats are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-        )
+    rdb = optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=heartbeat,
+        grace_period=2 * heartbeat,
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+    )
     study = optuna.create_study(
         study_name=name,
         storage=rdb,
@@ -162,7 +164,7 @@ def _claim_lock(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def claim_trial(study, n_trials: int, out_dir: Path):
+def claim_trial(study, rdb, n_trials: int, out_dir: Path):
     """A new trial, or None once the study holds `n_trials` finished or running trials."""
     optuna = _optuna()
     with _claim_lock(out_dir):
@@ -170,7 +172,11 @@ def claim_trial(study, n_trials: int, out_dir: Path):
         counted = [t for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED]
         if len(counted) >= n_trials:
             return None
-        return study.ask()
+        trial = study.ask()
+        # A running trial without any heartbeat is never seen as stale: a worker killed before its heartbeat
+        # thread started would leave a trial that counts as running for ever. So the first beat is recorded here.
+        rdb.record_heartbeat(trial._trial_id)
+        return trial
 
 
 def run_trial(study, trial, base: Config, prepared, out_dir: Path, space: dict) -> None:
@@ -225,7 +231,7 @@ def tune(
     done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
     bar = tqdm(total=n_trials, initial=done_before, desc="trials", disable=None)
     while timeout is None or time.monotonic() - start < timeout:
-        trial = claim_trial(study, n_trials, out_dir)
+        trial = claim_trial(study, rdb, n_trials, out_dir)
         if trial is None:
             break
         with heartbeat_while_running(rdb, trial, heartbeat):

@@ -96,8 +96,6 @@ def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> d
         and base.optim.batch_size in (16, 32, 64)
         and base.optim.scheduler in ("cosine", "onecycle", "plateau")
         and base.loss.class_weights in ("none", "inverse_sqrt", "inverse")
-        and base.loss.name == "dice_focal"
-        and base.loss.dice_weight == 1.0
         and 1e-4 <= params["lr"] <= 3e-3
         and 1e-6 <= params["weight_decay"] <= 1e-2
         and 0.25 <= params["focal_weight"] <= 4.0

@@ -55,3 +55,14 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
 def test_unknown_model_in_list_is_refused(tmp_path, tiny_npz, capsys):
     assert main(["experiments", "--data", str(tiny_npz), "--out", str(tmp_path / "e"), "--models", "unet,vit"]) == 2
     assert "vit" in capsys.readouterr().err
+
+
+def test_a_row_keeps_the_base_model_options_only_for_the_base_model():
+    from marsseg.config import load_config
+    from marsseg.experiments import config_for
+
+    base = load_config(None, {"model.name": "unet", "model.options": {"levels": 5}, "seed": 3})
+    same, other = config_for(base, "unet", 1), config_for(base, "deeplab", 0)
+    assert (same.model.name, same.model.options, same.seed) == ("unet", {"levels": 5}, 4)
+    assert (other.model.name, other.model.options, other.seed) == ("deeplab", {}, 3)
+    assert base.model.options == {"levels": 5}  # the base is not changed

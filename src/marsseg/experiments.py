@@ -138,6 +138,13 @@ def plot_results(summary: list[dict], path: Path) -> None:
     report.save_figure(figure, path)
 
 
+def config_for(base: Config, model: str, seed: int) -> Config:
+    """The base recipe for one row: `model` at the base's width, seed offset by `seed`. The base's model options
+    (e.g. {"levels": 5}) belong to the base's model, so another model starts without them."""
+    options = base.model.options if model == base.model.name else {}
+    return replace(base, seed=base.seed + seed, model=replace(base.model, name=model, options=options))
+
+
 def run_experiments(
     base: Config, out_dir: str | os.PathLike, models: list[str], seeds: int, ensemble: bool = True
 ) -> list[dict]:
@@ -148,7 +155,7 @@ def run_experiments(
     rows = []
     for name in models:
         for seed in range(seeds):
-            cfg = replace(base, seed=base.seed + seed, model=replace(base.model, name=name, options={}))
+            cfg = config_for(base, name, seed)
             rows.append(run_one(cfg, out_dir / "runs" / f"{name}_seed{cfg.seed}", prepared))
             write_table(rows, out_dir, base)
     if ensemble and len(rows) > 1:

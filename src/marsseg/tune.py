@@ -45,69 +45,68 @@ def _optuna():
     return optuna
 
 
+def search_space(models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict[str, tuple[str, str, tuple]]:
+    """The search space, one place for it: parameter name -> (config field, kind, range).
+
+    Kinds: "float" with (low, high, log), "int" with (low, high), "categorical" with the choices. The Dice
+    weight stays the base's: the focal weight sets the balance.
+    """
+    return {
+        "lr": ("optim.lr", "float", (1e-4, 3e-3, True)),
+        "weight_decay": ("optim.weight_decay", "float", (1e-6, 1e-2, True)),
+        "batch_size": ("optim.batch_size", "categorical", (16, 32, 64)),
+        "scheduler": ("optim.scheduler", "categorical", ("cosine", "onecycle", "plateau")),
+        "model": ("model.name", "categorical", tuple(models)),
+        "width": ("model.width", "categorical", tuple(widths)),
+        "focal_weight": ("loss.focal_weight", "float", (0.25, 4.0, True)),
+        "focal_gamma": ("loss.focal_gamma", "float", (0.0, 3.0, False)),
+        "class_weights": ("loss.class_weights", "categorical", ("none", "inverse_sqrt", "inverse")),
+        "oversample_factor": ("data.oversample_factor", "int", (1, 8)),
+        "elastic": ("augment.elastic", "float", (0.0, 0.5, False)),
+        "grid_distortion": ("augment.grid_distortion", "float", (0.0, 0.5, False)),
+        "brightness_limit": ("augment.brightness_limit", "float", (0.0, 0.4, False)),
+        "contrast_limit": ("augment.contrast_limit", "float", (0.0, 0.4, False)),
+        "gamma": ("augment.gamma", "float", (0.0, 0.6, False)),
+    }
+
+
+def _suggest(trial, name: str, kind: str, spec: tuple):
+    if kind == "float":
+        low, high, log = spec
+        return trial.suggest_float(name, low, high, log=log)
+    if kind == "int":
+        return trial.suggest_int(name, *spec)
+    return trial.suggest_categorical(name, list(spec))
+
+
+def _inside(kind: str, spec: tuple, value) -> bool:
+    return value in spec if kind == "categorical" else spec[0] <= value <= spec[1]
+
+
 def suggest_config(trial, base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> Config:
-    """The search space: optimisation, model, loss, sampling, augmentation and schedule."""
+    """The base config with every parameter of the search space drawn by `trial`."""
     cfg = copy.deepcopy(base)
-    cfg.optim.lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    cfg.optim.weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
-    cfg.optim.batch_size = trial.suggest_categorical("batch_size", [16, 32, 64])
-    cfg.optim.scheduler = trial.suggest_categorical("scheduler", ["cosine", "onecycle", "plateau"])
-    cfg.model.name = trial.suggest_categorical("model", list(models))
-    cfg.model.width = trial.suggest_categorical("width", list(widths))
-    cfg.model.options = {}
-    cfg.loss.focal_weight = trial.suggest_float("focal_weight", 0.25, 4.0, log=True)  # dice weight stays 1
-    cfg.loss.focal_gamma = trial.suggest_float("focal_gamma", 0.0, 3.0)
-    cfg.loss.class_weights = trial.suggest_categorical("class_weights", ["none", "inverse_sqrt", "inverse"])
-    cfg.data.oversample_factor = trial.suggest_int("oversample_factor", 1, 8)
-    cfg.augment.elastic = trial.suggest_float("elastic", 0.0, 0.5)
-    cfg.augment.grid_distortion = trial.suggest_float("grid_distortion", 0.0, 0.5)
-    cfg.augment.brightness_limit = trial.suggest_float("brightness_limit", 0.0, 0.4)
-    cfg.augment.contrast_limit = trial.suggest_float("contrast_limit", 0.0, 0.4)
-    cfg.augment.gamma = trial.suggest_float("gamma", 0.0, 0.6)
+    for name, (dotted, kind, spec) in search_space(models, widths).items():
+        section, key = dotted.split(".")
+        setattr(getattr(cfg, section), key, _suggest(trial, name, kind, spec))
+    if cfg.model.name != base.model.name:
+        cfg.model.options = {}  # the base's options belong to the base's model
     return cfg
 
 
 def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict | None:
-    """`base` as a point of the search space (suggest_config's names), or None when it lies outside the space.
+    """`base` as a point of the search space, or None when it lies outside the space.
 
     A new study starts with this point as its first trial, so the study measures the recipe it starts from
     under the same budget and can only report a best that is at least as good on validation.
     """
-    params = {
-        "lr": base.optim.lr,
-        "weight_decay": base.optim.weight_decay,
-        "batch_size": base.optim.batch_size,
-        "scheduler": base.optim.scheduler,
-        "model": base.model.name,
-        "width": base.model.width,
-        "focal_weight": base.loss.focal_weight,
-        "focal_gamma": base.loss.focal_gamma,
-        "class_weights": base.loss.class_weights,
-        "oversample_factor": base.data.oversample_factor,
-        "elastic": base.augment.elastic,
-        "grid_distortion": base.augment.grid_distortion,
-        "brightness_limit": base.augment.brightness_limit,
-        "contrast_limit": base.augment.contrast_limit,
-        "gamma": base.augment.gamma,
-    }
-    inside = (
-        base.model.name in models
-        and base.model.width in widths
-        and base.optim.batch_size in (16, 32, 64)
-        and base.optim.scheduler in ("cosine", "onecycle", "plateau")
-        and base.loss.class_weights in ("none", "inverse_sqrt", "inverse")
-        and 1e-4 <= params["lr"] <= 3e-3
-        and 1e-6 <= params["weight_decay"] <= 1e-2
-        and 0.25 <= params["focal_weight"] <= 4.0
-        and 0.0 <= params["focal_gamma"] <= 3.0
-        and 1 <= params["oversample_factor"] <= 8
-        and params["elastic"] <= 0.5
-        and params["grid_distortion"] <= 0.5
-        and params["brightness_limit"] <= 0.4
-        and params["contrast_limit"] <= 0.4
-        and params["gamma"] <= 0.6
-    )
-    return params if inside else None
+    params = {}
+    for name, (dotted, kind, spec) in search_space(models, widths).items():
+        section, key = dotted.split(".")
+        params[name] = getattr(getattr(base, section), key)
+        if not _inside(kind, spec, params[name]):
+            return None
+    return params
 
 
 def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbeat: int = 60):

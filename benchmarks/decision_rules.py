@@ -25,7 +25,7 @@ import torch
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import Split
 from marsseg.engine import BIG_ROCK_SCALES, load_model
-from marsseg.metrics import confusion_matrix, iou_per_class
+from marsseg.metrics import confusion_matrix, intersections_and_unions, iou_per_class
 from marsseg.predict import BIG_ROCK, labels_from_probabilities, predict_probabilities
 
 
@@ -34,10 +34,11 @@ def scores(masks: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 
 def iou_and_union(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    m = np.asarray(matrix, dtype=np.float64)[1:]  # true labels 1..4
-    tp = np.array([m[c - 1, c] for c in range(1, 5)])
-    union = m.sum(axis=1) + m[:, 1:].sum(axis=0) - tp
-    return tp / np.maximum(union, 1), np.maximum(union, 1)
+    """IoU and union of classes 1..4, a class with an empty union counted as IoU 0 over a union of 1 (the rule
+    needs finite numbers)."""
+    true_positives, unions = intersections_and_unions(matrix)
+    unions = np.maximum(unions, 1)
+    return true_positives / unions, unions
 
 
 def iou_aware_labels(probs: torch.Tensor, iou: np.ndarray, union: np.ndarray) -> torch.Tensor:

@@ -17,19 +17,23 @@ def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, num_classes: int = 
     return counts.reshape(num_classes, num_classes)
 
 
-def iou_per_class(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
-    """IoU of classes 1..4 (NaN where a class is neither present nor predicted).
+def intersections_and_unions(matrix: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(true positives, unions) of classes 1..4, each (4,).
 
     Row 0 (true background) is dropped first: such pixels are unlabeled, so predicting anything there is
     neither right nor wrong.
     """
     m = np.asarray(matrix, dtype=np.float64)[1:]  # (4, C): true labels 1..4 only
-    ious = []
-    for c in SCORED_CLASSES:
-        tp = m[c - 1, c]
-        union = m[c - 1].sum() + m[:, c].sum() - tp  # true c  +  predicted c  -  both
-        ious.append(tp / union if union > 0 else np.nan)
-    return np.array(ious)
+    true_positives = np.array([m[c - 1, c] for c in SCORED_CLASSES])
+    unions = m.sum(axis=1) + m[:, 1:].sum(axis=0) - true_positives  # true c  +  predicted c  -  both
+    return true_positives, unions
+
+
+def iou_per_class(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
+    """IoU of classes 1..4 (NaN where a class is neither present nor predicted)."""
+    true_positives, unions = intersections_and_unions(matrix)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(unions > 0, true_positives / unions, np.nan)
 
 
 def mean_iou(matrix: torch.Tensor | np.ndarray) -> float:

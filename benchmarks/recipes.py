@@ -42,12 +42,19 @@ VARIANTS: dict[str, dict] = {
     },
     "plus_vflip_clahe": {"augment.vflip": 0.5, "augment.clahe": 0.3},
     "cross_entropy": {"loss.name": "cross_entropy"},
+    "cross_entropy_with_background": {
+        "loss.name": "cross_entropy",
+        "loss.ignore_background": False,
+        "loss.class_weights": "none",
+    },
     "study_loss_with_background": {"loss.ignore_background": False, "loss.class_weights": "none"},
     "no_class_weights": {"loss.class_weights": "none"},
     "inverse_class_weights": {"loss.class_weights": "inverse"},
     "no_oversampling": {"data.oversample_factor": 1},
     "oversample_x8": {"data.oversample_factor": 8},
     "weighted_sampler": {"data.sampler": "weighted"},
+    "rare_crop": {"augment.rare_crop": 0.5},  # half of the big-rock draws zoomed on the rock (scale 0.5..1)
+    "balanced_curriculum": {"data.curriculum_epochs": 10},  # half big-rock draws at first, x4's share at epoch 10
     "plain_unet": {"model.name": "unet"},
     "full_res_unet16": {"model.name": "unet", "model.width": 16, "model.options": {"levels": 5}},
     "dice_per_class": {"loss.dice_per_class": True},
@@ -56,6 +63,7 @@ VARIANTS: dict[str, dict] = {
     "width_48": {"model.width": 48},
     "plateau": {"optim.scheduler": "plateau"},
     "onecycle": {"optim.scheduler": "onecycle"},
+    "warm_restarts": {"optim.scheduler": "cosine_restarts"},
     "batch_32": {"optim.batch_size": 32},
     "big_rock_scale_on_val": {"big_rock_scale": 0.0},
     "no_tta": {"tta": False},

@@ -16,7 +16,11 @@ CONFIG = {
     "optim.epochs": 1,
     "optim.scheduler": "none",
     "data.oversample_factor": 1,
-    **{f"augment.{f.name}": 0.0 for f in fields(AugmentConfig) if not f.name.endswith(("_alpha", "_sigma", "_limit"))},
+    **{
+        f"augment.{f.name}": 0.0
+        for f in fields(AugmentConfig)
+        if not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))
+    },
     "threads": 1,
 }
 

@@ -100,6 +100,19 @@ def test_lr_schedule_warms_up_then_anneals_to_zero():
     assert lr_factor(0.5, 0.1, "none") == 1.0
 
 
+def test_warm_restarts_anneal_three_times_in_cycles_of_doubling_length():
+    # warmup 0.3, then cycles over 0.1, 0.2 and 0.4 of training (1, 2 and 4 sevenths of the remaining 0.7)
+    assert lr_factor(0.15, 0.3, "cosine_restarts") == pytest.approx(0.1 + 0.9 * 0.5)  # still warming up
+    assert lr_factor(0.3, 0.3, "cosine_restarts") == pytest.approx(1.0)
+    assert lr_factor(0.35, 0.3, "cosine_restarts") == pytest.approx(0.5)  # half way down the first cycle
+    assert lr_factor(0.3999, 0.3, "cosine_restarts") < 1e-5
+    assert lr_factor(0.4, 0.3, "cosine_restarts") == pytest.approx(1.0)  # restart
+    assert lr_factor(0.5, 0.3, "cosine_restarts") == pytest.approx(0.5)
+    assert lr_factor(0.6, 0.3, "cosine_restarts") == pytest.approx(1.0)  # second restart
+    assert lr_factor(0.8, 0.3, "cosine_restarts") == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.3, "cosine_restarts") == pytest.approx(0.0)
+
+
 @pytest.mark.slow
 def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, tiny_npz):
     args = ["--data", str(tiny_npz), *FAST, "--epochs", "5", "--set", "threads=1"]
@@ -147,6 +160,27 @@ def test_scale_chosen_on_validation_is_stored_in_the_checkpoint(tmp_path, tiny_n
     assert load_model(tmp_path / "run")[1].big_rock_scale == metrics["big_rock_scale"]
 
 
+def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, capsys):
+    overrides = {
+        "optim.epochs": 3,
+        "data.curriculum_epochs": 2,
+        "augment.rare_crop": 0.5,
+        "optim.scheduler": "cosine_restarts",
+    }
+    result = fit(tiny_config(tiny_npz, **overrides), tmp_path / "run", score_test=False)
+    history = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    assert result.epochs_run == 3 and 0 < result.best_val_miou <= 1
+    # The tiny set gives 7 batches per epoch whatever the curriculum draws; the lr logged is that of each epoch's
+    # last step: in the warm-up, at the second restart, then at the end of the last cycle.
+    expected = [lr_factor((7 * epoch - 1) / 21, 1 / 3, "cosine_restarts") for epoch in (1, 2, 3)]
+    assert [float(row["lr"]) / 1e-3 for row in history] == pytest.approx(expected, abs=1e-4)
+    assert expected[1] == pytest.approx(1.0)
+    flags = ["--set", "data.curriculum_epochs=2", "--set", "data.sampler=weighted"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), *FAST, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "curriculum" in err and not (tmp_path / "r").exists()
+
+
 def test_ema_warms_up_so_the_average_forgets_the_initial_weights():
     from marsseg.engine import ema_average
 
@@ -189,6 +223,10 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
         (
             ["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--set", "loss.manual_weights=[1, 2]"],
             "manual_weights",
+        ),
+        (
+            ["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--set", "augment.rare_crop_min_scale=0"],
+            "rare_crop_min_scale",
         ),
         (["train", "--data", str(tiny_npz), "--out", str(run)], "not a directory"),
         (["data", "split", str(tiny_npz), "--val-fraction", "1.5"], "val_fraction"),

@@ -29,6 +29,9 @@ class DataConfig:
     val_fraction: float = 0.1  # validation part: early stopping and every choice of recipe
     test_fraction: float = 0.1  # local test part: the final figure only
     oversample_factor: int = 4  # big-rock images appear this many times per epoch (training part only)
+    # A curriculum that starts balanced: half of epoch 1's draws are big-rock images, falling linearly to the
+    # oversample_factor share at this epoch (sampling.curriculum_indices); 0 switches it off. "repeat" sampler only.
+    curriculum_epochs: int = 0
     sampler: str = "repeat"  # "repeat" (oversample by repetition) or "weighted" (WeightedRandomSampler)
     in_channels: int = 1  # 3 replicates the gray channel
     num_workers: int = 0  # DataLoader worker processes; 0 augments in the training process
@@ -52,6 +55,10 @@ class AugmentConfig:
     contrast_limit: float = 0.2
     gamma: float = 0.3
     gamma_limit: float = 20.0  # gamma drawn from 100 +- this, in percent
+    # Rare-class crops: with this probability a big-rock image is replaced by a crop centred on one of its big-rock
+    # pixels, a random fraction rare_crop_min_scale..1 of each side, resized back (a zoom on the rock).
+    rare_crop: float = 0.0
+    rare_crop_min_scale: float = 0.5
 
 
 @dataclass
@@ -86,7 +93,7 @@ class OptimConfig:
     # soil and bedrock were still improving), in two thirds of the longest time (README, Recipes).
     epochs: int = 40
     minutes: float = 0.0  # wall-clock budget for training; 0 means no limit besides epochs
-    scheduler: str = "cosine"  # "cosine" (with warmup), "plateau", "onecycle" or "none"
+    scheduler: str = "cosine"  # "cosine" (with warmup), "cosine_restarts", "plateau", "onecycle" or "none"
     warmup_epochs: int = 1
     plateau_patience: int = 3
     early_stopping_patience: int = 15  # epochs without a better validation mIoU before stopping
@@ -118,13 +125,14 @@ CHOICES = {
     "loss.name": ("dice_focal", "dice", "focal", "cross_entropy", "ce_dice"),
     "loss.class_weights": ("none", "inverse", "inverse_sqrt", "manual"),
     "optim.optimizer": ("adam", "adamw"),
-    "optim.scheduler": ("cosine", "plateau", "onecycle", "none"),
+    "optim.scheduler": ("cosine", "cosine_restarts", "plateau", "onecycle", "none"),
 }
 NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.minutes",
     "optim.warmup_epochs",
     "data.num_workers",
+    "data.curriculum_epochs",
     "threads",
     "optim.ema_decay",
     "big_rock_scale",
@@ -206,10 +214,17 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected > 0")
     for f in fields(config.augment):
         value = getattr(config.augment, f.name)
-        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit"))
+        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))
         if not math.isfinite(value) or value < 0 or (is_probability and value > 1):
             expected = "a probability in 0..1" if is_probability else ">= 0"
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
+    if config.data.curriculum_epochs and config.data.sampler != "repeat":
+        raise ConfigError(f"{source}: field 'data.curriculum_epochs' needs data.sampler 'repeat'")
+    if not 0 < config.augment.rare_crop_min_scale <= 1:
+        raise ConfigError(
+            f"{source}: field 'augment.rare_crop_min_scale': found {config.augment.rare_crop_min_scale}, "
+            "expected 0 < x <= 1"
+        )
     fractions = config.data.val_fraction + config.data.test_fraction
     if not (0 < config.data.val_fraction and 0 <= config.data.test_fraction and fractions < 1):
         raise ConfigError(

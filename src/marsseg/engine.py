@@ -22,7 +22,7 @@ from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, images_to_tensor, make_loader
 from marsseg.data.io import NUM_CLASSES, write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
-from marsseg.data.sampling import oversample_rare_class, rare_class_sampler
+from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
 from marsseg.data.split import Split
 from marsseg.errors import UserError
 from marsseg.losses import build_loss
@@ -94,11 +94,18 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 
     "cosine": linear warmup over the first `warmup` share, then a half cosine to 0.
     "onecycle": warmup to the peak over 30 %, then cosine down (the peak is the base lr).
+    "cosine_restarts": warmup, then three half cosines to 0 (warm restarts), each twice as long as the one before.
     """
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "onecycle":
         warmup = 0.3
-    if schedule in ("cosine", "onecycle"):
+    if schedule == "cosine_restarts" and progress >= warmup:
+        position = 7 * (progress - warmup) / max(1 - warmup, 1e-8)  # cycles of 1, 2 and 4 sevenths
+        for length in (1, 2, 4):
+            if position < length or length == 4:
+                return 0.5 * (1 + math.cos(math.pi * min(position / length, 1.0)))
+            position -= length
+    if schedule in ("cosine", "onecycle", "cosine_restarts"):
         if progress < warmup:
             return 0.1 + 0.9 * progress / warmup
         return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / max(1 - warmup, 1e-8)))
@@ -412,7 +419,13 @@ def fit(
     else:
         sampler = rare_class_sampler(split.train, data.masks, cfg.data.oversample_factor, cfg.seed)
     dataset = SegmentationDataset(
-        data.images, data.masks, train_indices, build_augmentation(cfg.augment, cfg.seed), cfg.data.in_channels
+        data.images,
+        data.masks,
+        train_indices,
+        build_augmentation(cfg.augment, cfg.seed),
+        cfg.data.in_channels,
+        cfg.augment.rare_crop,
+        cfg.augment.rare_crop_min_scale,
     )
     batch_size = cfg.optim.batch_size // ranks.world
     drop_last = len(dataset) > cfg.optim.batch_size
@@ -487,6 +500,10 @@ def fit(
         # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
         epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
         dataset.reseed(epoch_seed)
+        if cfg.data.curriculum_epochs:  # same length every epoch, so steps and schedule are unchanged
+            dataset.indices = curriculum_indices(
+                split.train, data.masks, cfg.data.oversample_factor, epoch, cfg.data.curriculum_epochs, epoch_seed
+            )
         loader.generator.manual_seed(epoch_seed)
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from marsseg.config import AugmentConfig
-from marsseg.data.augment import augment_pair, build_augmentation
+from marsseg.data.augment import augment_pair, build_augmentation, crop_around_class
 from marsseg.data.dataset import SegmentationDataset
 
 EVERYTHING = AugmentConfig(
@@ -58,3 +58,34 @@ def test_dataset_serves_float_images_and_long_masks_with_three_channels():
     assert x.shape == (3, 64, 128) and x.dtype == torch.float32 and torch.equal(x[0], x[2])
     assert y.dtype == torch.long and y.shape == (64, 128) and int(y.max()) == 4
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_rare_crop_zooms_on_big_rock_and_keeps_image_and_mask_aligned():
+    mask = np.ones((64, 128), np.uint8)
+    mask[10:14, 100:108] = 4  # a 4x8 rock near the top-right corner: 32 pixels
+    image = mask * 60
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out_image, out_mask = crop_around_class(image, mask, rng, min_scale=0.5)
+        assert out_image.shape == (64, 128) and out_mask.shape == (64, 128)
+        assert set(np.unique(out_mask)) <= {1, 4}
+        assert (out_mask == 4).sum() >= 32  # the rock is in the crop, and a crop only enlarges it
+        assert (np.rint(out_image / 60) == out_mask).mean() > 0.97  # edges interpolated in the image only
+    zoomed = [(crop_around_class(image, mask, rng, min_scale=0.5)[1] == 4).sum() for _ in range(50)]
+    assert max(zoomed) > 32 * 2.5  # a crop of half each side makes the rock four times larger
+    no_rock = np.ones((64, 128), np.uint8)
+    assert crop_around_class(image, no_rock, rng, 0.5)[1] is no_rock  # unchanged without the class
+
+
+def test_dataset_applies_rare_crops_with_their_probability_and_seed():
+    mask = np.ones((64, 128), np.uint8)
+    mask[30:34, 60:64] = 4
+    images, masks = (mask * 60)[None], mask[None]
+    never = SegmentationDataset(images, masks, np.zeros(10, int), rare_crop=0.0)
+    assert all(int((never[i][1] == 4).sum()) == 16 for i in range(10))
+    always = SegmentationDataset(images, masks, np.zeros(10, int), rare_crop=1.0, rare_crop_min_scale=0.5)
+    always.reseed(3)
+    first = [int((always[i][1] == 4).sum()) for i in range(10)]
+    assert min(first) >= 16 and max(first) > 16
+    always.reseed(3)
+    assert [int((always[i][1] == 4).sum()) for i in range(10)] == first

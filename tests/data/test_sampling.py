@@ -1,6 +1,6 @@
 import numpy as np
 
-from marsseg.data.sampling import oversample_rare_class, rare_class_sampler
+from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
 
 
 def masks_with_rare(n=20, rare=(1, 4, 15)):
@@ -29,3 +29,25 @@ def test_weighted_sampler_draws_rare_images_more_often():
     # expected share 15 / (15 + 17) = 0.47 versus 0.15 without weighting
     assert 0.4 < rare_share < 0.54
     assert list(rare_class_sampler(train, masks, 5.0, seed=0)) == list(rare_class_sampler(train, masks, 5.0, seed=0))
+
+
+def test_curriculum_starts_balanced_and_ends_at_the_oversampled_set():
+    masks = masks_with_rare(n=40, rare=(1, 4, 15, 22))
+    train = np.arange(40)
+    final = oversample_rare_class(train, masks, factor=2)  # 36 common + 8 rare draws = 44
+    shares = []
+    for epoch in range(5):
+        epoch_indices = curriculum_indices(train, masks, 2, epoch, curriculum_epochs=4, seed=epoch)
+        assert len(epoch_indices) == len(final)
+        rare_draws = np.isin(epoch_indices, [1, 4, 15, 22])
+        shares.append(rare_draws.mean())
+        counts = np.bincount(epoch_indices[rare_draws], minlength=40)[[1, 4, 15, 22]]
+        assert counts.max() - counts.min() <= 1  # every big-rock image equally often
+        assert np.bincount(epoch_indices[~rare_draws]).max() == 1  # other images at most once
+    # 22/44 = 0.5 at the start; 8/44 at the end; linear in between (rounded to whole draws)
+    assert shares[0] == 0.5
+    assert shares[2] == round((0.5 + 8 / 44) / 2 * 44) / 44
+    assert np.array_equal(curriculum_indices(train, masks, 2, 4, 4, seed=9), final)
+    same = curriculum_indices(train, masks, 2, 1, 4, seed=3), curriculum_indices(train, masks, 2, 1, 4, seed=3)
+    assert np.array_equal(*same)
+    assert np.array_equal(curriculum_indices(train, masks, 2, 0, 0, seed=3), final)  # off

@@ -11,6 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at im
 import albumentations as A  # noqa: E402
 
 from marsseg.config import AugmentConfig  # noqa: E402
+from marsseg.data.split import RARE_CLASS  # noqa: E402
 
 # Reflection keeps the border textured; a constant fill would invent black terrain.
 BORDER = cv2.BORDER_REFLECT_101
@@ -64,3 +65,26 @@ def augment_pair(pipeline: A.Compose | None, image: np.ndarray, mask: np.ndarray
         return image, mask
     result = pipeline(image=image, mask=mask)
     return result["image"], result["mask"]
+
+
+def crop_around_class(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, min_scale: float, label: int = RARE_CLASS
+) -> tuple[np.ndarray, np.ndarray]:
+    """A zoom on `label`: a crop centred on one of its pixels, resized back to the input's size.
+
+    The crop keeps the image's aspect ratio and is a random fraction `min_scale..1` of each side; it is moved
+    inside the image where the centre lies near a border. Images without `label` come back unchanged.
+    """
+    rows, cols = np.nonzero(mask == label)
+    if len(rows) == 0:
+        return image, mask
+    height, width = mask.shape
+    scale = rng.uniform(min_scale, 1.0)
+    crop_height, crop_width = max(1, round(height * scale)), max(1, round(width * scale))
+    pick = rng.integers(len(rows))
+    top = int(np.clip(rows[pick] - crop_height // 2, 0, height - crop_height))
+    left = int(np.clip(cols[pick] - crop_width // 2, 0, width - crop_width))
+    window = (slice(top, top + crop_height), slice(left, left + crop_width))
+    zoomed_image = cv2.resize(image[window], (width, height), interpolation=cv2.INTER_LINEAR)
+    zoomed_mask = cv2.resize(mask[window], (width, height), interpolation=cv2.INTER_NEAREST)
+    return zoomed_image, zoomed_mask

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from marsseg.data.augment import augment_pair
+from marsseg.data.augment import augment_pair, crop_around_class
 
 # Fixed scaling (not fitted to the data, so a checkpoint needs no statistics): gray 0..255 -> about -1..1.
 PIXEL_CENTER, PIXEL_SCALE = 127.5, 127.5
@@ -21,12 +21,24 @@ def images_to_tensor(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
 class SegmentationDataset(Dataset):
     """Samples `indices` of (images, masks), augmented by `pipeline` when given.
 
-    Indices may repeat (oversampling); each repetition is augmented independently.
+    Indices may repeat (oversampling); each repetition is augmented independently. With `rare_crop` > 0, a
+    big-rock image is first replaced, with that probability, by a zoom centred on its big rock.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, pipeline=None, in_channels: int = 1):
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        indices: np.ndarray,
+        pipeline=None,
+        in_channels: int = 1,
+        rare_crop: float = 0.0,
+        rare_crop_min_scale: float = 0.5,
+    ):
         self.images, self.masks, self.indices = images, masks, np.asarray(indices)
         self.pipeline, self.in_channels = pipeline, in_channels
+        self.rare_crop, self.rare_crop_min_scale = rare_crop, rare_crop_min_scale
+        self.rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -35,10 +47,14 @@ class SegmentationDataset(Dataset):
         """Restart the augmentation's random stream (per epoch, and per worker), so runs and resumes repeat."""
         if self.pipeline is not None:
             self.pipeline.set_random_seed(seed)
+        self.rng = np.random.default_rng(seed)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices[position]
-        image, mask = augment_pair(self.pipeline, self.images[index], self.masks[index])
+        image, mask = self.images[index], self.masks[index]
+        if self.rare_crop > 0 and self.rng.random() < self.rare_crop:
+            image, mask = crop_around_class(image, mask, self.rng, self.rare_crop_min_scale)
+        image, mask = augment_pair(self.pipeline, image, mask)
         return images_to_tensor(image[None], self.in_channels)[0], torch.from_numpy(np.ascontiguousarray(mask)).long()
 
 

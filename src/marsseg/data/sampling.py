@@ -44,3 +44,42 @@ def rare_class_sampler(
         replacement=True,
         generator=generator,
     )
+
+
+def curriculum_indices(
+    indices: np.ndarray,
+    masks: np.ndarray,
+    factor: int,
+    epoch: int,
+    curriculum_epochs: int,
+    seed: int,
+    label: int = RARE_CLASS,
+) -> np.ndarray:
+    """One epoch's training indices under a curriculum that starts balanced.
+
+    Epoch 0 draws as many big-rock images as other images; the big-rock share then falls linearly to the share of
+    `oversample_rare_class(indices, masks, factor)`, which is returned as it is from `curriculum_epochs` on. Every
+    epoch has that set's length, so the number of steps (and the learning-rate schedule) does not change.
+
+    Args:
+        indices: training indices into `masks`.
+        masks: (N, H, W) label masks of the whole cleaned set.
+        factor: the oversampling factor the curriculum ends at.
+        epoch: 0-based epoch number.
+        curriculum_epochs: epochs until the final share is reached; 0 switches the curriculum off.
+        seed: draws the epoch's images (the same seed gives the same indices).
+    """
+    final = oversample_rare_class(indices, masks, factor, label)
+    rare_mask = contains_class(masks[indices], label)
+    rare, common = indices[rare_mask], indices[~rare_mask]
+    if epoch >= curriculum_epochs or len(rare) == 0 or len(common) == 0:
+        return final
+    total = len(final)
+    end_share = len(rare) * factor / total
+    start_share = max(0.5, end_share)
+    share = start_share + (end_share - start_share) * epoch / curriculum_epochs
+    # Never below the final count of big-rock draws, so the other images fit without repetition.
+    rare_draws = max(round(share * total), len(rare) * factor)
+    rng = np.random.default_rng(seed)
+    # A permutation repeated cyclically: every big-rock image is drawn equally often, give or take one.
+    return np.concatenate([np.resize(rng.permutation(rare), rare_draws), rng.permutation(common)[: total - rare_draws]])

@@ -188,30 +188,39 @@ def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
             setattr(target, key, _coerce(value, hints[key], where))
 
 
-def _lookup(config: Config, dotted: str) -> Any:
+def get_field(config: Config, dotted: str) -> Any:
+    """The value of a dotted field name, e.g. get_field(cfg, "optim.lr")."""
     value: Any = config
     for part in dotted.split("."):
         value = getattr(value, part)
     return value
 
 
+def set_field(config: Config, dotted: str, value: Any) -> None:
+    """Set a dotted field in place, unchecked (validate() checks a whole config)."""
+    *parents, key = dotted.split(".")
+    setattr(get_field(config, ".".join(parents)) if parents else config, key, value)
+
+
 def validate(config: Config, source: str = "config") -> Config:
     """Raise ConfigError for values out of range; return the config otherwise."""
     for dotted, allowed in CHOICES.items():
-        if _lookup(config, dotted) not in allowed:
+        if get_field(config, dotted) not in allowed:
             raise ConfigError(
-                f"{source}: field '{dotted}': found {_lookup(config, dotted)!r}, "
+                f"{source}: field '{dotted}': found {get_field(config, dotted)!r}, "
                 f"expected one of {', '.join(map(str, allowed))}"
             )
     for dotted in (*NON_NEGATIVE, *POSITIVE, "data.val_fraction", "data.test_fraction", "big_rock_scale"):
-        if isinstance(_lookup(config, dotted), float) and not math.isfinite(_lookup(config, dotted)):
-            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected a finite number")
+        if isinstance(get_field(config, dotted), float) and not math.isfinite(get_field(config, dotted)):
+            raise ConfigError(
+                f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected a finite number"
+            )
     for dotted in NON_NEGATIVE:
-        if _lookup(config, dotted) < 0:
-            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected >= 0")
+        if get_field(config, dotted) < 0:
+            raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected >= 0")
     for dotted in POSITIVE:
-        if _lookup(config, dotted) <= 0:
-            raise ConfigError(f"{source}: field '{dotted}': found {_lookup(config, dotted)}, expected > 0")
+        if get_field(config, dotted) <= 0:
+            raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected > 0")
     for f in fields(config.augment):
         value = getattr(config.augment, f.name)
         is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))

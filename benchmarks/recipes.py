@@ -1,24 +1,29 @@
 """Ablation of the default recipe: each lever as one row, trained on one split, scored on validation.
 
-Every variant is the default config plus a few overrides. Rows report validation mIoU and validation big-rock IoU
-only: every choice is made on validation, and the local test part is kept for the final figure of the chosen
-recipe (`marsseg train` prints it). Finished runs are skipped on a re-run.
+Every variant is the default config plus a few overrides. Rows report validation figures only (flip TTA, argmax,
+at the best epoch; and mIoU with the big-rock scale chosen on validation): every choice is made on validation, and
+the local test part is kept for the final figure of the chosen recipe (`marsseg train` prints it). Finished runs
+are skipped on a re-run. Writes ablation.md (mean ± std where a row has several seeds) and ablation.png in --out,
+from every finished row there.
 Run: .venv/bin/python benchmarks/recipes.py --data ../shared/data/mars64.npz --out runs/ablation \\
-         [--variants default,no_ignore_bg,...] [--epochs N] [--seeds K]
+         [--variants default,cross_entropy,...] [--epochs N] [--seeds K]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
+from marsseg import report
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
 
+CLASSES = ("soil", "bedrock", "sand", "big_rock")
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 
 VARIANTS: dict[str, dict] = {
@@ -70,6 +75,68 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def run_summary(run_dir: Path) -> dict:
+    """One finished row: validation figures at the best epoch (flip TTA, plain argmax) and with the scale."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "metrics.csv") as handle:
+        best = list(csv.DictReader(handle))[metrics["best_epoch"] - 1]
+    return {
+        "val_miou": float(best["val_miou"]),
+        **{name: float(best[f"iou_{name}"]) for name in CLASSES},
+        "val_miou_scaled": metrics["val_miou"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs": metrics["epochs_run"],
+        "minutes": metrics["train_seconds"] / 60,
+    }
+
+
+def write_table_and_plot(out: Path) -> None:
+    """ablation.md and ablation.png from every finished row in `out` (mean ± std where a row has several seeds)."""
+    groups: dict[str, list[dict]] = {}
+    for name in VARIANTS:
+        runs = sorted(out.glob(f"{name}_seed*/metrics.json"))
+        runs = [r.parent for r in runs if r.parent.name.removeprefix(f"{name}_seed").isdigit()]
+        if runs:
+            groups[name] = [run_summary(run) for run in runs]
+    if not groups:
+        return
+    keys = ["val_miou", *CLASSES, "val_miou_scaled", "best_epoch", "minutes"]
+    lines = [
+        "| variant | seeds | val mIoU | soil | bedrock | sand | big rock | with big-rock scale | best epoch | minutes"
+        " |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in groups.items():
+        cells = []
+        for key in keys:
+            values = np.array([row[key] for row in rows], dtype=float)
+            digits = 0 if key == "best_epoch" else 1 if key == "minutes" else 3
+            spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.{digits}f}{spread}")
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+
+    plt = report.plt
+    names = list(groups)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
+    for axis, key, title in (
+        (axes[0], "val_miou", "validation mIoU"),
+        (axes[1], "big_rock", "validation big-rock IoU"),
+    ):
+        values = [np.array([row[key] for row in groups[name]]) for name in names]
+        means = [v.mean() for v in values]
+        errors = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
+        axis.barh(names, means, xerr=errors, color="#6a7fa8", capsize=3)
+        if "default" in groups and len(groups["default"]) > 1:  # the seed spread of the default: the noise band
+            mean, std = means[names.index("default")], errors[names.index("default")]
+            axis.axvspan(mean - std, mean + std, color="orange", alpha=0.3, label="default, mean ± std over seeds")
+            axis.legend(fontsize=8, loc="lower right")
+        low = min(m - e for m, e in zip(means, errors, strict=True))
+        axis.set(title=title + " (flip TTA, argmax)", xlim=(max(0.0, low - 0.05), min(1.0, max(means) + 0.05)))
+    axes[0].invert_yaxis()
+    report.save_figure(figure, out / "ablation.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
@@ -79,11 +146,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = physical cores")
     args = parser.parse_args()
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row
-    print(f"{'variant':<30}{'seed':>5}{'val mIoU':>10}{'val big rock':>14}{'epochs':>8}{'minutes':>9}")
+    print(f"{'variant':<30}{'seed':>5}{'val mIoU':>10}{'val big rock':>14}{'best epoch':>12}{'minutes':>9}")
     for name in args.variants.split(","):
-        rows = []
         for seed in range(args.seeds):
             overrides = {"data.path": args.data, "seed": seed, "threads": args.threads, **VARIANTS[name]}
             if args.epochs:
@@ -91,22 +160,14 @@ def main() -> None:
             run_dir = Path(args.out) / f"{name}_seed{seed}"
             if not (run_dir / "metrics.json").is_file():
                 fit(load_config(None, overrides), run_dir, force=True, prepared=prepared)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows.append(
-                (
-                    metrics["val_miou"],
-                    metrics["val_iou"]["big_rock"],
-                    metrics["epochs_run"],
-                    metrics["train_seconds"] / 60,
-                )
-            )
+            row = run_summary(run_dir)
             print(
-                f"{name:<30}{seed:>5}{rows[-1][0]:>10.4f}{rows[-1][1]:>14.4f}{rows[-1][2]:>8d}{rows[-1][3]:>9.1f}",
+                f"{name:<30}{seed:>5}{row['val_miou']:>10.4f}{row['big_rock']:>14.4f}{row['best_epoch']:>12d}"
+                f"{row['minutes']:>9.1f}",
                 flush=True,
             )
-        if len(rows) > 1:
-            mean, std = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
-            print(f"{name + ' (mean ± std)':<35}{mean[0]:.4f}±{std[0]:.4f}  {mean[1]:.4f}±{std[1]:.4f}")
+        write_table_and_plot(Path(args.out))
+    print(f"table: {Path(args.out) / 'ablation.md'}  plot: {Path(args.out) / 'ablation.png'}")
 
 
 if __name__ == "__main__":

@@ -143,8 +143,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs for every row")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per row")
+    parser.add_argument("--first-seed", type=int, default=0, help="rows use seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = physical cores")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per run")
     args = parser.parse_args()
     unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
     if unknown:
@@ -153,8 +155,14 @@ def main() -> None:
     prepared = prepare_data(base.data)  # one split for every row
     print(f"{'variant':<30}{'seed':>5}{'val mIoU':>10}{'val big rock':>14}{'best epoch':>12}{'minutes':>9}")
     for name in args.variants.split(","):
-        for seed in range(args.seeds):
-            overrides = {"data.path": args.data, "seed": seed, "threads": args.threads, **VARIANTS[name]}
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            overrides = {
+                "data.path": args.data,
+                "seed": seed,
+                "threads": args.threads,
+                "data.num_workers": args.workers,
+                **VARIANTS[name],
+            }
             if args.epochs:
                 overrides["optim.epochs"] = args.epochs
             run_dir = Path(args.out) / f"{name}_seed{seed}"

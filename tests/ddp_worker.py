@@ -22,6 +22,7 @@ CONFIG = {
         if not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))
     },
     "threads": 1,
+    "device": "cpu",  # gloo on CPU, compared with a CPU reference (a GPU machine may have one GPU)
 }
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from marsseg.cli import main
 from marsseg.config import load_config
 from marsseg.data.dataset import SegmentationDataset
 from marsseg.data.prepare import prepare_data
@@ -76,3 +77,12 @@ def test_two_processes_stay_identical_and_match_single_process_training(tmp_path
     assert max((rank0[k] - initial[k]).abs().max().item() for k in rank0) > 1e-3  # the steps did move the weights
     # rank 0 alone wrote the run files
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+
+def test_more_processes_than_gpus_is_a_one_line_error(tmp_path, tiny_npz, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(out), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "need 2 GPUs; it has 1" in err and not out.exists()

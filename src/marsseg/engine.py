@@ -339,6 +339,15 @@ class Ranks:
         return self.rank == 0
 
 
+def check_processes_per_gpu(device_name: str, processes: int) -> None:
+    """On a GPU each training process of a machine needs its own GPU (NCCL refuses two ranks on one)."""
+    if processes > 1 and resolve_device(device_name).type == "cuda" and processes > torch.cuda.device_count():
+        raise UserError(
+            f"{processes} training processes on this machine need {processes} GPUs; it has "
+            f"{torch.cuda.device_count()} (use --set device=cpu to run the processes on the CPU)"
+        )
+
+
 def init_distributed(device_name: str) -> Ranks:
     """Join the process group when started by torchrun: gloo on CPU, NCCL on GPU. One process: no group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -348,6 +357,7 @@ def init_distributed(device_name: str) -> Ranks:
     if not dist.is_initialized():
         cuda = resolve_device(device_name).type == "cuda"
         if cuda:
+            check_processes_per_gpu(device_name, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
             torch.cuda.set_device(local_rank)
         # The small reductions (confusion matrices, the stop flag) are CPU tensors: gloo carries them beside NCCL.
         dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo")

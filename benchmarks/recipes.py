@@ -126,13 +126,16 @@ def write_table_and_plot(out: Path) -> None:
         values = [np.array([row[key] for row in groups[name]]) for name in names]
         means = [v.mean() for v in values]
         errors = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
-        axis.barh(names, means, xerr=errors, color="#6a7fa8", capsize=3)
+        axis.barh(names, means, xerr=errors, color="#6a7fa8", capsize=3, zorder=2)
         if "default" in groups and len(groups["default"]) > 1:  # the seed spread of the default: the noise band
             mean, std = means[names.index("default")], errors[names.index("default")]
-            axis.axvspan(mean - std, mean + std, color="orange", alpha=0.3, label="default, mean ± std over seeds")
+            axis.axvspan(
+                mean - std, mean + std, color="orange", alpha=0.3, zorder=1, label="default, mean ± std over seeds"
+            )
             axis.legend(fontsize=8, loc="lower right")
         low = min(m - e for m, e in zip(means, errors, strict=True))
-        axis.set(title=title + " (flip TTA, argmax)", xlim=(max(0.0, low - 0.05), min(1.0, max(means) + 0.05)))
+        high = max(m + e for m, e in zip(means, errors, strict=True))
+        axis.set(title=title + " (flip TTA, argmax)", xlim=(max(0.0, low - 0.03), min(1.0, high + 0.03)))
     axes[0].invert_yaxis()
     report.save_figure(figure, out / "ablation.png")
 

@@ -510,9 +510,16 @@ def fit(
         # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
         epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
         dataset.reseed(epoch_seed)
-        if cfg.data.curriculum_epochs:  # same length every epoch, so steps and schedule are unchanged
+        if cfg.data.curriculum_epochs:
+            # The same draw on every rank (the DistributedSampler shares one list out), the same length every epoch
+            # (so the steps and the schedule do not change).
             dataset.indices = curriculum_indices(
-                split.train, data.masks, cfg.data.oversample_factor, epoch, cfg.data.curriculum_epochs, epoch_seed
+                split.train,
+                data.masks,
+                cfg.data.oversample_factor,
+                epoch,
+                cfg.data.curriculum_epochs,
+                cfg.seed * 100_003 + epoch,
             )
         loader.generator.manual_seed(epoch_seed)
         if isinstance(sampler, torch.utils.data.DistributedSampler):

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from marsseg import report
 from marsseg.config import load_config
@@ -85,33 +86,39 @@ def run_summary(run_dir: Path) -> dict:
         **{name: float(best[f"iou_{name}"]) for name in CLASSES},
         "val_miou_scaled": metrics["val_miou"],
         "best_epoch": metrics["best_epoch"],
-        "epochs": metrics["epochs_run"],
+        "planned_epochs": yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["epochs"],
         "minutes": metrics["train_seconds"] / 60,
     }
 
 
 def write_table_and_plot(out: Path) -> None:
-    """ablation.md and ablation.png from every finished row in `out` (mean ± std where a row has several seeds)."""
+    """ablation.md and ablation.png from every finished row in `out` (mean ± std where a row has several seeds).
+
+    Runs of one variant with different planned epochs (`--epochs`) become separate rows, never one average.
+    """
     groups: dict[str, list[dict]] = {}
     for name in VARIANTS:
         runs = sorted(out.glob(f"{name}_seed*/metrics.json"))
-        runs = [r.parent for r in runs if r.parent.name.removeprefix(f"{name}_seed").isdigit()]
-        if runs:
-            groups[name] = [run_summary(run) for run in runs]
+        summaries = [run_summary(r.parent) for r in runs if r.parent.name.removeprefix(f"{name}_seed").isdigit()]
+        plans = sorted({row["planned_epochs"] for row in summaries})
+        for plan in plans:
+            label = name if len(plans) == 1 else f"{name} ({plan} epochs)"
+            groups[label] = [row for row in summaries if row["planned_epochs"] == plan]
     if not groups:
         return
-    keys = ["val_miou", *CLASSES, "val_miou_scaled", "best_epoch", "minutes"]
+    keys = ["val_miou", *CLASSES, "val_miou_scaled", "best_epoch", "planned_epochs", "minutes"]
     lines = [
-        "| variant | seeds | val mIoU | soil | bedrock | sand | big rock | with big-rock scale | best epoch | minutes"
-        " |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | val mIoU | soil | bedrock | sand | big rock | with big-rock scale | best epoch | epochs "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in groups.items():
         cells = []
         for key in keys:
             values = np.array([row[key] for row in rows], dtype=float)
-            digits = 0 if key == "best_epoch" else 1 if key == "minutes" else 3
-            spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+            digits = 0 if key in ("best_epoch", "planned_epochs") else 1 if key == "minutes" else 3
+            varies = len(values) > 1 and key != "planned_epochs"  # one plan per row
+            spread = f" ± {values.std(ddof=1):.{digits}f}" if varies else ""
             cells.append(f"{values.mean():.{digits}f}{spread}")
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")

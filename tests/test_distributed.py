@@ -86,3 +86,12 @@ def test_more_processes_than_gpus_is_a_one_line_error(tmp_path, tiny_npz, capsys
     assert main(["train", "--data", str(tiny_npz), "--out", str(out), "--nproc", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "need 2 GPUs; it has 1" in err and not out.exists()
+
+
+def test_a_resumed_run_is_checked_against_its_own_device(tmp_path):
+    from marsseg.config import save_config
+    from marsseg.engine import run_device_name
+
+    save_config(load_config(None, {"device": "cpu"}), tmp_path / "config.yaml")
+    assert run_device_name(load_config(), tmp_path, resume=True) == "cpu"  # the run's, not the default "auto"
+    assert run_device_name(load_config(), tmp_path, resume=False) == "auto"

@@ -14,6 +14,8 @@ import torch
 
 from marsseg.cli import main
 from marsseg.config import load_config
+from marsseg.data.augment import crop_around_class
+from marsseg.data.sampling import curriculum_indices
 from marsseg.engine import fit, load_model, lr_factor, overfit_one_batch, resolve_device
 from marsseg.errors import UserError
 
@@ -164,16 +166,32 @@ def test_scale_chosen_on_validation_is_stored_in_the_checkpoint(tmp_path, tiny_n
     assert load_model(tmp_path / "run")[1].big_rock_scale == metrics["big_rock_scale"]
 
 
-def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, capsys):
+def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, capsys, monkeypatch):
     overrides = {
         "optim.epochs": 3,
         "data.curriculum_epochs": 2,
         "augment.rare_crop": 0.5,
         "optim.scheduler": "cosine_restarts",
     }
+    import marsseg.data.dataset
+    import marsseg.engine
+
+    calls = {"curriculum": [], "crops": 0}
+
+    def counting_curriculum(*args):
+        calls["curriculum"].append(args[3])  # the epoch
+        return curriculum_indices(*args)
+
+    def counting_crop(*args):
+        calls["crops"] += 1
+        return crop_around_class(*args)
+
+    monkeypatch.setattr(marsseg.engine, "curriculum_indices", counting_curriculum)
+    monkeypatch.setattr(marsseg.data.dataset, "crop_around_class", counting_crop)
     result = fit(tiny_config(tiny_npz, **overrides), tmp_path / "run", score_test=False)
     history = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
     assert result.epochs_run == 3 and 0 < result.best_val_miou <= 1
+    assert calls["curriculum"] == [0, 1, 2] and calls["crops"] > 0  # both are wired into training
     # The tiny set gives 7 batches per epoch whatever the curriculum draws; the lr logged is that of each epoch's
     # last step: in the warm-up, at the second restart, then at the end of the last cycle.
     expected = [lr_factor((7 * epoch - 1) / 21, 1 / 3, "cosine_restarts") for epoch in (1, 2, 3)]

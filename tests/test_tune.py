@@ -127,3 +127,25 @@ def test_a_trial_claimed_by_a_worker_that_dies_at_once_is_failed_and_replaced(tm
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states == {dead.number: "FAIL", claimed.number: "RUNNING"}
     assert claim_trial(study, rdb, 2, tmp_path) is not None  # the failed trial does not count towards the 2
+
+
+def test_a_study_continues_only_with_the_choices_it_started_with():
+    from marsseg.errors import UserError
+    from marsseg.tune import check_same_choices
+
+    study = optuna.create_study()
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"model": "unet", "width": 16},
+            distributions={
+                "model": optuna.distributions.CategoricalDistribution(["res_unet", "deeplab", "unet"]),
+                "width": optuna.distributions.CategoricalDistribution([16, 32]),
+            },
+            value=0.5,
+        )
+    )
+    check_same_choices(study, ("res_unet", "deeplab", "unet"), (16, 32))  # the same: fine
+    with pytest.raises(UserError, match="started with --models res_unet,deeplab,unet; found res_unet,deeplab"):
+        check_same_choices(study, ("res_unet", "deeplab"), (16, 32))
+    with pytest.raises(UserError, match="--widths 16,32; found 16,24"):
+        check_same_choices(study, ("res_unet", "deeplab", "unet"), (16, 24))

@@ -182,7 +182,7 @@ def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
 def cmd_train(args) -> int:
     from marsseg import report
     from marsseg.config import load_config
-    from marsseg.engine import check_processes_per_gpu, fit
+    from marsseg.engine import check_processes_per_gpu, fit, run_device_name
 
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
         raise UserError(f"--resume continues with the run's own config; found overrides ({given}), expected none")
     cfg = load_config(args.config, overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        check_processes_per_gpu(cfg.device, args.nproc)
+        check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
     result = fit(cfg, args.out, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:

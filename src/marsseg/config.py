@@ -29,8 +29,9 @@ class DataConfig:
     val_fraction: float = 0.1  # validation part: early stopping and every choice of recipe
     test_fraction: float = 0.1  # local test part: the final figure only
     oversample_factor: int = 4  # big-rock images appear this many times per epoch (training part only)
-    # A curriculum that starts balanced: half of epoch 1's draws are big-rock images, falling linearly to the
-    # oversample_factor share at this epoch (sampling.curriculum_indices); 0 switches it off. "repeat" sampler only.
+    # A curriculum that starts balanced: half of the first epoch's draws are big-rock images, falling linearly to the
+    # oversample_factor share, which holds after this many epochs (sampling.curriculum_indices); 0 switches it off.
+    # "repeat" sampler only.
     curriculum_epochs: int = 0
     sampler: str = "repeat"  # "repeat" (oversample by repetition) or "weighted" (WeightedRandomSampler)
     in_channels: int = 1  # 3 replicates the gray channel

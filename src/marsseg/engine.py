@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config, from_dict, save_config, to_dict
+from marsseg.config import Config, from_dict, load_config, save_config, to_dict
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, images_to_tensor, make_loader
 from marsseg.data.io import NUM_CLASSES, write_atomically, write_text_atomically
@@ -97,19 +97,23 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
     "cosine_restarts": warmup, then three half cosines to 0 (warm restarts), each twice as long as the one before.
     """
     progress = min(max(progress, 0.0), 1.0)
+    if schedule not in ("cosine", "onecycle", "cosine_restarts"):
+        return 1.0
     if schedule == "onecycle":
         warmup = 0.3
-    if schedule == "cosine_restarts" and progress >= warmup:
-        position = 7 * (progress - warmup) / max(1 - warmup, 1e-8)  # cycles of 1, 2 and 4 sevenths
-        for length in (1, 2, 4):
-            if position < length or length == 4:
-                return 0.5 * (1 + math.cos(math.pi * min(position / length, 1.0)))
+    if progress < warmup:
+        return 0.1 + 0.9 * progress / warmup
+    annealed = (progress - warmup) / max(1 - warmup, 1e-8)  # 0..1 after the warmup
+    if schedule == "cosine_restarts":
+        position = 7 * annealed  # cycles of 1, 2 and 4 sevenths
+        for length in (1, 2):
+            if position < length:
+                break
             position -= length
-    if schedule in ("cosine", "onecycle", "cosine_restarts"):
-        if progress < warmup:
-            return 0.1 + 0.9 * progress / warmup
-        return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / max(1 - warmup, 1e-8)))
-    return 1.0
+        else:
+            length = 4
+        annealed = min(position / length, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * annealed))
 
 
 # ---------------------------------------------------------------- one epoch, evaluation
@@ -340,12 +344,20 @@ class Ranks:
 
 
 def check_processes_per_gpu(device_name: str, processes: int) -> None:
-    """On a GPU each training process of a machine needs its own GPU (NCCL refuses two ranks on one)."""
+    """On a GPU each training process of a machine needs its own GPU (NCCL fails with two ranks on one)."""
     if processes > 1 and resolve_device(device_name).type == "cuda" and processes > torch.cuda.device_count():
         raise UserError(
             f"{processes} training processes on this machine need {processes} GPUs; it has "
             f"{torch.cuda.device_count()} (use --set device=cpu to run the processes on the CPU)"
         )
+
+
+def run_device_name(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> str:
+    """The device a run trains on: a resumed run keeps the one in its own config.yaml, not the defaults'."""
+    saved = Path(run_dir) / "config.yaml"
+    if resume and saved.is_file():
+        return load_config(str(saved)).device
+    return cfg.device
 
 
 def init_distributed(device_name: str) -> Ranks:
@@ -392,7 +404,7 @@ def fit(
         on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
         score_test: score the best checkpoint on the local test part at the end (the final figure only).
     """
-    ranks = init_distributed(cfg.device)
+    ranks = init_distributed(run_device_name(cfg, run_dir, resume))
     if ranks.is_main:
         run_dir = prepare_run_dir(run_dir, resume, force)
     if ranks.world > 1:
@@ -512,14 +524,14 @@ def fit(
         dataset.reseed(epoch_seed)
         if cfg.data.curriculum_epochs:
             # The same draw on every rank (the DistributedSampler shares one list out), the same length every epoch
-            # (so the steps and the schedule do not change).
+            # (so the steps and the schedule do not change); a stream of its own, apart from the augmentations'.
             dataset.indices = curriculum_indices(
                 split.train,
                 data.masks,
                 cfg.data.oversample_factor,
                 epoch,
                 cfg.data.curriculum_epochs,
-                cfg.seed * 100_003 + epoch,
+                [cfg.seed, epoch],
             )
         loader.generator.manual_seed(epoch_seed)
         if isinstance(sampler, torch.utils.data.DistributedSampler):

@@ -108,6 +108,18 @@ def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> d
     return params
 
 
+def check_same_choices(study, models, widths) -> None:
+    """A study's categorical choices are fixed when it starts (Optuna refuses others): say so in one line."""
+    for trial in study.get_trials(deepcopy=False):
+        for name, flag, choices in (("model", "--models", models), ("width", "--widths", widths)):
+            distribution = trial.distributions.get(name)
+            if distribution is not None and tuple(distribution.choices) != tuple(choices):
+                raise UserError(
+                    f"study '{study.study_name}' was started with {flag} {','.join(map(str, distribution.choices))}; "
+                    f"found {','.join(map(str, choices))}: pass the same to continue it"
+                )
+
+
 def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbeat: int = 60):
     """Create or load the study; trials of dead workers (no heartbeat for 2 intervals) are marked failed."""
     optuna = _optuna()
@@ -218,6 +230,7 @@ def tune(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _claim_lock(out_dir):  # two workers creating one SQLite schema at once collide
         study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
+        check_same_choices(study, models, widths)
         start_point = base_params(base, models, widths)
         if start_point is not None and not study.get_trials(deepcopy=False):
             study.enqueue_trial(start_point)

@@ -89,3 +89,7 @@ def test_dataset_applies_rare_crops_with_their_probability_and_seed():
     assert min(first) >= 16 and max(first) > 16
     always.reseed(3)
     assert [int((always[i][1] == 4).sum()) for i in range(10)] == first
+    half = SegmentationDataset(images, masks, np.zeros(400, int), rare_crop=0.5)
+    half.reseed(5)
+    zoomed_share = np.mean([int((half[i][1] == 4).sum()) > 16 for i in range(400)])
+    assert 0.4 < zoomed_share < 0.6  # about half (a crop near scale 1 may leave the rock at its size)

@@ -45,7 +45,7 @@ def test_curriculum_starts_balanced_and_ends_at_the_oversampled_set():
         assert counts.max() - counts.min() <= 1  # every big-rock image equally often
         assert np.bincount(epoch_indices[~rare_draws]).max() == 1  # other images at most once
     # 22/44 = 0.5 at the start; 8/44 at the end; linear in between (rounded to whole draws)
-    assert shares[0] == 0.5
+    assert shares[0] == 0.5 and bool(np.all(np.diff(shares) < 0))
     assert shares[2] == round((0.5 + 8 / 44) / 2 * 44) / 44
     assert np.array_equal(curriculum_indices(train, masks, 2, 4, 4, seed=9), final)
     same = curriculum_indices(train, masks, 2, 1, 4, seed=3), curriculum_indices(train, masks, 2, 1, 4, seed=3)

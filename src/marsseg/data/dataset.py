@@ -47,7 +47,9 @@ class SegmentationDataset(Dataset):
         """Restart the augmentation's random stream (per epoch, and per worker), so runs and resumes repeat."""
         if self.pipeline is not None:
             self.pipeline.set_random_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        # Albumentations seeds its transforms with default_rng(seed): a stream of their own keeps the crops'
+        # draws apart from theirs.
+        self.rng = np.random.default_rng([seed, 1])
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices[position]

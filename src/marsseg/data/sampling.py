@@ -52,13 +52,14 @@ def curriculum_indices(
     factor: int,
     epoch: int,
     curriculum_epochs: int,
-    seed: int,
+    seed: int | list[int],
     label: int = RARE_CLASS,
 ) -> np.ndarray:
     """One epoch's training indices under a curriculum that starts balanced.
 
     Epoch 0 draws as many big-rock images as other images; the big-rock share then falls linearly to the share of
-    `oversample_rare_class(indices, masks, factor)`, which is returned as it is from `curriculum_epochs` on. Every
+    `oversample_rare_class(indices, masks, factor)`, which is returned as it is from epoch `curriculum_epochs` on
+    (counting from 0). Every
     epoch has that set's length, so the number of steps (and the learning-rate schedule) does not change.
 
     Args:
@@ -67,7 +68,7 @@ def curriculum_indices(
         factor: the oversampling factor the curriculum ends at.
         epoch: 0-based epoch number.
         curriculum_epochs: epochs until the final share is reached; 0 switches the curriculum off.
-        seed: draws the epoch's images (the same seed gives the same indices).
+        seed: draws the epoch's images (the same seed gives the same indices); anything np.random.default_rng takes.
     """
     final = oversample_rare_class(indices, masks, factor, label)
     rare_mask = contains_class(masks[indices], label)

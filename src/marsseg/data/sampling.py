@@ -59,8 +59,8 @@ def curriculum_indices(
 
     Epoch 0 draws as many big-rock images as other images; the big-rock share then falls linearly to the share of
     `oversample_rare_class(indices, masks, factor)`, which is returned as it is from epoch `curriculum_epochs` on
-    (counting from 0). Every
-    epoch has that set's length, so the number of steps (and the learning-rate schedule) does not change.
+    (counting from 0). Every epoch has that set's length, so the number of steps (and the learning-rate schedule)
+    does not change.
 
     Args:
         indices: training indices into `masks`.

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from marsseg import report
 from marsseg.config import load_config
@@ -86,7 +85,7 @@ def run_summary(run_dir: Path) -> dict:
         **{name: float(best[f"iou_{name}"]) for name in CLASSES},
         "val_miou_scaled": metrics["val_miou"],
         "best_epoch": metrics["best_epoch"],
-        "planned_epochs": yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["epochs"],
+        "planned_epochs": load_config(str(run_dir / "config.yaml")).optim.epochs,
         "minutes": metrics["train_seconds"] / 60,
     }
 

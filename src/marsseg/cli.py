@@ -181,16 +181,21 @@ def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
 
 def cmd_train(args) -> int:
     from marsseg import report
-    from marsseg.config import load_config
-    from marsseg.engine import check_processes_per_gpu, fit, run_device_name
+    from marsseg.config import dotted_names, load_config
+    from marsseg.engine import check_processes_per_gpu, check_resume_matches_run, fit, run_device_name
 
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
     overrides = parse_overrides(args)
-    if args.resume and (overrides or args.config):
-        given = ", ".join([*overrides, *(["--config"] if args.config else [])])
-        raise UserError(f"--resume continues with the run's own config; found overrides ({given}), expected none")
     cfg = load_config(args.config, overrides)
+    if (
+        args.resume
+    ):  # the command that started the run, plus --resume: flags may repeat the run's values, not change them
+        names = list(overrides)
+        if args.config:
+            with open(args.config) as handle:
+                names += dotted_names(yaml.safe_load(handle) or {})
+        check_resume_matches_run(args.out, cfg, names)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
@@ -243,7 +248,15 @@ def cmd_evaluate(args) -> int:
     tta = cfg.tta if args.tta is None else args.tta
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
     result = evaluate(
-        model.to(device), images, masks, cfg.data.in_channels, tta, device, keep_predictions=True, big_rock_scale=scale
+        model.to(device),
+        images,
+        masks,
+        cfg.data.in_channels,
+        tta,
+        device,
+        keep_predictions=True,
+        big_rock_scale=scale,
+        precision=cfg.precision,
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
@@ -279,6 +292,7 @@ def cmd_predict(args) -> int:
         device=device,
         progress=True,
         big_rock_scale=cfg.big_rock_scale or 1.0,
+        precision=cfg.precision,
     )
     write_submission(labels, args.out)
     shares = np.bincount(labels.reshape(-1), minlength=5)[1:] / labels.size

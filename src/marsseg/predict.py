@@ -13,6 +13,7 @@ from tqdm import tqdm
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.io import write_atomically
 from marsseg.data.split import RARE_CLASS
+from marsseg.precision import autocast
 
 # Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and 0 on a pixel
 # labelled 1..4 is never a hit. (0 can still beat a wrong class, removing its false positive; on mars64 a rule
@@ -35,11 +36,13 @@ def predict_probabilities(
     tta: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Iterator[torch.Tensor]:
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
-    training also uses; an upside-down crop is not a rover view).
+    training also uses; an upside-down crop is not a rover view). `precision` is the run's (precision.py); the
+    softmax is taken in fp32.
     """
     model.eval()
     device = torch.device(device)
@@ -48,7 +51,7 @@ def predict_probabilities(
         x = images_to_tensor(images[start : start + batch_size], in_channels).to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             probs = main_output(model(x)).float().softmax(dim=1)
             if tta:
                 flipped = main_output(model(x.flip(-1))).float().softmax(dim=1).flip(-1)
@@ -77,9 +80,10 @@ def predict_labels(
     device: torch.device | str = "cpu",
     progress: bool = False,
     big_rock_scale: float = 1.0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
-    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress)
+    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress, precision)
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
 
 

@@ -212,6 +212,9 @@ def cmd_train(args) -> int:
                 result.test.ious, result.test.miou, f"local test part ({'flip TTA' if cfg.tta else 'no TTA'}):"
             )
         )
+        metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+        low, high = metrics["test_miou_interval90"]
+        print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {metrics['test_groups']} frame groups)")
     print(f"run directory: {args.out} (metrics.json, metrics.csv, curves.png, confusion.png, best.pt)")
     return 0
 
@@ -237,7 +240,7 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
 
 def cmd_evaluate(args) -> int:
     from marsseg import report
-    from marsseg.engine import evaluate, resolve_device
+    from marsseg.engine import evaluate, miou_interval, resolve_device
 
     model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
     device = resolve_device(args.device or cfg.device)
@@ -264,6 +267,8 @@ def cmd_evaluate(args) -> int:
             result.ious, result.miou, f"{name}, {len(indices)} images ({'flip TTA' if tta else 'no TTA'}):"
         )
     )
+    low, high, groups = miou_interval(result, prepared.data.subset(indices))
+    print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
     print("confusion matrix (rows true 1..4, columns predicted 0..4):")
     print(np.array2string(result.matrix[1:], max_line_width=120))
     out = Path(args.run_dir)

@@ -20,13 +20,13 @@ from tqdm import tqdm
 from marsseg.config import Config, from_dict, get_field, load_config, save_config, to_dict
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, images_to_tensor, make_loader
-from marsseg.data.io import NUM_CLASSES, write_atomically, write_text_atomically
+from marsseg.data.io import NUM_CLASSES, MarsData, write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
-from marsseg.data.split import Split
+from marsseg.data.split import Split, group_ids
 from marsseg.errors import UserError
 from marsseg.losses import build_loss
-from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.metrics import bootstrap_miou_interval, confusion_matrices_per_image, iou_per_class, mean_iou
 from marsseg.models import create_model
 from marsseg.precision import autocast, resolve_precision
 from marsseg.predict import labels_from_probabilities, predict_probabilities
@@ -216,6 +216,7 @@ class Evaluation:
     ious: np.ndarray  # (4,) classes 1..4
     per_image_miou: np.ndarray = field(default_factory=lambda: np.zeros(0))
     predictions: np.ndarray | None = None  # (N, H, W) labels, when kept
+    image_matrices: np.ndarray | None = None  # (N, 5, 5) one confusion matrix per image (for intervals)
 
 
 def evaluate_probabilities(
@@ -223,19 +224,23 @@ def evaluate_probabilities(
 ) -> Evaluation:
     """Score a stream of probability batches (B, C, H, W), in order, against `masks`: one confusion matrix over
     the whole set. The one place where predictions become a score."""
-    total = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
     per_image, kept, start = [], [], 0
     for probs in batches:
         labels = labels_from_probabilities(probs, big_rock_scale)
         truth = torch.from_numpy(masks[start : start + len(labels)]).long()
         start += len(labels)
-        total += confusion_matrix(truth, labels)
+        per_image.append(confusion_matrices_per_image(truth, labels).numpy())
         if keep_predictions:
             kept.append(labels.numpy().astype(np.uint8))
-            per_image.extend(mean_iou(confusion_matrix(t, p)) for t, p in zip(truth, labels, strict=True))
-    matrix = total.numpy()
+    image_matrices = np.concatenate(per_image) if per_image else np.zeros((0, NUM_CLASSES, NUM_CLASSES), np.int64)
+    matrix = image_matrices.sum(axis=0)
     return Evaluation(
-        matrix, mean_iou(matrix), iou_per_class(matrix), np.array(per_image), np.concatenate(kept) if kept else None
+        matrix,
+        mean_iou(matrix),
+        iou_per_class(matrix),
+        np.array([mean_iou(m) for m in image_matrices]) if keep_predictions else np.zeros(0),
+        np.concatenate(kept) if kept else None,
+        image_matrices,
     )
 
 
@@ -761,14 +766,27 @@ def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: t
             big_rock_scale=scale,
             precision=cfg.precision,
         )
+        low, high, groups = miou_interval(result.test, data.subset(split.test))
         metrics.update(
-            test_miou=result.test.miou, test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True))
+            test_miou=result.test.miou,
+            test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True)),
+            test_miou_interval90=[round(low, 4), round(high, 4)],
+            test_groups=groups,
         )
         report.plot_confusion(result.test.matrix, run_dir / "confusion.png", title="local test part")
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
 CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")
+
+
+def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.9) -> tuple[float, float, int]:
+    """(low, high, number of groups): a bootstrap interval of `evaluation`'s mIoU over the frame groups of the
+    images it scored (`data`, in the same order). Crops of one frame are resampled together: they are not
+    independent draws."""
+    groups = group_ids(data)
+    low, high = bootstrap_miou_interval(evaluation.image_matrices, groups, confidence)
+    return low, high, len(np.unique(groups))
 
 
 def overfit_one_batch(

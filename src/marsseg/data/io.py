@@ -2,7 +2,8 @@
 
 The course layout is an `.npz` with `training_set` (N, 2, 64, 128) uint8 — `[:, 0]` the grayscale image,
 `[:, 1]` the label mask with values 0..4 — and `test_set` (M, 64, 128) uint8 images without labels.
-An optional `frame_id` (N,) integer array says which training samples come from the same camera frame.
+An optional `frame_id` (N,) integer array says which training samples come from the same camera frame, and an
+optional `frame_size` integer the side the frames were resized to before cutting (`marsseg data import` writes it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MarsData:
     test_images: np.ndarray | None  # (M, 64, 128) uint8, or None when the file has no test_set
     frame_ids: np.ndarray | None  # (N,) int64, or None
     path: str = ""
+    frame_size: int | None = None  # the side whole frames were resized to before cutting, when the file says
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,7 +44,7 @@ class MarsData:
     def subset(self, indices: np.ndarray) -> MarsData:
         """The training samples at `indices` (test images and path kept)."""
         frames = None if self.frame_ids is None else self.frame_ids[indices]
-        return MarsData(self.images[indices], self.masks[indices], self.test_images, frames, self.path)
+        return MarsData(self.images[indices], self.masks[indices], self.test_images, frames, self.path, self.frame_size)
 
 
 def _describe(array: np.ndarray) -> str:
@@ -96,7 +98,12 @@ def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool
                 f"{path}: field 'frame_id': found {_describe(frames)}, expected integers of shape ({train.shape[0]},)"
             )
         frames = frames.astype(np.int64)
-    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, path=str(path))
+    frame_size = arrays.get("frame_size")
+    if frame_size is not None:
+        if frame_size.shape != () or not np.issubdtype(frame_size.dtype, np.integer) or frame_size < 1:
+            raise DataError(f"{path}: field 'frame_size': found {_describe(frame_size)}, expected one integer >= 1")
+        frame_size = int(frame_size)
+    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, str(path), frame_size)
 
 
 def load_npz(path: str | os.PathLike, require_test: bool = False) -> MarsData:
@@ -170,4 +177,6 @@ def to_course_layout(data: MarsData) -> dict[str, np.ndarray]:
         arrays["test_set"] = data.test_images
     if data.frame_ids is not None:
         arrays["frame_id"] = data.frame_ids
+    if data.frame_size is not None:
+        arrays["frame_size"] = np.array(data.frame_size)
     return arrays

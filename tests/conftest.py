@@ -11,6 +11,7 @@ import torch
 from marsseg.data.io import save_npz
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
+AI4MARS_SAMPLE = REAL_DATA.parent / "ai4mars_sample"  # 200 AI4Mars frames: images/NAME.jpg, labels/NAME.png
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +33,13 @@ def real_npz() -> Path:
     if not REAL_DATA.is_file():
         pytest.skip(f"{REAL_DATA} is absent")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def ai4mars_sample() -> Path:
+    if not (AI4MARS_SAMPLE / "images").is_dir():
+        pytest.skip(f"{AI4MARS_SAMPLE} is absent")
+    return AI4MARS_SAMPLE
 
 
 # One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from marsseg.config import DataConfig
 from marsseg.errors import UserError
 
 DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
@@ -32,6 +33,9 @@ def cmd_data_inspect(args) -> int:
     print(f"  training_set: {len(data)} samples, images and masks {data.images.shape[1:]} uint8")
     if data.test_images is not None:
         print(f"  test_set:     {len(data.test_images)} images {data.test_images.shape[1:]} {data.test_images.dtype}")
+    if data.frame_ids is not None:
+        size = f", frames resized to {data.frame_size} before cutting" if data.frame_size else ""
+        print(f"  frame_id:     {len(np.unique(data.frame_ids))} camera frames{size}")
     counts = np.bincount(data.masks.reshape(-1), minlength=5)
     present = [(data.masks == c).any(axis=(1, 2)).sum() for c in range(5)]
     print(f"  {'class':<12}{'pixel share':>12}{'images containing':>20}")
@@ -63,6 +67,28 @@ def cmd_data_synth(args) -> int:
     refuse_to_overwrite(args.out, args.force)
     save_npz(args.out, make_synthetic(args.n_train, args.n_test, args.seed))
     print(f"wrote {args.out}: {args.n_train} training and {args.n_test} test samples (seed {args.seed})")
+    return 0
+
+
+def cmd_data_import(args) -> int:
+    from marsseg.data.ai4mars import import_ai4mars
+    from marsseg.data.io import refuse_to_overwrite, save_npz
+
+    refuse_to_overwrite(args.out, args.force)
+    result = import_ai4mars(args.directory, args.frame_size, args.require_labels, progress=True)
+    save_npz(args.out, result.arrays)
+    arrays = result.arrays
+    print(
+        f"wrote {args.out}: training_set {len(arrays['training_set'])} crops of {result.labelled_frames} frames"
+        + (
+            f", test_set {len(arrays['test_set'])} crops of {result.unlabelled_frames} frames without a label"
+            if result.unlabelled_frames
+            else ""
+        )
+        + f" (frames resized to {args.frame_size} on their longer side, then cut into 64x128 crops)"
+    )
+    if result.labels_without_image:
+        print(f"  ignored {result.labels_without_image} labels whose image is not in {result.images_folder}")
     return 0
 
 
@@ -387,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="inspect, synthesize, clean or split data files")
+    data = commands.add_parser("data", help="inspect, import, synthesize, clean or split data files")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_commands.add_parser("inspect", help="validate a file and print class shares and duplicate groups")
     p.add_argument("file")
@@ -399,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=cmd_data_synth)
+    p = data_commands.add_parser("import", help="read AI4Mars image and label files into the course layout")
+    p.add_argument(
+        "directory", help="the AI4Mars release (msl/images/edr/*.JPG, msl/labels/train/*.png) or images/ + labels/"
+    )
+    p.add_argument("--out", required=True, help="the .npz to write (course layout plus frame_id)")
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        default=DataConfig().frame_size,
+        help="resize each frame so that its longer side is this many pixels before cutting it into 64x128 crops "
+        "(default %(default)s: 2x down for 256x256 frames, 8x for the release's 1024x1024)",
+    )
+    p.add_argument(
+        "--require-labels",
+        action="store_true",
+        help="every image must have a label (by default images without one go to test_set)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(run=cmd_data_import)
     p = data_commands.add_parser("clean", help="remove contaminated samples; writes CLEAN.npz and CLEAN.removed.json")
     p.add_argument("file")
     p.add_argument("--out", required=True, help="the cleaned .npz (the report goes beside it)")

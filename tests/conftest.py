@@ -42,6 +42,19 @@ def ai4mars_sample() -> Path:
     return AI4MARS_SAMPLE
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_npz) -> Path:
+    """A small model trained for a few seconds on the tiny data (good enough to predict more than one class), with
+    a big-rock scale of 3 so that the scale shows in every inference path."""
+    from marsseg.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "trained"
+    flags = ["--width", "8", "--batch-size", "16", "--epochs", "4", "--lr", "0.01", "--set", "threads=1"]
+    flags += ["--set", "big_rock_scale=3", "--set", "optim.ema_decay=0"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 0
+    return run
+
+
 # One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes
 # some tests start, more threads only spin against each other.
 torch.set_num_threads(1)

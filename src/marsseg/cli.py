@@ -286,33 +286,59 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _predicted_shares(counts: np.ndarray) -> str:
+    """Pixel shares of the predicted classes 1..4 from a count per label 0..4."""
+    shares = counts[1:] / counts.sum()
+    return ", ".join(
+        f"{name} {100 * s:.1f}%" for name, s in zip(("soil", "bedrock", "sand", "big rock"), shares, strict=True)
+    )
+
+
 def cmd_predict(args) -> int:
     from marsseg.data.io import refuse_to_overwrite
     from marsseg.data.prepare import load_data
     from marsseg.engine import load_model, resolve_device
-    from marsseg.predict import predict_labels, write_submission
+    from marsseg.predict import MAX_FRAME_PIXELS, predict_image_files, predict_labels, write_submission
 
-    refuse_to_overwrite(args.out, args.force)
+    if args.images and args.data is not None:
+        raise UserError("--images and --data: found both, expected one (image files, or a data file's test_set)")
+    max_pixels = MAX_FRAME_PIXELS if args.max_pixels is None else args.max_pixels
+    if max_pixels < 1:
+        raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
+    if not args.images:
+        refuse_to_overwrite(args.out, args.force)
     model, cfg = load_model(args.run_dir)
-    data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
     device = resolve_device(args.device or cfg.device)
+    model = model.to(device)
     tta = cfg.tta if args.tta is None else args.tta
+    scale = cfg.big_rock_scale or 1.0
+    if args.images:
+        files, counts = predict_image_files(
+            model,
+            args.images,
+            args.out,
+            cfg.data.frame_size,
+            cfg.data.in_channels,
+            tta=tta,
+            device=device,
+            big_rock_scale=scale,
+            max_pixels=max_pixels,
+            force=args.force,
+            progress=True,
+        )
+        print(
+            f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images ({'flip TTA' if tta else 'no TTA'}, "
+            f"resized by {cfg.data.frame_size} / their longer side); predicted shares {_predicted_shares(counts)}"
+        )
+        return 0
+    data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
     labels = predict_labels(
-        model.to(device),
-        data.test_images,
-        cfg.data.in_channels,
-        tta=tta,
-        device=device,
-        progress=True,
-        big_rock_scale=cfg.big_rock_scale or 1.0,
+        model, data.test_images, cfg.data.in_channels, tta=tta, device=device, progress=True, big_rock_scale=scale
     )
     write_submission(labels, args.out)
-    shares = np.bincount(labels.reshape(-1), minlength=5)[1:] / labels.size
     print(
         f"wrote {args.out}: {len(labels)} images ({'flip TTA' if tta else 'no TTA'}); predicted shares "
-        + ", ".join(
-            f"{name} {100 * s:.1f}%" for name, s in zip(("soil", "bedrock", "sand", "big rock"), shares, strict=True)
-        )
+        + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
     return 0
 
@@ -482,8 +508,26 @@ def build_parser() -> argparse.ArgumentParser:
         tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
         p.set_defaults(run=function)
     commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
-    commands.choices["predict"].add_argument("--out", required=True, help="the CSV to write")
-    commands.choices["predict"].add_argument("--force", action="store_true", help="overwrite --out")
+    p = commands.choices["predict"]
+    p.description = (
+        "Without --images: the Kaggle CSV for the data file's test_set. With --images: a label PNG (AI4Mars "
+        "values) and a colour overlay per image, for images of any size."
+    )
+    p.add_argument("--out", required=True, help="the CSV to write; with --images, the folder for labels/ and overlays/")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="JPEG or PNG files (gray or colour, any size) or folders of them; each is resized by the run's "
+        "data.frame_size / its longer side (the scale the model was trained at)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="a resized frame with more pixels than this is predicted in overlapping tiles, one at a time "
+        "(default: predict.MAX_FRAME_PIXELS, a 1024x1024 frame)",
+    )
 
     p = commands.add_parser(
         "experiments", help="train several models with one recipe, budget and split; write a results table"

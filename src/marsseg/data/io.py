@@ -9,8 +9,11 @@ optional `frame_size` integer the side the frames were resized to before cutting
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +153,25 @@ def write_atomically(path: str | os.PathLike, write) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+@contextmanager
+def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `final` to write many files into. When the block ends normally each file
+    moves into the same place under `final` (an atomic rename each); when it raises, the folder is removed, so a
+    failure half-way leaves no partial output."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = final / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

@@ -295,9 +295,12 @@ def _predicted_shares(counts: np.ndarray) -> str:
 
 
 def cmd_predict(args) -> int:
+    from torch import nn
+
     from marsseg.data.io import refuse_to_overwrite
     from marsseg.data.prepare import load_data
-    from marsseg.engine import load_model, resolve_device
+    from marsseg.engine import resolve_device
+    from marsseg.export import load_for_inference
     from marsseg.predict import MAX_FRAME_PIXELS, predict_image_files, predict_labels, write_submission
 
     if args.images and args.data is not None:
@@ -307,11 +310,12 @@ def cmd_predict(args) -> int:
         raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
     if not args.images:
         refuse_to_overwrite(args.out, args.force)
-    model, cfg = load_model(args.run_dir)
+    model, cfg = load_for_inference(args.run_dir)  # a run directory or an exported .onnx file
     device = resolve_device(args.device or cfg.device)
-    model = model.to(device)
+    if isinstance(model, nn.Module):
+        model = model.to(device)
     tta = cfg.tta if args.tta is None else args.tta
-    scale = cfg.big_rock_scale or 1.0
+    scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
         files, counts = predict_image_files(
             model,
@@ -340,6 +344,20 @@ def cmd_predict(args) -> int:
         f"wrote {args.out}: {len(labels)} images ({'flip TTA' if tta else 'no TTA'}); predicted shares "
         + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from marsseg.data.io import refuse_to_overwrite
+    from marsseg.engine import load_model
+    from marsseg.export import GRAPH_CONTRACT, export_onnx
+
+    if not str(args.out).endswith(".onnx"):
+        raise UserError(f"--out {args.out}: expected a file name ending in .onnx")
+    refuse_to_overwrite(args.out, args.force)
+    model, cfg = load_model(args.run_dir)
+    export_onnx(model, cfg, args.out)
+    print(f"wrote {args.out} (big-rock scale {cfg.big_rock_scale or 1.0:g} inside). {GRAPH_CONTRACT}")
     return 0
 
 
@@ -500,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", cmd_predict, "write a Kaggle submission CSV for the test_set"),
     ):
         p = commands.add_parser(name, help=text)
-        p.add_argument("run_dir", help="a run directory written by marsseg train")
+        p.add_argument("run_dir", help="a run directory written by marsseg train (predict: or an exported .onnx)")
         p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"))
         tta = p.add_mutually_exclusive_group()
@@ -510,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
     p = commands.choices["predict"]
     p.description = (
-        "Without --images: the Kaggle CSV for the data file's test_set. With --images: a label PNG (AI4Mars "
-        "values) and a colour overlay per image, for images of any size."
+        "RUN_DIR is a run directory or an .onnx file from marsseg export (run by onnxruntime). Without --images: "
+        "the Kaggle CSV for the data file's test_set. With --images: a label PNG (AI4Mars values) and a colour "
+        "overlay per image, for images of any size."
     )
     p.add_argument("--out", required=True, help="the CSV to write; with --images, the folder for labels/ and overlays/")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -528,6 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a resized frame with more pixels than this is predicted in overlapping tiles, one at a time "
         "(default: predict.MAX_FRAME_PIXELS, a 1024x1024 frame)",
     )
+
+    p = commands.add_parser("export", help="write a run's model as an ONNX file (dynamic batch, height, width)")
+    p.add_argument("run_dir", help="a run directory written by marsseg train")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser(
         "experiments", help="train several models with one recipe, budget and split; write a results table"

@@ -91,7 +91,8 @@ class OnnxModel:
     """An exported marsseg model run by onnxruntime, usable wherever `predict` takes a model: called on uint8
     images (B, H, W) it returns the graph's probabilities (B, C, H, W), big-rock scale applied."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        """`threads`: onnxruntime's intra-op threads; 0 leaves its default (one per physical core)."""
         try:
             import onnxruntime
         except ImportError:
@@ -99,7 +100,11 @@ class OnnxModel:
         if not Path(path).is_file():
             raise UserError(f"{path}: file not found, expected an .onnx file written by marsseg export")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            available = onnxruntime.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
             metadata = self.session.get_modelmeta().custom_metadata_map
             self.input_multiple = int(metadata[MULTIPLE_KEY])
             config = yaml.safe_load(metadata[CONFIG_KEY])

@@ -84,7 +84,9 @@ def main() -> None:
         val = prepared.split.val
         images = prepared.data.images[val]
         tta = cfg.tta if args.tta == "run" else args.tta == "on"
-        probs = torch.cat(list(predict_probabilities(model, images, cfg.data.in_channels, tta=tta)))
+        probs = torch.cat(
+            list(predict_probabilities(model, images, cfg.data.in_channels, tta=tta, precision=cfg.precision))
+        )
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)
         results: dict[str, list] = {}

@@ -27,7 +27,7 @@ from marsseg.data.ai4mars import find_pairs, import_ai4mars, read_label
 from marsseg.data.frames import read_gray_image
 from marsseg.data.io import CLASS_NAMES
 from marsseg.export import load_for_inference
-from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.metrics import confusion_matrices_per_image, confusion_matrix, iou_per_class, mean_iou
 from marsseg.predict import frame_probabilities, labels_from_probabilities, predict_frame, predict_probabilities
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ai4mars_sample"
@@ -36,8 +36,7 @@ SEAM_ROWS = 8  # rows on either side of the seam scored separately
 
 def per_frame_matrices(labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(F, 5, 5) confusion matrices, one per frame."""
-    pairs = zip(torch.from_numpy(masks), torch.from_numpy(labels), strict=True)
-    return np.stack([confusion_matrix(truth, predicted).numpy() for truth, predicted in pairs])
+    return confusion_matrices_per_image(torch.from_numpy(masks), torch.from_numpy(labels)).numpy()
 
 
 def seam_band(masks: np.ndarray) -> np.ndarray:
@@ -49,7 +48,8 @@ def seam_band(masks: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_difference(first: np.ndarray, second: np.ndarray, draws: int = 2000) -> tuple[float, float]:
-    """95 % interval of mIoU(first) - mIoU(second) over frames resampled with replacement (paired)."""
+    """95 % interval of mIoU(first) - mIoU(second) over frames resampled with replacement, the same frames for
+    both (paired: metrics.bootstrap_miou_interval bootstraps one method's mIoU, not a difference)."""
     rng = np.random.default_rng(0)
     differences = []
     for _ in range(draws):
@@ -68,6 +68,7 @@ def main() -> None:
     model, cfg = load_for_inference(args.run)
     tta = cfg.tta if args.tta is None else args.tta == "on"
     scale = cfg.big_rock_scale or 1.0
+    channels, precision = cfg.data.in_channels, cfg.precision
     side = cfg.data.frame_size
     arrays = import_ai4mars(args.sample, side, require_labels=True).arrays
     crops, crop_masks = arrays["training_set"][:, 0], arrays["training_set"][:, 1]  # (2F, 64, 128)
@@ -78,7 +79,9 @@ def main() -> None:
     start = time.perf_counter()
     whole = np.stack(
         [
-            labels_from_probabilities(frame_probabilities(model, frame, cfg.data.in_channels, tta)[None], scale)[0]
+            labels_from_probabilities(
+                frame_probabilities(model, frame, channels, tta, precision=precision)[None], scale
+            )[0]
             for frame in frames
         ]
     ).astype(np.uint8)
@@ -87,7 +90,7 @@ def main() -> None:
     halves = np.concatenate(
         [
             labels_from_probabilities(p, scale).numpy()
-            for p in predict_probabilities(model, crops, cfg.data.in_channels, 64, tta)
+            for p in predict_probabilities(model, crops, channels, 64, tta, precision=precision)
         ]
     ).reshape(masks.shape)
     halves_seconds = time.perf_counter() - start
@@ -96,7 +99,7 @@ def main() -> None:
     for image_path, label_path in find_pairs(Path(args.sample), require_labels=True)[1]:  # in frame_name's order
         image = read_gray_image(image_path)
         truth = read_label(label_path, image.shape, image_path)
-        labels = predict_frame(model, image, side, cfg.data.in_channels, tta, "cpu", scale)
+        labels = predict_frame(model, image, side, channels, tta, "cpu", scale, precision=precision)
         full_matrices.append(confusion_matrix(torch.from_numpy(truth), torch.from_numpy(labels)).numpy())
     full_matrices = np.stack(full_matrices)
 
@@ -109,7 +112,7 @@ def main() -> None:
     )
     print(
         f"{args.run}: {len(frames)} frames of {args.sample}, flip TTA {'on' if tta else 'off'}, big-rock scale "
-        f"{scale:g}, frame size {side}"
+        f"{scale:g}, frame size {side}, precision {precision}"
     )
     header = [
         "",

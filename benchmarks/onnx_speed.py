@@ -1,8 +1,9 @@
 """Inference speed of one model in torch and in onnxruntime, side by side: images/s, same batch, all cores.
 
 Both take uint8 images and return softmax probabilities, as `predict` uses them: torch through
-`predict.torch_probabilities` (channels-last, as predict runs it), onnxruntime through `export.OnnxModel` (the
-exported graph, with its input scaling and big-rock scale). Inputs: the 64x128 crops of the course data and
+`predict.torch_probabilities` (channels-last, as predict runs it; in fp32, and in bf16 autocast where the CPU has
+native bf16, which "auto" precision picks), onnxruntime through `export.OnnxModel` (the exported graph, fp32, with
+its input scaling and big-rock scale). Inputs: the 64x128 crops of the course data and
 128x128 whole frames (AI4Mars at the default frame size). Without a run, the default model (res_unet width 32,
 untrained: speed does not depend on the weights) is exported to a temporary file.
 Run: .venv/bin/python benchmarks/onnx_speed.py [RUN_DIR] [--batch 64] [--seconds 10]
@@ -22,6 +23,7 @@ import torch
 from marsseg.config import load_config
 from marsseg.engine import build_model, configure_threads, load_model
 from marsseg.export import OnnxModel, export_onnx
+from marsseg.precision import cpu_has_native_bf16
 from marsseg.predict import torch_probabilities
 
 
@@ -56,20 +58,23 @@ def main() -> None:
         path = Path(folder) / "model.onnx"
         export_onnx(model, cfg, path)
         onnx = OnnxModel(path, threads=threads)
-        in_torch = torch_probabilities(model, cfg.data.in_channels, torch.device("cpu"))
+        precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
+        in_torch = {p: torch_probabilities(model, cfg.data.in_channels, torch.device("cpu"), p) for p in precisions}
         rng = np.random.default_rng(0)
         print(
             f"{cfg.model.name} width {cfg.model.width}, batch {args.batch}, {threads} threads, torch "
             f"{torch.__version__}, onnxruntime {onnx.session.get_providers()[0]}"
         )
-        print("| input | torch images/s | onnxruntime images/s | onnxruntime / torch |")
-        print("|---|---|---|---|")
+        columns = [f"torch {p} images/s" for p in precisions]
+        print(f"| input | {' | '.join(columns)} | onnxruntime fp32 images/s | onnxruntime / torch fp32 |")
+        print("|---" * (len(columns) + 3) + "|")
         for height, width, name in ((64, 128, "64x128 crops"), (128, 128, "128x128 whole frames")):
             images = rng.integers(0, 256, (args.batch, height, width), dtype=np.uint8)
             with torch.no_grad():
-                torch_speed = images_per_second(in_torch, images, args.seconds)
+                speeds = [images_per_second(in_torch[p], images, args.seconds) for p in precisions]
             onnx_speed = images_per_second(onnx, images, args.seconds)
-            print(f"| {name} | {torch_speed:.0f} | {onnx_speed:.0f} | {onnx_speed / torch_speed:.2f} |")
+            cells = " | ".join(f"{s:.0f}" for s in speeds)
+            print(f"| {name} | {cells} | {onnx_speed:.0f} | {onnx_speed / speeds[0]:.2f} |")
 
 
 if __name__ == "__main__":

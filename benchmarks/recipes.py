@@ -28,6 +28,8 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ma
 
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "fp32": {"precision": "fp32"},  # the default recipe, forced to one precision (issue 12: does bf16 move quality?)
+    "bf16": {"precision": "bf16"},
     "study_recipe": {  # lr 3e-4, no EMA, flips + brightness/contrast + gamma, 40 epochs, patience 10
         "optim.lr": 3e-4,
         "optim.ema_decay": 0.0,

@@ -1,12 +1,14 @@
-"""Training and inference throughput of every model on this machine, beside its measured peak.
+"""Training and inference throughput of every model on this machine, fp32 beside bf16, against measured peaks.
 
-For each model: parameters, GFLOP per 64x128 image (torch.utils.flop_counter), training and inference
-images/s, achieved GFLOP/s and its share of the machine's peak (the best of a large fp32 matmul and a 3x3
-channels-last convolution, 64 -> 64 channels, 64x128, batch 64). Then, for the default recipe: the share of
-a training step spent loading and augmenting data, and the peak RSS of a real `fit` epoch on the data file.
+For each model: parameters, GFLOP per 64x128 image (torch.utils.flop_counter), then for fp32 and bf16 autocast
+side by side: training images/s (the whole step of the recipe: forward, the recipe's loss, backward, AdamW, EMA)
+and inference images/s, with the share of the machine's peak in that precision (the best of a 2048^3 matmul
+and a 3x3 channels-last convolution, 64 -> 64 channels, 64x128, batch 64). Then, for the default recipe in each
+precision: the share of a training step spent loading and augmenting data, the epoch time and the peak RSS of a
+real `fit` epoch on the data file (each in a child process).
 
-Targets (issue 4): training the default model >= 60 % of peak, inference >= 80 %; data < 10 % of step time;
-peak RSS < 2 GB on ../shared/data/mars64.npz. Prints tables; asserts nothing.
+Targets (issue 12): the default recipe's training images/s in bf16 >= 1.8x fp32 where the CPU has native bf16;
+data < 10 % of step time; peak RSS < 2 GB on ../shared/data/mars64.npz. Prints tables; asserts nothing.
 Run: .venv/bin/python benchmarks/throughput.py [--models unet,deeplab] [--data FILE] [--skip-fit]
 """
 
@@ -20,14 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from marsseg.config import Config, load_config
-from marsseg.engine import build_model, configure_threads
+from marsseg.engine import build_ema, build_model, build_optimizer, configure_threads, training_step
+from marsseg.losses import build_loss
 from marsseg.models import MODELS, count_parameters, gflops_per_image
+from marsseg.precision import autocast, cpu_has_native_bf16
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 BATCH = 64
+PRECISIONS = ("fp32", "bf16")
 
 
 def timed(step, repeats: int, warmup: int = 2) -> float:
@@ -40,59 +44,60 @@ def timed(step, repeats: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measured_peak() -> tuple[float, float]:
-    """(matmul GFLOP/s, conv GFLOP/s) in fp32 on this machine."""
+def measured_peak(precision: str) -> tuple[float, float]:
+    """(matmul GFLOP/s, conv GFLOP/s) on this machine, under the autocast of `precision`."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul = 2 * 2048**3 / timed(lambda: a @ b, 5) / 1e9
     x = torch.randn(BATCH, 64, 64, 128).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    with torch.no_grad():
+    with torch.no_grad(), autocast("cpu", precision):
+        matmul = 2 * 2048**3 / timed(lambda: a @ b, 5) / 1e9
         seconds = timed(lambda: conv(x), 5)
     return matmul, 2 * BATCH * 64 * 64 * 9 * 64 * 128 / seconds / 1e9
 
 
-def time_model(model: torch.nn.Module) -> tuple[float, float]:
-    """(seconds per training step, seconds per inference batch) at batch 64, channels-last."""
-    model = model.to(memory_format=torch.channels_last)
+def time_model(cfg: Config, precision: str) -> tuple[float, float]:
+    """(seconds per training step, seconds per inference batch) at batch 64, channels-last: the recipe's whole
+    step (its loss, AdamW, EMA) as the engine runs it."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
     x = torch.randn(BATCH, 1, 64, 128).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(1, 5, (BATCH, 64, 128))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-
-    def train_step():
-        output = model(x)
-        loss = F.cross_entropy(output[0] if isinstance(output, tuple) else output, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    y = torch.randint(0, 5, (BATCH, 64, 128))
+    loss_fn = build_loss(cfg.loss, y.numpy())
+    optimizer, ema = build_optimizer(cfg, model), build_ema(cfg, model)
     model.train()
-    train_seconds = timed(train_step, 4)
+    train_seconds = timed(lambda: training_step(model, x, y, loss_fn, optimizer, ema, "cpu", precision), 4)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast("cpu", precision):
         infer_seconds = timed(lambda: model(x), 6)
     return train_seconds, infer_seconds
 
 
-def model_row(cfg: Config, peak: float) -> str:
+def model_rows(cfg: Config, peaks: dict[str, float]) -> list[str]:
+    """One line per precision for the model of `cfg`, fp32 first."""
     model = build_model(cfg)
-    gflop = gflops_per_image(model)
-    train_seconds, infer_seconds = time_model(model)
-    train_gflops = 3 * gflop * BATCH / train_seconds  # backward costs about twice the forward
-    infer_gflops = gflop * BATCH / infer_seconds
-    return (
-        f"{cfg.model.name + ' w' + str(cfg.model.width):<16}{count_parameters(model) / 1e6:>8.2f}{gflop:>8.3f}"
-        f"{BATCH / train_seconds:>10.0f}{train_gflops:>9.0f}{100 * train_gflops / peak:>7.0f}%"
-        f"{BATCH / infer_seconds:>10.0f}{infer_gflops:>9.0f}{100 * infer_gflops / peak:>7.0f}%"
-    )
+    gflop, params = gflops_per_image(model), count_parameters(model) / 1e6
+    rows, fp32_rates = [], None
+    for precision in PRECISIONS:
+        train_seconds, infer_seconds = time_model(cfg, precision)
+        rates = (BATCH / train_seconds, BATCH / infer_seconds)
+        fp32_rates = fp32_rates or rates
+        train_gflops = 3 * gflop * rates[0]  # backward costs about twice the forward
+        infer_gflops = gflop * rates[1]
+        rows.append(
+            f"{cfg.model.name + ' w' + str(cfg.model.width):<16}{precision:<6}{params:>8.2f}{gflop:>8.3f}"
+            f"{rates[0]:>10.0f}{rates[0] / fp32_rates[0]:>7.2f}x{100 * train_gflops / peaks[precision]:>7.0f}%"
+            f"{rates[1]:>10.0f}{rates[1] / fp32_rates[1]:>7.2f}x{100 * infer_gflops / peaks[precision]:>7.0f}%"
+        )
+    return rows
 
 
-def fit_one_epoch(data: str) -> None:
-    """Child process: one real epoch of the default recipe; prints data share and peak RSS."""
+def fit_one_epoch(data: str, precision: str) -> None:
+    """Child process: one real epoch of the default recipe; prints data share, seconds and peak RSS."""
     import tempfile
 
     from marsseg.engine import fit
 
-    cfg = load_config(None, {"data.path": data, "optim.epochs": 1})
+    cfg = load_config(None, {"data.path": data, "optim.epochs": 1, "precision": precision})
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(cfg, run_dir, force=True, score_test=False)
     record = result.history[-1]
@@ -106,39 +111,46 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--width", type=int, default=None, help="width for every model (default: the recipe's)")
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
-    parser.add_argument("--skip-fit", action="store_true", help="skip the one-epoch data-share and RSS run")
-    parser.add_argument("--fit-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-fit", action="store_true", help="skip the one-epoch data-share and RSS runs")
+    parser.add_argument("--fit-child", choices=PRECISIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fit_child:
-        fit_one_epoch(args.data)
+        fit_one_epoch(args.data, args.fit_child)
         return
     cfg = load_config()
     if args.width:
         cfg.model.width = args.width
     configure_threads(cfg.threads)
-    matmul, conv = measured_peak()
-    peak = max(matmul, conv)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak fp32: matmul {matmul:.0f} GFLOP/s, "
-        f"3x3 conv {conv:.0f} GFLOP/s -> peak {peak:.0f} GFLOP/s"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; native bf16: {cpu_has_native_bf16()}")
+    peaks = {}
+    for precision in PRECISIONS:
+        matmul, conv = measured_peak(precision)
+        peaks[precision] = max(matmul, conv)
+        print(f"peak {precision}: matmul {matmul:.0f} GFLOP/s, 3x3 conv {conv:.0f} GFLOP/s -> {peaks[precision]:.0f}")
     print(f"default model: {cfg.model.name} width {cfg.model.width} {cfg.model.options}; batch {BATCH}")
     print(
-        f"{'model':<16}{'Mparams':>8}{'GFLOP':>8}{'train/s':>10}{'GFLOP/s':>9}{'%peak':>8}"
-        f"{'infer/s':>10}{'GFLOP/s':>9}{'%peak':>8}"
+        f"{'model':<16}{'prec':<6}{'Mparams':>8}{'GFLOP':>8}{'train/s':>10}{'ratio':>8}{'%peak':>8}"
+        f"{'infer/s':>10}{'ratio':>8}{'%peak':>8}"
     )
     for name in args.models.split(","):
         cfg.model.name = name
-        print(model_row(cfg, peak), flush=True)
-    if not args.skip_fit:
-        source = args.data or "<synthetic>"
+        for row in model_rows(cfg, peaks):
+            print(row, flush=True)
+    if args.skip_fit:
+        return
+    source = args.data or "<synthetic>"
+    for precision in PRECISIONS:
         output = subprocess.run(
-            [sys.executable, __file__, "--fit-child", "--data", args.data], check=True, capture_output=True, text=True
+            [sys.executable, __file__, "--fit-child", precision, "--data", args.data],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
         share, seconds, rss = output[-3:]
         print(
-            f"one epoch of the default recipe on {source}: {float(seconds):.1f} s, data loading + augmentation "
-            f"{100 * float(share):.1f}% of step time, peak RSS {float(rss):.0f} MiB"
+            f"one epoch of the default recipe in {precision} on {source}: {float(seconds):.1f} s, data loading + "
+            f"augmentation {100 * float(share):.1f}% of step time, peak RSS {float(rss):.0f} MiB",
+            flush=True,
         )
 
 

@@ -45,12 +45,13 @@ def ai4mars_sample() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_npz) -> Path:
     """A small model trained for a few seconds on the tiny data (good enough to predict more than one class), with
-    a big-rock scale of 3 so that the scale shows in every inference path."""
+    a big-rock scale of 3 so that the scale shows in every inference path. In fp32: an exported graph computes in
+    fp32, and the parity tests compare it with the run's own predictions."""
     from marsseg.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "trained"
     flags = ["--width", "8", "--batch-size", "16", "--epochs", "4", "--lr", "0.01", "--set", "threads=1"]
-    flags += ["--set", "big_rock_scale=3", "--set", "optim.ema_decay=0"]
+    flags += ["--set", "big_rock_scale=3", "--set", "optim.ema_decay=0", "--set", "precision=fp32"]
     assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 0
     return run
 

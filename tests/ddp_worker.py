@@ -23,6 +23,7 @@ CONFIG = {
     },
     "threads": 1,
     "device": "cpu",  # gloo on CPU, compared with a CPU reference (a GPU machine may have one GPU)
+    "precision": "fp32",  # the reference trains in fp32
 }
 
 if __name__ == "__main__":

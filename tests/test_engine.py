@@ -56,7 +56,12 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     val = prepared.split.val
     device = resolve_device(cfg.device)  # on the device it was scored on: CPU and GPU differ in the last digits
     rescored = evaluate(
-        model.to(device), prepared.data.images[val], prepared.data.masks[val], tta=cfg.tta, device=device
+        model.to(device),
+        prepared.data.images[val],
+        prepared.data.masks[val],
+        tta=cfg.tta,
+        device=device,
+        precision=cfg.precision,
     )
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)
     # the epoch was chosen on the same figure that is reported (same TTA, same decision rule)
@@ -120,8 +125,10 @@ def test_warm_restarts_anneal_three_times_in_cycles_of_doubling_length():
 
 @pytest.mark.slow
 def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, tiny_npz):
-    # On the CPU, where training is deterministic (cuDNN's kernels are not, so on a GPU losses differ by ~1e-4)
+    # On the CPU, where training is deterministic (cuDNN's kernels are not, so on a GPU losses differ by ~1e-4);
+    # in bf16, which a resumed run keeps (emulated, slower, on a CPU without native bf16)
     args = ["--data", str(tiny_npz), *FAST, "--epochs", "5", "--set", "threads=1", "--set", "device=cpu"]
+    args += ["--set", "precision=bf16"]
     command = [sys.executable, "-m", "marsseg", "train", "--out", str(tmp_path / "killed"), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -131,8 +138,10 @@ def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, t
     process.wait()
     epochs_before = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] + 1
     assert epochs_before < 5  # it was killed mid-run
-    assert main(["train", "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    # resumed with the command that started it, plus --resume
+    assert main(["train", "--out", str(tmp_path / "killed"), *args, "--resume"]) == 0
     assert main(["train", "--out", str(tmp_path / "whole"), *args]) == 0
+    assert load_model(tmp_path / "killed")[1].precision == "bf16"
     killed = np.genfromtxt(tmp_path / "killed" / "metrics.csv", delimiter=",", names=True)
     whole = np.genfromtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", names=True)
     assert len(killed) == len(whole) == 5
@@ -274,7 +283,18 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
     assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "1"]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--epochs", "5"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume" in err and "'optim.epochs'" in err and "has 1" in err and "asks for 5" in err
+    assert main(["train", "--out", str(run), "--resume", "--set", "model.options={dropout: 0.1}"]) == 2
+    assert "'model.options'" in capsys.readouterr().err
+    # the run's own values, from flags or a config file, are accepted (a relative path to the same file too)
+    (tmp_path / "same.yaml").write_text("optim:\n  epochs: 1\nmodel:\n  width: 8\n")
+    relative = os.path.relpath(tiny_npz)
+    resumed = ["train", "--data", relative, "--out", str(run), *FAST, "--epochs", "1", "--resume"]
+    assert main([*resumed, "--config", str(tmp_path / "same.yaml")]) == 0
+    (tmp_path / "other.yaml").write_text("optim:\n  lr: 0.5\n")
+    assert main([*resumed, "--config", str(tmp_path / "other.yaml")]) == 2
+    assert "'optim.lr'" in capsys.readouterr().err
     changed = dict(tiny_arrays)
     changed["training_set"] = tiny_arrays["training_set"].copy()
     changed["training_set"][0, 0] ^= 1

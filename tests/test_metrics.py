@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.metrics import (
+    bootstrap_miou_interval,
+    confusion_matrices_per_image,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+)
 
 
 def test_hand_worked_example_ignores_background():
@@ -33,3 +39,31 @@ def test_one_matrix_over_the_whole_set_is_not_a_mean_of_images():
 
 def test_only_background_gives_nan():
     assert np.isnan(mean_iou(confusion_matrix(torch.zeros(4), torch.ones(4))))
+
+
+def test_per_image_matrices_sum_to_the_batch_matrix():
+    generator = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 5, (3, 4, 6), generator=generator)
+    pred = torch.randint(1, 5, (3, 4, 6), generator=generator)
+    per_image = confusion_matrices_per_image(true, pred)
+    assert per_image.shape == (3, 5, 5)
+    for i in range(3):
+        assert torch.equal(per_image[i], confusion_matrix(true[i], pred[i]))
+    assert torch.equal(per_image.sum(dim=0), confusion_matrix(true, pred))
+
+
+def test_bootstrap_resamples_whole_groups():
+    # Two images that are each other's complement: image a right on soil and wrong on bedrock, image b the
+    # reverse. Together (one frame) they always give the same mIoU; drawn apart, the score varies.
+    a = np.zeros((5, 5), dtype=np.int64)
+    a[1, 1], a[2, 1] = 10, 10  # soil right, bedrock called soil
+    b = np.zeros((5, 5), dtype=np.int64)
+    b[2, 2], b[1, 2] = 10, 10
+    matrices = np.stack([a, b] * 8)
+    frames = np.repeat(np.arange(8), 2)  # a and b of one frame together
+    low, high = bootstrap_miou_interval(matrices, frames, draws=200)
+    assert low == pytest.approx(mean_iou(matrices.sum(axis=0))) and high == pytest.approx(low)
+    low, high = bootstrap_miou_interval(matrices, np.arange(16), draws=200)  # every image on its own
+    # an unequal draw of a's and b's only lowers mIoU (1/3 is the balanced maximum)
+    assert low < mean_iou(matrices.sum(axis=0)) - 0.01 and high == pytest.approx(1 / 3)
+    assert bootstrap_miou_interval(matrices, np.arange(16), draws=200) == (low, high)  # seeded

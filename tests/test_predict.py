@@ -77,7 +77,9 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     out = tmp_path / "predicted"
     assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
     assert "3 images" in capsys.readouterr().out
-    expected = predict_labels(model, crop[None], tta=True, big_rock_scale=cfg.big_rock_scale)[0]  # the CSV's path
+    expected = predict_labels(model, crop[None], tta=True, big_rock_scale=cfg.big_rock_scale, precision=cfg.precision)[
+        0
+    ]
     small = np.array(Image.open(out / "labels" / "small.png"))
     assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
     big_labels = np.array(Image.open(out / "labels" / "big.png"))

@@ -207,16 +207,21 @@ def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
 
 def cmd_train(args) -> int:
     from marsseg import report
-    from marsseg.config import load_config
-    from marsseg.engine import check_processes_per_gpu, fit, run_device_name
+    from marsseg.config import dotted_names, load_config
+    from marsseg.engine import check_processes_per_gpu, check_resume_matches_run, fit, run_device_name
 
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
     overrides = parse_overrides(args)
-    if args.resume and (overrides or args.config):
-        given = ", ".join([*overrides, *(["--config"] if args.config else [])])
-        raise UserError(f"--resume continues with the run's own config; found overrides ({given}), expected none")
     cfg = load_config(args.config, overrides)
+    if (
+        args.resume
+    ):  # the command that started the run, plus --resume: flags may repeat the run's values, not change them
+        names = list(overrides)
+        if args.config:
+            with open(args.config) as handle:
+                names += dotted_names(yaml.safe_load(handle) or {})
+        check_resume_matches_run(args.out, cfg, names)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
@@ -233,6 +238,9 @@ def cmd_train(args) -> int:
                 result.test.ious, result.test.miou, f"local test part ({'flip TTA' if cfg.tta else 'no TTA'}):"
             )
         )
+        metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+        low, high = metrics["test_miou_interval90"]
+        print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {metrics['test_groups']} frame groups)")
     print(f"run directory: {args.out} (metrics.json, metrics.csv, curves.png, confusion.png, best.pt)")
     return 0
 
@@ -258,7 +266,7 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
 
 def cmd_evaluate(args) -> int:
     from marsseg import report
-    from marsseg.engine import evaluate, resolve_device
+    from marsseg.engine import evaluate, miou_interval, resolve_device
 
     model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
     device = resolve_device(args.device or cfg.device)
@@ -269,7 +277,15 @@ def cmd_evaluate(args) -> int:
     tta = cfg.tta if args.tta is None else args.tta
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
     result = evaluate(
-        model.to(device), images, masks, cfg.data.in_channels, tta, device, keep_predictions=True, big_rock_scale=scale
+        model.to(device),
+        images,
+        masks,
+        cfg.data.in_channels,
+        tta,
+        device,
+        keep_predictions=True,
+        big_rock_scale=scale,
+        precision=cfg.precision,
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
@@ -277,6 +293,8 @@ def cmd_evaluate(args) -> int:
             result.ious, result.miou, f"{name}, {len(indices)} images ({'flip TTA' if tta else 'no TTA'}):"
         )
     )
+    low, high, groups = miou_interval(result, prepared.data.subset(indices))
+    print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
     print("confusion matrix (rows true 1..4, columns predicted 0..4):")
     print(np.array2string(result.matrix[1:], max_line_width=120))
     out = Path(args.run_dir)
@@ -329,6 +347,7 @@ def cmd_predict(args) -> int:
             max_pixels=max_pixels,
             force=args.force,
             progress=True,
+            precision=cfg.precision,
         )
         print(
             f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images ({'flip TTA' if tta else 'no TTA'}, "
@@ -337,7 +356,14 @@ def cmd_predict(args) -> int:
         return 0
     data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
     labels = predict_labels(
-        model, data.test_images, cfg.data.in_channels, tta=tta, device=device, progress=True, big_rock_scale=scale
+        model,
+        data.test_images,
+        cfg.data.in_channels,
+        tta=tta,
+        device=device,
+        progress=True,
+        big_rock_scale=scale,
+        precision=cfg.precision,
     )
     write_submission(labels, args.out)
     print(

@@ -110,6 +110,9 @@ class Config:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0 picks the number of physical cores
+    # "auto": bf16 autocast on CUDA and on CPUs with native bf16 (avx512_bf16, amx_bf16), else fp32; "fp32" or
+    # "bf16" force one (precision.py). A run saves the precision it resolved to, so a resume keeps it.
+    precision: str = "auto"
     tta: bool = True  # flip test-time augmentation when scoring the local test part and predicting
     # Multiplies the big-rock probability before the argmax (predict.labels_from_probabilities). 0 (the default)
     # means: choose it on the validation part after training (from engine.BIG_ROCK_SCALES); the choice is stored
@@ -127,6 +130,7 @@ CHOICES = {
     "data.sampler": ("repeat", "weighted"),
     "data.in_channels": (1, 3),
     "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16"),
     "loss.name": ("dice_focal", "dice", "focal", "cross_entropy", "ce_dice"),
     "loss.class_weights": ("none", "inverse", "inverse_sqrt", "manual"),
     "optim.optimizer": ("adam", "adamw"),
@@ -208,6 +212,20 @@ def set_field(config: Config, dotted: str, value: Any) -> None:
     setattr(get_field(config, ".".join(parents)) if parents else config, key, value)
 
 
+def dotted_names(values: dict, section: Any = None, prefix: str = "") -> list[str]:
+    """The dotted names of the fields a nested mapping of config values sets, e.g. ["optim.lr", "seed"]. A field
+    whose value is itself a mapping (model.options) is one name."""
+    section = Config() if section is None else section
+    names = []
+    for key, value in values.items():
+        current = getattr(section, key, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            names.extend(dotted_names(value, current, f"{prefix}{key}."))
+        else:
+            names.append(f"{prefix}{key}")
+    return names
+
+
 def validate(config: Config, source: str = "config") -> Config:
     """Raise ConfigError for values out of range; return the config otherwise."""
     for dotted, allowed in CHOICES.items():
@@ -266,8 +284,9 @@ def _check_model(config: Config, source: str) -> None:
 
 
 def from_dict(values: dict, source: str = "config") -> Config:
+    """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU)."""
     config = Config()
-    _merge(config, values or {}, source)
+    _merge(config, {"precision": "fp32", **(values or {})}, source)
     return config
 
 

@@ -8,7 +8,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +17,18 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config, from_dict, load_config, save_config, to_dict
+from marsseg.config import Config, from_dict, get_field, load_config, save_config, to_dict
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, images_to_tensor, make_loader
-from marsseg.data.io import NUM_CLASSES, write_atomically, write_text_atomically
+from marsseg.data.io import NUM_CLASSES, MarsData, write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
-from marsseg.data.split import Split
+from marsseg.data.split import Split, group_ids
 from marsseg.errors import UserError
 from marsseg.losses import build_loss
-from marsseg.metrics import confusion_matrix, iou_per_class, mean_iou
+from marsseg.metrics import bootstrap_miou_interval, confusion_matrices_per_image, iou_per_class, mean_iou
 from marsseg.models import create_model
+from marsseg.precision import autocast, resolve_precision
 from marsseg.predict import labels_from_probabilities, predict_probabilities
 
 AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
@@ -42,6 +43,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def with_resolved_precision(cfg: Config, device: torch.device | None = None) -> Config:
+    """`cfg` with "auto" precision replaced by what it means on `device` (default: the config's own). A run saves
+    this, so that a resumed run keeps its precision on any machine."""
+    device = resolve_device(cfg.device) if device is None else device
+    return replace(cfg, precision=resolve_precision(cfg.precision, device))
 
 
 def configure_threads(threads: int) -> None:
@@ -89,6 +97,18 @@ def ema_average(decay: float):
     return average
 
 
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def build_ema(cfg: Config, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """The averaged copy of `model` that is scored and saved, or None when the EMA is off."""
+    if cfg.optim.ema_decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_average(cfg.optim.ema_decay), use_buffers=True)
+
+
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:
     """Multiplier of the base learning rate at `progress` in [0, 1] of training.
 
@@ -120,9 +140,36 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 
 
 def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
+    """The loss in fp32, whatever precision the model ran in."""
+    if isinstance(output, tuple):
+        output = tuple(o.float() for o in output)
+    else:
+        output = output.float()
     if isinstance(output, tuple):  # (final, auxiliary...) from deep supervision
         return loss_fn(output[0], target) + AUX_LOSS_WEIGHT * sum(loss_fn(o, target) for o in output[1:])
     return loss_fn(output, target)
+
+
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema=None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """One optimizer step on a batch; returns the (detached) loss. Only the model runs under autocast."""
+    with autocast(device, precision):
+        output = model(images)
+    loss = compute_loss(loss_fn, output, masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return loss.detach()
 
 
 def train_one_epoch(
@@ -136,6 +183,7 @@ def train_one_epoch(
     description: str = "train",
     memory_format: torch.memory_format = torch.contiguous_format,
     show_progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
 
@@ -152,14 +200,7 @@ def train_one_epoch(
         data_seconds += start - tick
         if on_step is not None:
             on_step()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = model(images)
-        loss = compute_loss(loss_fn, output, masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        loss = training_step(model, images, masks, loss_fn, optimizer, ema, device, precision)
         total_loss += loss.item()
         batches += 1
         bar.set_postfix(loss=f"{total_loss / batches:.4f}")
@@ -175,6 +216,7 @@ class Evaluation:
     ious: np.ndarray  # (4,) classes 1..4
     per_image_miou: np.ndarray = field(default_factory=lambda: np.zeros(0))
     predictions: np.ndarray | None = None  # (N, H, W) labels, when kept
+    image_matrices: np.ndarray | None = None  # (N, 5, 5) one confusion matrix per image (for intervals)
 
 
 def evaluate_probabilities(
@@ -182,19 +224,23 @@ def evaluate_probabilities(
 ) -> Evaluation:
     """Score a stream of probability batches (B, C, H, W), in order, against `masks`: one confusion matrix over
     the whole set. The one place where predictions become a score."""
-    total = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
     per_image, kept, start = [], [], 0
     for probs in batches:
         labels = labels_from_probabilities(probs, big_rock_scale)
         truth = torch.from_numpy(masks[start : start + len(labels)]).long()
         start += len(labels)
-        total += confusion_matrix(truth, labels)
+        per_image.append(confusion_matrices_per_image(truth, labels).numpy())
         if keep_predictions:
             kept.append(labels.numpy().astype(np.uint8))
-            per_image.extend(mean_iou(confusion_matrix(t, p)) for t, p in zip(truth, labels, strict=True))
-    matrix = total.numpy()
+    image_matrices = np.concatenate(per_image) if per_image else np.zeros((0, NUM_CLASSES, NUM_CLASSES), np.int64)
+    matrix = image_matrices.sum(axis=0)
     return Evaluation(
-        matrix, mean_iou(matrix), iou_per_class(matrix), np.array(per_image), np.concatenate(kept) if kept else None
+        matrix,
+        mean_iou(matrix),
+        iou_per_class(matrix),
+        np.array([mean_iou(m) for m in image_matrices]) if keep_predictions else np.zeros(0),
+        np.concatenate(kept) if kept else None,
+        image_matrices,
     )
 
 
@@ -208,9 +254,10 @@ def evaluate(
     keep_predictions: bool = False,
     batch_size: int = 128,
     big_rock_scale: float = 1.0,
+    precision: str = "fp32",
 ) -> Evaluation:
     """Score `model` on (images, masks)."""
-    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device)
+    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, precision=precision)
     return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
 
 
@@ -360,6 +407,29 @@ def run_device_name(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> st
     return cfg.device
 
 
+def check_resume_matches_run(run_dir: str | os.PathLike, requested: Config, names: list[str]) -> None:
+    """A run is resumed with the command that started it plus --resume: each of the fields `names` that the command
+    sets must hold the run's own value. Raises UserError naming the first field that would change."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return  # fit() says there is nothing to resume
+    run = load_config(str(saved))
+    for name in names:
+        theirs, mine = get_field(run, name), get_field(requested, name)
+        if name == "data.path" and theirs and mine:
+            same = os.path.realpath(theirs) == os.path.realpath(mine)
+        elif name == "precision":  # the run saved what "auto" resolved to on its device
+            device = resolve_device(run.device)
+            same = resolve_precision(theirs, device) == resolve_precision(mine, device)
+        else:
+            same = theirs == mine
+        if not same:
+            raise UserError(
+                f"--resume: field '{name}': the run {run_dir} has {theirs!r}, the command line asks for {mine!r}; "
+                "resume with the run's value, or start a new run (another --out, or --force without --resume)"
+            )
+
+
 def init_distributed(device_name: str) -> Ranks:
     """Join the process group when started by torchrun: gloo on CPU, NCCL on GPU. One process: no group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -421,6 +491,7 @@ def fit(
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ranks.world > 1:
         device = torch.device("cuda", ranks.local_rank)
+    cfg = with_resolved_precision(cfg, device)
     seed_everything(cfg.seed)
 
     if resume:  # the saved split, on the same data, whatever was passed in
@@ -462,16 +533,13 @@ def fit(
     memory_format = training_memory_format(cfg, device)
     model = build_model(cfg).to(device).to(memory_format=memory_format)  # identical on every rank (same seed)
     loss_fn = build_loss(cfg.loss, data.masks[split.train]).to(device)
-    optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     plateau = None
     if cfg.optim.scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=cfg.optim.plateau_patience
         )
-    ema = None
-    if cfg.optim.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_average(cfg.optim.ema_decay), use_buffers=True)
+    ema = build_ema(cfg, model)
 
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.optim.epochs
@@ -549,12 +617,19 @@ def fit(
             f"epoch {epoch + 1}/{cfg.optim.epochs}",
             memory_format,
             show_progress=ranks.is_main,
+            precision=cfg.precision,
         )
         if ema is not None:
             scored_model.to(memory_format=memory_format)
         # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
         val = evaluate(
-            scored_model, data.images[val_shard], data.masks[val_shard], cfg.data.in_channels, cfg.tta, device
+            scored_model,
+            data.images[val_shard],
+            data.masks[val_shard],
+            cfg.data.in_channels,
+            cfg.tta,
+            device,
+            precision=cfg.precision,
         )
         val = _distributed_evaluation(val, ranks)
         if plateau is not None:
@@ -622,10 +697,17 @@ BIG_ROCK_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def choose_big_rock_scale(
-    model: nn.Module, images: np.ndarray, masks: np.ndarray, in_channels: int, tta: bool, device
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    in_channels: int,
+    tta: bool,
+    device,
+    precision: str = "fp32",
 ) -> tuple[float, dict[float, float]]:
     """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
-    probabilities = torch.cat(list(predict_probabilities(model, images, in_channels, tta=tta, device=device)))
+    batches = predict_probabilities(model, images, in_channels, tta=tta, device=device, precision=precision)
+    probabilities = torch.cat(list(batches))
     return best_big_rock_scale(probabilities, masks)
 
 
@@ -650,16 +732,28 @@ def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: t
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 1),
         "tta": cfg.tta,
+        "precision": cfg.precision,
     }
     scale = cfg.big_rock_scale
     if scale == 0:
-        scale, scores = choose_big_rock_scale(model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device)
+        scale, scores = choose_big_rock_scale(
+            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision
+        )
         metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
         state = load_checkpoint(run_dir / "best.pt")
         state["config"]["big_rock_scale"] = scale  # predict and evaluate read it from here
         save_checkpoint(run_dir / "best.pt", state)
     metrics["big_rock_scale"] = scale
-    result.val = evaluate(model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, big_rock_scale=scale)
+    result.val = evaluate(
+        model,
+        val_images,
+        val_masks,
+        cfg.data.in_channels,
+        cfg.tta,
+        device,
+        big_rock_scale=scale,
+        precision=cfg.precision,
+    )
     metrics.update(val_miou=result.val.miou, val_iou=dict(zip(CLASS_KEYS, result.val.ious.tolist(), strict=True)))
     if len(split.test):
         result.test = evaluate(
@@ -670,15 +764,29 @@ def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: t
             cfg.tta,
             device,
             big_rock_scale=scale,
+            precision=cfg.precision,
         )
+        low, high, groups = miou_interval(result.test, data.subset(split.test))
         metrics.update(
-            test_miou=result.test.miou, test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True))
+            test_miou=result.test.miou,
+            test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True)),
+            test_miou_interval90=[round(low, 4), round(high, 4)],
+            test_groups=groups,
         )
         report.plot_confusion(result.test.matrix, run_dir / "confusion.png", title="local test part")
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
 CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")
+
+
+def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.9) -> tuple[float, float, int]:
+    """(low, high, number of groups): a bootstrap interval of `evaluation`'s mIoU over the frame groups of the
+    images it scored (`data`, in the same order). Crops of one frame are resampled together: they are not
+    independent draws."""
+    groups = group_ids(data)
+    low, high = bootstrap_miou_interval(evaluation.image_matrices, groups, confidence)
+    return low, high, len(np.unique(groups))
 
 
 def overfit_one_batch(
@@ -706,15 +814,13 @@ def overfit_one_batch(
     loss_fn = build_loss(cfg.loss, masks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     miou, step = 0.0, 0
+    precision = resolve_precision(cfg.precision, device)
     bar = tqdm(range(1, max_steps + 1), desc="overfit one batch", leave=False, disable=None)
     for step in bar:
         model.train()
-        loss = compute_loss(loss_fn, model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = training_step(model, x, y, loss_fn, optimizer, device=device, precision=precision)
         if step % check_every == 0 or step == max_steps:
-            miou = evaluate(model, images, masks, cfg.data.in_channels, device=device).miou
+            miou = evaluate(model, images, masks, cfg.data.in_channels, device=device, precision=precision).miou
             bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
             if miou >= target:
                 break

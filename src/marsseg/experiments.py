@@ -28,6 +28,7 @@ from marsseg.engine import (
     fit,
     load_model,
     resolve_device,
+    with_resolved_precision,
 )
 from marsseg.errors import UserError
 from marsseg.models import count_parameters, gflops_per_image
@@ -41,7 +42,7 @@ FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_m
 def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     """Train (or resume, or skip) one (model, seed) and return its row."""
     saved = run_dir / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != to_dict(cfg):
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != to_dict(with_resolved_precision(cfg)):
         raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), force=True, prepared=prepared)
@@ -75,7 +76,10 @@ def ensemble_scores(
         indices = getattr(prepared.split, part)
         images, masks = prepared.data.images[indices], prepared.data.masks[indices]
         streams = [
-            predict_probabilities(m.to(device), images, c.data.in_channels, tta=tta, device=device) for m, c in models
+            predict_probabilities(
+                m.to(device), images, c.data.in_channels, tta=tta, device=device, precision=c.precision
+            )
+            for m, c in models
         ]
         averaged = torch.cat([torch.stack(batches).mean(dim=0) for batches in zip(*streams, strict=True)])
         if part == "val":

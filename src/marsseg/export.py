@@ -36,7 +36,7 @@ CONFIG_KEY, MULTIPLE_KEY = "marsseg.config", "marsseg.input_multiple"
 
 
 class ExportedModel(nn.Module):
-    """What the ONNX graph computes (see the module docstring): input scaling, the model, softmax, big-rock scale."""
+    """What the ONNX graph computes (`GRAPH_CONTRACT`): input scaling, the model, softmax, big-rock scale; in fp32."""
 
     def __init__(self, model: nn.Module, in_channels: int, big_rock_scale: float):
         super().__init__()
@@ -126,12 +126,13 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module | OnnxModel, 
     """A run directory's model and config, or an exported .onnx file's.
 
     For an .onnx file the graph applies the big-rock scale itself, so the config returned says 1 there and
-    `labels_from_probabilities` must not apply it again.
+    `labels_from_probabilities` must not apply it again; and the graph computes in fp32, whatever the run trained in
+    (a bf16 run's torch predictions can differ from it on a few pixels).
     """
     if str(path).endswith(".onnx"):
         model = OnnxModel(path)
         cfg = model.config
-        cfg.big_rock_scale = 1.0
+        cfg.big_rock_scale, cfg.precision = 1.0, "fp32"
         return model, cfg
     from marsseg.engine import load_model
 

@@ -40,3 +40,35 @@ def mean_iou(matrix: torch.Tensor | np.ndarray) -> float:
     """Mean IoU over classes 1..4 whose union is non-empty; NaN when none is."""
     ious = iou_per_class(matrix)
     return float(np.nanmean(ious)) if not np.isnan(ious).all() else float("nan")
+
+
+def confusion_matrices_per_image(
+    true: torch.Tensor, pred: torch.Tensor, num_classes: int = NUM_CLASSES
+) -> torch.Tensor:
+    """(B, num_classes, num_classes) counts, one confusion matrix per image of (B, H, W) labels; their sum is
+    `confusion_matrix` of the batch."""
+    batch = true.shape[0]
+    image = torch.arange(batch, device=true.device).repeat_interleave(true[0].numel())
+    index = num_classes**2 * image + num_classes * true.reshape(-1).long() + pred.reshape(-1).long()
+    return torch.bincount(index, minlength=batch * num_classes**2).reshape(batch, num_classes, num_classes)
+
+
+def bootstrap_miou_interval(
+    matrices: np.ndarray, groups: np.ndarray, confidence: float = 0.9, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of mean IoU, resampling whole groups (frames) with replacement.
+
+    Args:
+        matrices: (N, C, C) confusion matrices, one per image.
+        groups: (N,) group ids: images of one camera frame or near-duplicates, which do not vary independently.
+    """
+    ids, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(ids), *matrices.shape[1:]), dtype=np.float64)
+    np.add.at(per_group, inverse, matrices)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=draws)  # (draws, G) times drawn
+    resampled = np.einsum("dg,gij->dij", counts, per_group)
+    scores = np.array([mean_iou(m) for m in resampled])
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.nanpercentile(scores, [tail, 100 - tail])
+    return float(low), float(high)

@@ -21,6 +21,7 @@ from marsseg.data.io import NUM_CLASSES, refuse_to_overwrite, staged_directory, 
 from marsseg.data.split import RARE_CLASS
 from marsseg.errors import UserError
 from marsseg.models.blocks import resize
+from marsseg.precision import autocast
 
 # Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and 0 on a pixel
 # labelled 1..4 is never a hit. (0 can still beat a wrong class, removing its false positive; on mars64 a rule
@@ -40,16 +41,17 @@ ImageModel = nn.Module | Callable[[np.ndarray], torch.Tensor]
 
 
 def torch_probabilities(
-    model: nn.Module, in_channels: int, device: torch.device
+    model: nn.Module, in_channels: int, device: torch.device, precision: str = "fp32"
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    """The function uint8 images (B, H, W) -> softmax probabilities (B, C, H, W) on the CPU of a torch model."""
+    """The function uint8 images (B, H, W) -> softmax probabilities (B, C, H, W) on the CPU of a torch model.
+    `precision` is the run's (precision.py); the softmax is taken in fp32."""
     model.eval()
 
     def probabilities(images: np.ndarray) -> torch.Tensor:
         x = images_to_tensor(images, in_channels).to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             return main_output(model(x)).float().softmax(dim=1).cpu()
 
     return probabilities
@@ -64,14 +66,16 @@ def predict_probabilities(
     tta: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Iterator[torch.Tensor]:
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
-    training also uses; an upside-down crop is not a rover view).
+    training also uses; an upside-down crop is not a rover view). `precision` is the run's (precision.py; an
+    exported model has its own).
     """
     if isinstance(model, nn.Module):
-        probabilities = torch_probabilities(model, in_channels, torch.device(device))
+        probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
     else:
         probabilities = model
     starts = range(0, len(images), batch_size)
@@ -111,9 +115,10 @@ def predict_labels(
     device: torch.device | str = "cpu",
     progress: bool = False,
     big_rock_scale: float = 1.0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
-    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress)
+    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress, precision)
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
 
 
@@ -140,6 +145,7 @@ def frame_probabilities(
     tta: bool = False,
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """(C, H, W) probabilities for a uint8 frame (H, W) of any size: in one pass, reflect-padded at the bottom and
     right up to the model's `input_multiple` and cropped back, or, when the padded frame has more than
@@ -148,7 +154,8 @@ def frame_probabilities(
     height, width = frame.shape
     padded = np.pad(frame, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")  # (H', W')
     if padded.size <= max_pixels:
-        return next(predict_probabilities(model, padded[None], in_channels, 1, tta, device))[0, :, :height, :width]
+        whole = predict_probabilities(model, padded[None], in_channels, 1, tta, device, precision=precision)
+        return next(whole)[0, :, :height, :width]
     side = max(multiple, math.isqrt(max_pixels) // multiple * multiple)
     tile_height, tile_width = min(side, padded.shape[0]), min(side, padded.shape[1])
     origins = [
@@ -158,7 +165,7 @@ def frame_probabilities(
     ]
     tiles = np.stack([padded[top : top + tile_height, left : left + tile_width] for top, left in origins])
     total, count = None, torch.zeros(padded.shape)
-    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device)
+    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device, precision=precision)
     for (top, left), probs in zip(origins, batches, strict=True):
         if total is None:
             total = torch.zeros(probs.shape[1], *padded.shape)  # (C, H', W')
@@ -176,6 +183,7 @@ def predict_frame(
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size.
 
@@ -183,7 +191,8 @@ def predict_frame(
     predicted whole (see `frame_probabilities`), and its probabilities resized back bilinearly before the argmax.
     """
     shape = resized_shape(image.shape, frame_size)
-    probs = frame_probabilities(model, resize_image(image, shape), in_channels, tta, device, max_pixels)[None]
+    frame = resize_image(image, shape)
+    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision)[None]  # (1, C, h, w)
     if shape != image.shape:
         probs = resize(probs, image.shape)  # (1, C, H, W)
     return labels_from_probabilities(probs, big_rock_scale)[0].numpy().astype(np.uint8)
@@ -201,6 +210,7 @@ def predict_image_files(
     max_pixels: int = MAX_FRAME_PIXELS,
     force: bool = False,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[list[Path], np.ndarray]:
     """Predict image files (or folders of them) of any size; write per image `out_dir/labels/NAME.png` (AI4Mars
     values: 0 soil, 1 bedrock, 2 sand, 3 big rock, 255 no label) and `out_dir/overlays/NAME.png` (colours over the
@@ -235,7 +245,9 @@ def predict_image_files(
         with tqdm(files, desc="predict", unit="image", leave=False, disable=None if progress else True) as bar:
             for path in bar:
                 image = read_gray_image(path)
-                labels = predict_frame(model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels)
+                labels = predict_frame(
+                    model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision
+                )
                 Image.fromarray(TO_AI4MARS[labels]).save(staging / "labels" / f"{path.stem}.png")
                 Image.fromarray(overlay_labels(image, labels)).save(staging / "overlays" / f"{path.stem}.png")
                 counts += np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)

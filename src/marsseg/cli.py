@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, function, text in (
         ("evaluate", cmd_evaluate, "score a run on its validation or local test part"),
-        ("predict", cmd_predict, "write a Kaggle submission CSV for the test_set"),
+        ("predict", cmd_predict, "write a Kaggle CSV for the test_set, or label images for image files (--images)"),
     ):
         p = commands.add_parser(name, help=text)
         p.add_argument("run_dir", help="a run directory written by marsseg train (predict: or an exported .onnx)")

@@ -39,12 +39,13 @@ def per_frame_matrices(labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return confusion_matrices_per_image(torch.from_numpy(masks), torch.from_numpy(labels)).numpy()
 
 
-def seam_band(masks: np.ndarray) -> np.ndarray:
-    """`masks` with every pixel farther than SEAM_ROWS from the middle row set to 0 (not scored)."""
-    middle = masks.shape[1] // 2
-    banded = np.zeros_like(masks)
-    banded[:, middle - SEAM_ROWS : middle + SEAM_ROWS] = masks[:, middle - SEAM_ROWS : middle + SEAM_ROWS]
-    return banded
+def split_at_seam(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(near, away): `masks` with the pixels farther than SEAM_ROWS from the middle row set to 0 (not scored), and
+    with those nearer set to 0."""
+    band = slice(masks.shape[1] // 2 - SEAM_ROWS, masks.shape[1] // 2 + SEAM_ROWS)
+    near, away = np.zeros_like(masks), masks.copy()
+    near[:, band], away[:, band] = masks[:, band], 0
+    return near, away
 
 
 def bootstrap_difference(first: np.ndarray, second: np.ndarray, draws: int = 2000) -> tuple[float, float]:
@@ -103,40 +104,45 @@ def main() -> None:
         full_matrices.append(confusion_matrix(torch.from_numpy(truth), torch.from_numpy(labels)).numpy())
     full_matrices = np.stack(full_matrices)
 
+    near, away = split_at_seam(masks)
     whole_matrices, halves_matrices = per_frame_matrices(whole, masks), per_frame_matrices(halves, masks)
-    whole_seam, halves_seam = per_frame_matrices(whole, seam_band(masks)), per_frame_matrices(halves, seam_band(masks))
+    whole_seam, halves_seam = per_frame_matrices(whole, near), per_frame_matrices(halves, near)
+    whole_away, halves_away = per_frame_matrices(whole, away), per_frame_matrices(halves, away)
     rows = (
-        (f"whole frame, one pass ({side}x{side})", whole_matrices, whole_seam, whole_seconds),
-        (f"halves, two passes ({crops.shape[1]}x{crops.shape[2]})", halves_matrices, halves_seam, halves_seconds),
-        ("whole frame at the file's size (predict --images)", full_matrices, None, None),
+        (f"whole frame, one pass ({side}x{side})", whole_matrices, whole_seam, whole_away, whole_seconds),
+        (
+            f"halves, two passes ({crops.shape[1]}x{crops.shape[2]})",
+            halves_matrices,
+            halves_seam,
+            halves_away,
+            halves_seconds,
+        ),
+        ("whole frame at the file's size (predict --images)", full_matrices, None, None, None),
     )
     print(
         f"{args.run}: {len(frames)} frames of {args.sample}, flip TTA {'on' if tta else 'off'}, big-rock scale "
         f"{scale:g}, frame size {side}, precision {precision}"
     )
-    header = [
-        "",
-        "mIoU",
-        *CLASS_NAMES[1:],
-        f"seam band mIoU (rows {side // 2 - SEAM_ROWS}-{side // 2 + SEAM_ROWS - 1})",
-    ]
-    print("| " + " | ".join(header) + " | seconds |")
-    print("|" + "---|" * (len(header) + 1))
-    for name, matrices, seam, seconds in rows:
+    band = f"rows {side // 2 - SEAM_ROWS}-{side // 2 + SEAM_ROWS - 1}"
+    header = ["", "mIoU", *CLASS_NAMES[1:], f"mIoU near the seam ({band})", "mIoU away from it", "seconds"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, matrices, near_seam, rest, seconds in rows:
         total = matrices.sum(0)
         cells = [f"{mean_iou(total):.3f}", *(f"{iou:.3f}" for iou in iou_per_class(total))]
-        cells.append("-" if seam is None else f"{mean_iou(seam.sum(0)):.3f}")
+        cells += ["-" if part is None else f"{mean_iou(part.sum(0)):.3f}" for part in (near_seam, rest)]
         cells.append("-" if seconds is None else f"{seconds:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    low, high = bootstrap_difference(whole_matrices, halves_matrices)
-    seam_low, seam_high = bootstrap_difference(whole_seam, halves_seam)
-    difference = mean_iou(whole_matrices.sum(0)) - mean_iou(halves_matrices.sum(0))
-    seam_difference = mean_iou(whole_seam.sum(0)) - mean_iou(halves_seam.sum(0))
-    print(
-        f"whole minus halves: mIoU {difference:+.3f} (95 % bootstrap over frames {low:+.3f} to {high:+.3f}); "
-        f"seam band {seam_difference:+.3f} ({seam_low:+.3f} to {seam_high:+.3f}); labels agree on "
-        f"{100 * (whole == halves).mean():.1f} % of pixels"
-    )
+    agree = 100 * (whole == halves).mean()
+    print(f"whole minus halves (95 % bootstrap over frames); labels agree on {agree:.1f} % of pixels")
+    for name, first, second in (
+        ("all pixels", whole_matrices, halves_matrices),
+        ("near the seam", whole_seam, halves_seam),
+        ("away from it", whole_away, halves_away),
+    ):
+        low, high = bootstrap_difference(first, second)
+        difference = mean_iou(first.sum(0)) - mean_iou(second.sum(0))
+        print(f"  {name}: mIoU {difference:+.3f} ({low:+.3f} to {high:+.3f})")
 
 
 if __name__ == "__main__":

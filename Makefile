@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first, pinned: this version's CPU wheel is what pip finds here; an open range pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,tune]"
+	$(PY) -m pip install -q -e ".[dev,tune,onnx]"
 	touch $@
 
 demo: $(VENV)/.installed

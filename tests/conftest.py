@@ -11,6 +11,7 @@ import torch
 from marsseg.data.io import save_npz
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
+AI4MARS_SAMPLE = REAL_DATA.parent / "ai4mars_sample"  # 200 AI4Mars frames: images/NAME.jpg, labels/NAME.png
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +33,27 @@ def real_npz() -> Path:
     if not REAL_DATA.is_file():
         pytest.skip(f"{REAL_DATA} is absent")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def ai4mars_sample() -> Path:
+    if not (AI4MARS_SAMPLE / "images").is_dir():
+        pytest.skip(f"{AI4MARS_SAMPLE} is absent")
+    return AI4MARS_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_npz) -> Path:
+    """A small model trained for a few seconds on the tiny data (good enough to predict more than one class), with
+    a big-rock scale of 3 so that the scale shows in every inference path. In fp32: an exported graph computes in
+    fp32, and the parity tests compare it with the run's own predictions."""
+    from marsseg.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "trained"
+    flags = ["--width", "8", "--batch-size", "16", "--epochs", "4", "--lr", "0.01", "--set", "threads=1"]
+    flags += ["--set", "big_rock_scale=3", "--set", "optim.ema_decay=0", "--set", "precision=fp32"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 0
+    return run
 
 
 # One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes

@@ -1,7 +1,11 @@
 import numpy as np
+import torch
+from PIL import Image
 
 from marsseg.cli import main
-from marsseg.predict import read_submission, write_submission
+from marsseg.data.ai4mars import TO_AI4MARS
+from marsseg.engine import load_model
+from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
 
 
 def test_submission_csv_layout(tmp_path):
@@ -56,3 +60,87 @@ def test_overfit_batch_command_reports_steps(tiny_npz, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "overfit one batch of 8" in out and "steps" in out
+
+
+def save_image(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays, capsys):
+    model, cfg = load_model(trained_run)
+    crop = tiny_arrays["test_set"][0]  # (64, 128): at the default frame size 128 the model sees it unresized
+    big = np.repeat(np.repeat(crop, 4, axis=0), 4, axis=1)  # (256, 512): area-resized by 1/4 it is the crop again
+    save_image(tmp_path / "in" / "small.png", crop)
+    save_image(tmp_path / "in" / "big.png", np.stack([big] * 3, axis=-1))  # gray stored as RGB
+    save_image(tmp_path / "in" / "odd.jpg", tiny_arrays["test_set"][1][:50, :90])  # a JPEG of another shape
+    out = tmp_path / "predicted"
+    assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert "3 images" in capsys.readouterr().out
+    expected = predict_labels(model, crop[None], tta=True, big_rock_scale=cfg.big_rock_scale, precision=cfg.precision)[
+        0
+    ]
+    small = np.array(Image.open(out / "labels" / "small.png"))
+    assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
+    big_labels = np.array(Image.open(out / "labels" / "big.png"))
+    assert big_labels.shape == (256, 512) and set(np.unique(big_labels)) <= {0, 1, 2, 3}
+    nearest = np.repeat(np.repeat(TO_AI4MARS[expected], 4, axis=0), 4, axis=1)
+    assert (big_labels == nearest).mean() > 0.95  # the probabilities were resized back bilinearly, not nearest
+    assert np.array(Image.open(out / "labels" / "odd.png")).shape == (50, 90)
+    overlay = np.array(Image.open(out / "overlays" / "big.png"))
+    assert overlay.shape == (256, 512, 3) and overlay.dtype == np.uint8
+    assert sorted(p.name for p in out.iterdir()) == ["labels", "overlays"]  # nothing else, no temporaries
+
+
+def test_whole_frame_and_overlapping_tiles_agree(trained_run, tiny_arrays):
+    model, _ = load_model(trained_run)
+    frame = np.concatenate([np.hstack(tiny_arrays["test_set"][0:2]), np.hstack(tiny_arrays["test_set"][2:4])])
+    frame = frame[:120, :250]  # (120, 250): not a multiple of the model's 16, so it is padded and cropped back
+    whole = frame_probabilities(model, frame, tta=True)
+    tiled = frame_probabilities(model, frame, tta=True, max_pixels=64 * 64)  # 64x64 tiles, 3 x 6 of them
+    assert whole.shape == tiled.shape == (5, 120, 250)
+    assert (whole.argmax(0) == tiled.argmax(0)).float().mean() > 0.85  # less context at tile borders
+    assert torch.equal(frame_probabilities(model, frame, max_pixels=128 * 256), frame_probabilities(model, frame))
+
+
+def test_tiles_cover_the_frame_with_overlap():
+    assert tile_starts(256, 64, 16) == [0, 48, 96, 144, 192]
+    assert tile_starts(100 * 16, 64, 16)[-1] == 100 * 16 - 64 and tile_starts(64, 64, 16) == [0]
+
+
+def bad_image_inputs(tmp_path):
+    """(name, the paths given to --images, extra flags, words the message must contain)"""
+    good = tmp_path / "good.png"
+    save_image(good, np.random.default_rng(0).integers(0, 256, (64, 128), dtype=np.uint8))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:2000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_image(tmp_path / "other" / "good.png", np.full((64, 128), 100, np.uint8))
+    yield "truncated image", [good, broken], [], [str(broken), "unreadable image"]
+    yield "missing path", [good, tmp_path / "absent.jpg"], [], [str(tmp_path / "absent.jpg"), "not found"]
+    yield "folder without images", [empty], [], [str(empty), "no JPEG or PNG images"]
+    yield "two images with one name", [good, tmp_path / "other"], [], ["other/good.png", "a second image named"]
+    yield "images and data", [good], ["--data", str(good)], ["--images and --data"]
+
+
+def test_bad_image_inputs_get_one_line_exit_2_and_no_output(tmp_path, trained_run, capsys):
+    for name, paths, flags, words in bad_image_inputs(tmp_path):
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        code = main(["predict", str(trained_run), "--images", *map(str, paths), "--out", str(out), *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and all(word in err for word in words), (name, err)
+        assert not out.exists() and not list(tmp_path.glob(f".{out.name}*")), name  # no output, no temporaries
+
+
+def test_existing_label_images_need_force(tmp_path, trained_run, capsys):
+    image = tmp_path / "frame.png"
+    save_image(image, np.full((64, 128), 90, np.uint8))
+    out = tmp_path / "out"
+    (out / "labels").mkdir(parents=True)
+    (out / "labels" / "frame.png").write_bytes(b"precious")
+    assert main(["predict", str(trained_run), "--images", str(image), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and (out / "labels" / "frame.png").read_bytes() == b"precious"
+    assert not (out / "overlays").exists()
+    assert main(["predict", str(trained_run), "--images", str(image), "--out", str(out), "--force"]) == 0
+    assert np.array(Image.open(out / "labels" / "frame.png")).shape == (64, 128)

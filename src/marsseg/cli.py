@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from marsseg.config import DataConfig
 from marsseg.errors import UserError
 
 DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
@@ -32,6 +33,9 @@ def cmd_data_inspect(args) -> int:
     print(f"  training_set: {len(data)} samples, images and masks {data.images.shape[1:]} uint8")
     if data.test_images is not None:
         print(f"  test_set:     {len(data.test_images)} images {data.test_images.shape[1:]} {data.test_images.dtype}")
+    if data.frame_ids is not None:
+        size = f", frames resized to {data.frame_size} before cutting" if data.frame_size else ""
+        print(f"  frame_id:     {len(np.unique(data.frame_ids))} camera frames{size}")
     counts = np.bincount(data.masks.reshape(-1), minlength=5)
     present = [(data.masks == c).any(axis=(1, 2)).sum() for c in range(5)]
     print(f"  {'class':<12}{'pixel share':>12}{'images containing':>20}")
@@ -63,6 +67,28 @@ def cmd_data_synth(args) -> int:
     refuse_to_overwrite(args.out, args.force)
     save_npz(args.out, make_synthetic(args.n_train, args.n_test, args.seed))
     print(f"wrote {args.out}: {args.n_train} training and {args.n_test} test samples (seed {args.seed})")
+    return 0
+
+
+def cmd_data_import(args) -> int:
+    from marsseg.data.ai4mars import import_ai4mars
+    from marsseg.data.io import refuse_to_overwrite, save_npz
+
+    refuse_to_overwrite(args.out, args.force)
+    result = import_ai4mars(args.directory, args.frame_size, args.require_labels, progress=True)
+    save_npz(args.out, result.arrays)
+    arrays = result.arrays
+    print(
+        f"wrote {args.out}: training_set {len(arrays['training_set'])} crops of {result.labelled_frames} frames"
+        + (
+            f", test_set {len(arrays['test_set'])} crops of {result.unlabelled_frames} frames without a label"
+            if result.unlabelled_frames
+            else ""
+        )
+        + f" (frames resized to {args.frame_size} on their longer side, then cut into 64x128 crops)"
+    )
+    if result.labels_without_image:
+        print(f"  ignored {result.labels_without_image} labels whose image is not in {result.images_folder}")
     return 0
 
 
@@ -278,35 +304,86 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _predicted_shares(counts: np.ndarray) -> str:
+    """Pixel shares of the predicted classes 1..4 from a count per label 0..4."""
+    shares = counts[1:] / counts.sum()
+    return ", ".join(
+        f"{name} {100 * s:.1f}%" for name, s in zip(("soil", "bedrock", "sand", "big rock"), shares, strict=True)
+    )
+
+
 def cmd_predict(args) -> int:
+    from torch import nn
+
     from marsseg.data.io import refuse_to_overwrite
     from marsseg.data.prepare import load_data
-    from marsseg.engine import load_model, resolve_device
-    from marsseg.predict import predict_labels, write_submission
+    from marsseg.engine import resolve_device
+    from marsseg.export import load_for_inference
+    from marsseg.predict import MAX_FRAME_PIXELS, predict_image_files, predict_labels, write_submission
 
-    refuse_to_overwrite(args.out, args.force)
-    model, cfg = load_model(args.run_dir)
-    data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
+    if args.images and args.data is not None:
+        raise UserError("--images and --data: found both, expected one (image files, or a data file's test_set)")
+    max_pixels = MAX_FRAME_PIXELS if args.max_pixels is None else args.max_pixels
+    if max_pixels < 1:
+        raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
+    if not args.images:
+        refuse_to_overwrite(args.out, args.force)
+    model, cfg = load_for_inference(args.run_dir)  # a run directory or an exported .onnx file
     device = resolve_device(args.device or cfg.device)
+    if isinstance(model, nn.Module):
+        model = model.to(device)
     tta = cfg.tta if args.tta is None else args.tta
+    scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
+    if args.images:
+        files, counts = predict_image_files(
+            model,
+            args.images,
+            args.out,
+            cfg.data.frame_size,
+            cfg.data.in_channels,
+            tta=tta,
+            device=device,
+            big_rock_scale=scale,
+            max_pixels=max_pixels,
+            force=args.force,
+            progress=True,
+            precision=cfg.precision,
+        )
+        print(
+            f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images ({'flip TTA' if tta else 'no TTA'}, "
+            f"resized by {cfg.data.frame_size} / their longer side); predicted shares {_predicted_shares(counts)}"
+        )
+        return 0
+    data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
     labels = predict_labels(
-        model.to(device),
+        model,
         data.test_images,
         cfg.data.in_channels,
         tta=tta,
         device=device,
         progress=True,
-        big_rock_scale=cfg.big_rock_scale or 1.0,
+        big_rock_scale=scale,
         precision=cfg.precision,
     )
     write_submission(labels, args.out)
-    shares = np.bincount(labels.reshape(-1), minlength=5)[1:] / labels.size
     print(
         f"wrote {args.out}: {len(labels)} images ({'flip TTA' if tta else 'no TTA'}); predicted shares "
-        + ", ".join(
-            f"{name} {100 * s:.1f}%" for name, s in zip(("soil", "bedrock", "sand", "big rock"), shares, strict=True)
-        )
+        + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from marsseg.data.io import refuse_to_overwrite
+    from marsseg.engine import load_model
+    from marsseg.export import GRAPH_CONTRACT, export_onnx
+
+    if not str(args.out).endswith(".onnx"):
+        raise UserError(f"--out {args.out}: expected a file name ending in .onnx")
+    refuse_to_overwrite(args.out, args.force)
+    model, cfg = load_model(args.run_dir)
+    export_onnx(model, cfg, args.out)
+    print(f"wrote {args.out} (big-rock scale {cfg.big_rock_scale or 1.0:g} inside). {GRAPH_CONTRACT}")
     return 0
 
 
@@ -406,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="inspect, synthesize, clean or split data files")
+    data = commands.add_parser("data", help="inspect, import, synthesize, clean or split data files")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_commands.add_parser("inspect", help="validate a file and print class shares and duplicate groups")
     p.add_argument("file")
@@ -418,6 +495,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=cmd_data_synth)
+    p = data_commands.add_parser("import", help="read AI4Mars image and label files into the course layout")
+    p.add_argument(
+        "directory", help="the AI4Mars release (msl/images/edr/*.JPG, msl/labels/train/*.png) or images/ + labels/"
+    )
+    p.add_argument("--out", required=True, help="the .npz to write (course layout plus frame_id)")
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        default=DataConfig().frame_size,
+        help="resize each frame so that its longer side is this many pixels before cutting it into 64x128 crops "
+        "(default %(default)s: 2x down for 256x256 frames, 8x for the release's 1024x1024)",
+    )
+    p.add_argument(
+        "--require-labels",
+        action="store_true",
+        help="every image must have a label (by default images without one go to test_set)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(run=cmd_data_import)
     p = data_commands.add_parser("clean", help="remove contaminated samples; writes CLEAN.npz and CLEAN.removed.json")
     p.add_argument("file")
     p.add_argument("--out", required=True, help="the cleaned .npz (the report goes beside it)")
@@ -445,10 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, function, text in (
         ("evaluate", cmd_evaluate, "score a run on its validation or local test part"),
-        ("predict", cmd_predict, "write a Kaggle submission CSV for the test_set"),
+        ("predict", cmd_predict, "write a Kaggle CSV for the test_set, or label images for image files (--images)"),
     ):
         p = commands.add_parser(name, help=text)
-        p.add_argument("run_dir", help="a run directory written by marsseg train")
+        p.add_argument("run_dir", help="a run directory written by marsseg train (predict: or an exported .onnx)")
         p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"))
         tta = p.add_mutually_exclusive_group()
@@ -456,8 +552,33 @@ def build_parser() -> argparse.ArgumentParser:
         tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
         p.set_defaults(run=function)
     commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
-    commands.choices["predict"].add_argument("--out", required=True, help="the CSV to write")
-    commands.choices["predict"].add_argument("--force", action="store_true", help="overwrite --out")
+    p = commands.choices["predict"]
+    p.description = (
+        "RUN_DIR is a run directory or an .onnx file from marsseg export (run by onnxruntime). Without --images: "
+        "the Kaggle CSV for the data file's test_set. With --images: a label PNG (AI4Mars values) and a colour "
+        "overlay per image, for images of any size."
+    )
+    p.add_argument("--out", required=True, help="the CSV to write; with --images, the folder for labels/ and overlays/")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="JPEG or PNG files (gray or colour, any size) or folders of them; each is resized by the run's "
+        "data.frame_size / its longer side (the scale the model was trained at)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="a resized frame with more pixels than this is predicted in overlapping tiles, one at a time "
+        "(default: predict.MAX_FRAME_PIXELS, a 1024x1024 frame)",
+    )
+
+    p = commands.add_parser("export", help="write a run's model as an ONNX file (dynamic batch, height, width)")
+    p.add_argument("run_dir", help="a run directory written by marsseg train")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser(
         "experiments", help="train several models with one recipe, budget and split; write a results table"

@@ -35,6 +35,10 @@ class DataConfig:
     curriculum_epochs: int = 0
     sampler: str = "repeat"  # "repeat" (oversample by repetition) or "weighted" (WeightedRandomSampler)
     in_channels: int = 1  # 3 replicates the gray channel
+    # The side a whole camera frame is resized to before it is cut into 64x128 crops (mars64 and `marsseg data
+    # import`: 256 -> 128, the full AI4Mars release 1024 -> 128); `predict --images` resizes each image by
+    # frame_size / its longer side, so the model sees the scale it was trained at.
+    frame_size: int = 128
     num_workers: int = 0  # DataLoader worker processes; 0 augments in the training process
 
 
@@ -153,6 +157,7 @@ POSITIVE = (
     "optim.epochs",
     "model.width",
     "data.oversample_factor",
+    "data.frame_size",
     "optim.plateau_patience",
     "optim.early_stopping_patience",
 )

@@ -1,18 +1,26 @@
-"""Inference (optionally averaged over flips) and the Kaggle submission CSV."""
+"""Inference (optionally averaged over flips), the Kaggle submission CSV, and label images for image files of any
+size (whole frames in one pass, or in tiles)."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.data.dataset import images_to_tensor
-from marsseg.data.io import write_atomically
+from marsseg.data.frames import find_image_files, read_gray_image, resize_image, resized_shape
+from marsseg.data.io import NUM_CLASSES, refuse_to_overwrite, staged_directory, write_atomically
 from marsseg.data.split import RARE_CLASS
+from marsseg.errors import UserError
+from marsseg.models.blocks import resize
 from marsseg.precision import autocast
 
 # Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and 0 on a pixel
@@ -27,9 +35,31 @@ def main_output(output: torch.Tensor | tuple) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+# An image model: a torch module, or a function from uint8 images (B, H, W) to probabilities (B, C, H, W) on the
+# CPU such as export.OnnxModel (an exported graph that scales its input and applies the big-rock scale itself).
+ImageModel = nn.Module | Callable[[np.ndarray], torch.Tensor]
+
+
+def torch_probabilities(
+    model: nn.Module, in_channels: int, device: torch.device, precision: str = "fp32"
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """The function uint8 images (B, H, W) -> softmax probabilities (B, C, H, W) on the CPU of a torch model.
+    `precision` is the run's (precision.py); the softmax is taken in fp32."""
+    model.eval()
+
+    def probabilities(images: np.ndarray) -> torch.Tensor:
+        x = images_to_tensor(images, in_channels).to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            return main_output(model(x)).float().softmax(dim=1).cpu()
+
+    return probabilities
+
+
 @torch.no_grad()
 def predict_probabilities(
-    model: nn.Module,
+    model: ImageModel,
     images: np.ndarray,
     in_channels: int = 1,
     batch_size: int = 128,
@@ -41,22 +71,28 @@ def predict_probabilities(
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
-    training also uses; an upside-down crop is not a rover view). `precision` is the run's (precision.py); the
-    softmax is taken in fp32.
+    training also uses; an upside-down crop is not a rover view). `precision` is the run's (precision.py; an
+    exported model has its own).
     """
-    model.eval()
-    device = torch.device(device)
+    if isinstance(model, nn.Module):
+        probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
+    else:
+        probabilities = model
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
-        x = images_to_tensor(images[start : start + batch_size], in_channels).to(device)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            probs = main_output(model(x)).float().softmax(dim=1)
-            if tta:
-                flipped = main_output(model(x.flip(-1))).float().softmax(dim=1).flip(-1)
-                probs = (probs + flipped) / 2
-        yield probs.cpu()
+        batch = images[start : start + batch_size]
+        probs = probabilities(batch)
+        if tta:
+            probs = (probs + probabilities(batch[:, :, ::-1]).flip(-1)) / 2
+        yield probs
+
+
+def scale_big_rock(probs: torch.Tensor, big_rock_scale: float) -> torch.Tensor:
+    """(B, C, H, W) probabilities with the big-rock channel multiplied by `big_rock_scale` (a new tensor); the
+    exported ONNX graph calls it too."""
+    factors = torch.ones(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    factors[BIG_ROCK] = big_rock_scale
+    return probs * factors.view(1, -1, 1, 1)
 
 
 def labels_from_probabilities(probs: torch.Tensor, big_rock_scale: float = 1.0) -> torch.Tensor:
@@ -66,13 +102,12 @@ def labels_from_probabilities(probs: torch.Tensor, big_rock_scale: float = 1.0) 
     1 % of the pixels ranks it too low, and a scale chosen on validation trades its precision for recall.
     """
     if big_rock_scale != 1.0:
-        probs = probs.clone()
-        probs[:, BIG_ROCK] *= big_rock_scale
+        probs = scale_big_rock(probs, big_rock_scale)
     return probs[:, FIRST_SCORED_CLASS:].argmax(dim=1) + FIRST_SCORED_CLASS
 
 
 def predict_labels(
-    model: nn.Module,
+    model: ImageModel,
     images: np.ndarray,
     in_channels: int = 1,
     batch_size: int = 128,
@@ -85,6 +120,138 @@ def predict_labels(
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
     batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress, precision)
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
+
+
+# ---------------------------------------------------------------- whole frames of any size, image files
+
+# Above this many pixels (after resizing and padding) a frame is predicted in overlapping tiles of about this size,
+# one at a time: a 1024x1024 frame through res_unet width 32 peaks at 0.65 GB of process memory (fp32, flip TTA).
+MAX_FRAME_PIXELS = 1024 * 1024
+
+
+def tile_starts(length: int, tile: int, multiple: int) -> list[int]:
+    """Starts of tiles of `tile` pixels covering `length` (both multiples of `multiple`), overlapping by at least a
+    quarter of a tile; the last one ends at `length`."""
+    stride = max(multiple, tile * 3 // 4 // multiple * multiple)
+    starts = list(range(0, length - tile + 1, stride))
+    return starts if starts[-1] + tile == length else [*starts, length - tile]
+
+
+@torch.no_grad()
+def frame_probabilities(
+    model: ImageModel,
+    frame: np.ndarray,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    max_pixels: int = MAX_FRAME_PIXELS,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """(C, H, W) probabilities for a uint8 frame (H, W) of any size: in one pass, reflect-padded at the bottom and
+    right up to the model's `input_multiple` and cropped back, or, when the padded frame has more than
+    `max_pixels` pixels, in overlapping tiles whose probabilities are averaged."""
+    multiple = model.input_multiple
+    height, width = frame.shape
+    padded = np.pad(frame, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")  # (H', W')
+    if padded.size <= max_pixels:
+        whole = predict_probabilities(model, padded[None], in_channels, 1, tta, device, precision=precision)
+        return next(whole)[0, :, :height, :width]
+    side = max(multiple, math.isqrt(max_pixels) // multiple * multiple)
+    tile_height, tile_width = min(side, padded.shape[0]), min(side, padded.shape[1])
+    origins = [
+        (top, left)
+        for top in tile_starts(padded.shape[0], tile_height, multiple)
+        for left in tile_starts(padded.shape[1], tile_width, multiple)
+    ]
+    tiles = np.stack([padded[top : top + tile_height, left : left + tile_width] for top, left in origins])
+    total, count = None, torch.zeros(padded.shape)
+    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device, precision=precision)
+    for (top, left), probs in zip(origins, batches, strict=True):
+        if total is None:
+            total = torch.zeros(probs.shape[1], *padded.shape)  # (C, H', W')
+        total[:, top : top + tile_height, left : left + tile_width] += probs[0]
+        count[top : top + tile_height, left : left + tile_width] += 1
+    return (total / count)[:, :height, :width]
+
+
+def predict_frame(
+    model: ImageModel,
+    image: np.ndarray,
+    frame_size: int,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    big_rock_scale: float = 1.0,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size.
+
+    The frame is resized by frame_size / its longer side, the scale the model was trained at (`data.frame_size`),
+    predicted whole (see `frame_probabilities`), and its probabilities resized back bilinearly before the argmax.
+    """
+    shape = resized_shape(image.shape, frame_size)
+    frame = resize_image(image, shape)
+    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision)[None]  # (1, C, h, w)
+    if shape != image.shape:
+        probs = resize(probs, image.shape)  # (1, C, H, W)
+    return labels_from_probabilities(probs, big_rock_scale)[0].numpy().astype(np.uint8)
+
+
+def predict_image_files(
+    model: ImageModel,
+    paths: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    frame_size: int,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    big_rock_scale: float = 1.0,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    force: bool = False,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> tuple[list[Path], np.ndarray]:
+    """Predict image files (or folders of them) of any size; write per image `out_dir/labels/NAME.png` (AI4Mars
+    values: 0 soil, 1 bedrock, 2 sand, 3 big rock, 255 no label) and `out_dir/overlays/NAME.png` (colours over the
+    image), all or nothing. Returns the files predicted and the pixel count of each label 0..4 over all of them.
+
+    Raises:
+        UserError: a missing path, an unreadable image, two images with one name, or an existing output
+            without `force`; nothing is written then.
+    """
+    from marsseg.report import overlay_labels
+
+    files = find_image_files(paths)
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise UserError(f"{path}: a second image named {path.stem!r} (first: {seen[path.stem]}); rename one")
+        seen[path.stem] = path
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file, expected a folder for the label images (--out)")
+    outputs = [Path(part) / f"{path.stem}.png" for path in files for part in ("labels", "overlays")]
+    inputs = {path.resolve() for path in files}
+    for output in outputs:
+        if (out_dir / output).resolve() in inputs:
+            raise UserError(f"{out_dir / output}: is one of the input images; choose another --out")
+        refuse_to_overwrite(out_dir / output, force)
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    with staged_directory(out_dir) as staging:
+        (staging / "labels").mkdir()
+        (staging / "overlays").mkdir()
+        # The bar shows on a terminal only, and is cleared on an error, so that the error stays one line.
+        with tqdm(files, desc="predict", unit="image", leave=False, disable=None if progress else True) as bar:
+            for path in bar:
+                image = read_gray_image(path)
+                labels = predict_frame(
+                    model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision
+                )
+                Image.fromarray(TO_AI4MARS[labels]).save(staging / "labels" / f"{path.stem}.png")
+                Image.fromarray(overlay_labels(image, labels)).save(staging / "overlays" / f"{path.stem}.png")
+                counts += np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)
+    return files, counts
 
 
 def write_submission(labels: np.ndarray, path: str | os.PathLike) -> None:

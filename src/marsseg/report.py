@@ -9,12 +9,20 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.colors import ListedColormap, to_rgb  # noqa: E402
 
 from marsseg.data.io import CLASS_NAMES, write_atomically  # noqa: E402
 
 # background black, soil brown, bedrock gray-blue, sand yellow, big rock red
 LABEL_COLORS = ListedColormap(["#000000", "#a0522d", "#6a7fa8", "#e8c547", "#e0242b"])
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the gray image tinted with each pixel's class colour (background left untinted)."""
+    colours = np.array([to_rgb(c) for c in LABEL_COLORS.colors]) * 255  # (5, 3)
+    gray = np.repeat(image[..., None].astype(np.float32), 3, axis=-1)  # (H, W, 3)
+    tinted = (1 - opacity) * gray + opacity * colours[labels]
+    return np.where(labels[..., None] > 0, tinted, gray).round().astype(np.uint8)
 
 
 def save_figure(figure, path: str | os.PathLike) -> None:

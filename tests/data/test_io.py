@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from marsseg.cli import main
-from marsseg.data.io import DataError, load_npz, save_npz
+from marsseg.config import DataConfig
+from marsseg.data.io import DataError, load_npz, save_npz, to_course_layout
+from marsseg.data.prepare import prepare_data
 
 
 def good_arrays(n=4, m=3):
@@ -29,6 +31,7 @@ def malformed_cases():
     wrong_test = good_arrays()
     wrong_test["test_set"] = np.zeros((3, 64, 64), np.uint8)
     yield "test shape", wrong_test, "(M, 64, 128)"
+    yield "frame size not one integer", {**good_arrays(), "frame_size": np.array([128, 128])}, "frame_size"
 
 
 @pytest.mark.parametrize("name,arrays,expected", list(malformed_cases()), ids=[c[0] for c in malformed_cases()])
@@ -77,3 +80,13 @@ def test_outputs_are_not_overwritten_without_force(tmp_path, tiny_npz, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(out), "--n-train", "10", "--n-test", "2", "--force"]) == 0
     assert load_npz(out).images.shape == (10, 64, 128)
+
+
+def test_frame_size_survives_cleaning_and_must_match_the_config(tmp_path, tiny_arrays):
+    path = tmp_path / "imported.npz"
+    save_npz(path, {**tiny_arrays, "frame_size": np.array(256)})
+    data = load_npz(path)
+    assert data.frame_size == 256 and int(to_course_layout(data.subset(np.arange(3)))["frame_size"]) == 256
+    with pytest.raises(DataError, match=r"found 256, expected data.frame_size 128; pass --set data.frame_size=256"):
+        prepare_data(DataConfig(path=str(path)))
+    assert prepare_data(DataConfig(path=str(path), frame_size=256)).data.frame_size == 256

@@ -50,6 +50,13 @@ class ModelContract:
         with torch.no_grad():
             assert model(torch.randn(2, 1, 48, 80)).shape == (2, NUM_CLASSES, 48, 80)
 
+    def test_any_multiple_of_input_multiple_keeps_its_size(self):
+        model = self.make().eval()
+        height, width = 3 * model.input_multiple, 5 * model.input_multiple  # odd multiples: the hardest case
+        assert model.input_multiple in (8, 16, 32, 64)
+        with torch.no_grad():
+            assert model(torch.randn(1, 1, height, width)).shape == (1, NUM_CLASSES, height, width)
+
     def test_eval_is_deterministic_and_channels_last_agrees(self):
         model = self.make().eval()
         x = torch.randn(2, 1, 64, 128)

@@ -55,3 +55,8 @@ def test_levels_set_the_depth_and_a_fifth_level_keeps_full_resolution_output():
 def test_bad_levels_are_rejected(levels):
     with pytest.raises(ValueError, match="levels"):
         UNet(levels=levels)
+
+
+def test_input_multiple_follows_levels_and_stem():
+    assert UNet(width=8).input_multiple == 8 and ResUNet(width=8).input_multiple == 16
+    assert UNet(width=8, levels=6, stem_stride=2).input_multiple == 64

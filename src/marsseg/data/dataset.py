@@ -12,9 +12,14 @@ from marsseg.data.augment import augment_pair, crop_around_class
 PIXEL_CENTER, PIXEL_SCALE = 127.5, 127.5
 
 
+def scale_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Gray values 0..255 (float) -> the model's input range, about -1..1; the exported ONNX graph calls it too."""
+    return (pixels - PIXEL_CENTER) / PIXEL_SCALE
+
+
 def images_to_tensor(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, C, H, W) float32, the gray channel replicated when C is 3."""
-    tensor = (torch.from_numpy(np.ascontiguousarray(images)).float() - PIXEL_CENTER) / PIXEL_SCALE
+    tensor = scale_pixels(torch.from_numpy(np.ascontiguousarray(images)).float())
     return tensor.unsqueeze(1).expand(-1, in_channels, -1, -1).contiguous()
 
 

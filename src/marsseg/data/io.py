@@ -2,14 +2,18 @@
 
 The course layout is an `.npz` with `training_set` (N, 2, 64, 128) uint8 — `[:, 0]` the grayscale image,
 `[:, 1]` the label mask with values 0..4 — and `test_set` (M, 64, 128) uint8 images without labels.
-An optional `frame_id` (N,) integer array says which training samples come from the same camera frame.
+An optional `frame_id` (N,) integer array says which training samples come from the same camera frame, and an
+optional `frame_size` integer the side the frames were resized to before cutting (`marsseg data import` writes it).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ class MarsData:
     test_images: np.ndarray | None  # (M, 64, 128) uint8, or None when the file has no test_set
     frame_ids: np.ndarray | None  # (N,) int64, or None
     path: str = ""
+    frame_size: int | None = None  # the side whole frames were resized to before cutting, when the file says
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,7 +47,7 @@ class MarsData:
     def subset(self, indices: np.ndarray) -> MarsData:
         """The training samples at `indices` (test images and path kept)."""
         frames = None if self.frame_ids is None else self.frame_ids[indices]
-        return MarsData(self.images[indices], self.masks[indices], self.test_images, frames, self.path)
+        return MarsData(self.images[indices], self.masks[indices], self.test_images, frames, self.path, self.frame_size)
 
 
 def _describe(array: np.ndarray) -> str:
@@ -96,7 +101,12 @@ def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool
                 f"{path}: field 'frame_id': found {_describe(frames)}, expected integers of shape ({train.shape[0]},)"
             )
         frames = frames.astype(np.int64)
-    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, path=str(path))
+    frame_size = arrays.get("frame_size")
+    if frame_size is not None:
+        if frame_size.shape != () or not np.issubdtype(frame_size.dtype, np.integer) or frame_size < 1:
+            raise DataError(f"{path}: field 'frame_size': found {_describe(frame_size)}, expected one integer >= 1")
+        frame_size = int(frame_size)
+    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, str(path), frame_size)
 
 
 def load_npz(path: str | os.PathLike, require_test: bool = False) -> MarsData:
@@ -145,6 +155,25 @@ def write_atomically(path: str | os.PathLike, write) -> None:
         raise
 
 
+@contextmanager
+def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `final` to write many files into. When the block ends normally each file
+    moves into the same place under `final` (an atomic rename each); when it raises, the folder is removed, so a
+    failure half-way leaves no partial output."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = final / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     def write(temporary: str) -> None:
         with open(temporary, "w") as handle:
@@ -170,4 +199,6 @@ def to_course_layout(data: MarsData) -> dict[str, np.ndarray]:
         arrays["test_set"] = data.test_images
     if data.frame_ids is not None:
         arrays["frame_id"] = data.frame_ids
+    if data.frame_size is not None:
+        arrays["frame_size"] = np.array(data.frame_size)
     return arrays

@@ -50,6 +50,12 @@ def prepare_data(cfg: DataConfig, split: Split | None = None, expected_fingerpri
     raw = load_data(cfg.path)
     if expected_fingerprint is not None and fingerprint(raw) != expected_fingerprint:
         raise DataError(f"{raw.path}: training_set differs from the one the run was trained on")
+    if raw.frame_size is not None and raw.frame_size != cfg.frame_size:
+        # predict --images resizes new frames by the config's frame_size: it must be the data's.
+        raise DataError(
+            f"{raw.path}: field 'frame_size': found {raw.frame_size}, expected data.frame_size {cfg.frame_size}; "
+            f"pass --set data.frame_size={raw.frame_size}"
+        )
     report = find_contaminated(raw)
     data = remove_contaminated(raw, report)
     if split is None:

@@ -1,7 +1,8 @@
 """The model zoo: one file per architecture, `MODELS` maps names to classes, `create_model` builds one.
 
 Every model maps a (B, in_channels, H, W) float image to (B, num_classes, H, W) logits, for H and W
-divisible by 16 (64x128 crops in practice).
+divisible by its `input_multiple` (8 to 64; 16 for the default `res_unet`): 64x128 crops in training, whole
+camera frames padded up to a multiple in `predict.frame_probabilities`.
 """
 
 import inspect

@@ -56,6 +56,7 @@ class DANet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.1):
         super().__init__()
         check_model_args(in_channels, num_classes, width, dropout)
+        self.input_multiple = 8  # three strided stages
         self.stem = ConvBNReLU(in_channels, width)
         self.stages = nn.ModuleList(
             # Two basic blocks per stage (ResNet-18 style), the first one strided: 1/2, 1/4, 1/8.

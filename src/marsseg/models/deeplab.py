@@ -55,6 +55,7 @@ class DeepLabV3(nn.Module):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
         if not atrous_rates or any(not isinstance(r, int) or r < 1 for r in atrous_rates):
             raise ValueError(f"atrous_rates must be a non-empty tuple of integers >= 1, got {atrous_rates!r}")
+        self.input_multiple = output_stride  # H and W divisible by it keep the features aligned with the pixels
         self.stem = ConvBNReLU(in_channels, width)
         stages, ch = [], width
         for _ in range(output_stride.bit_length() - 1):  # 3 stages for 8, 4 for 16

@@ -40,6 +40,7 @@ class DualUNet(nn.Module):
         options = dict(width=width, stem_stride=stem_stride, residual=residual, dropout=dropout)
         self.first = UNet(in_channels, num_classes, **options)
         self.second = UNet(in_channels + num_classes, num_classes, **options)
+        self.input_multiple = self.first.input_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         first_logits = self.first(x)  # (B, num_classes, H, W)

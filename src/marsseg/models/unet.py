@@ -40,6 +40,7 @@ class UNet(nn.Module):
         if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= 6:
             raise ValueError(f"levels must be an integer in 2..6, got {levels!r}")
         channels = [width * 2**level for level in range(levels)]
+        self.input_multiple = stem_stride * 2 ** (levels - 1)  # H and W must be divisible by this
         block = BasicBlock if residual else DoubleConv
         if stem_stride == 2:
             self.stem = ConvBNReLU(in_channels, width, stride=2)

@@ -116,3 +116,22 @@ def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels):
             x = torch.from_numpy(images).float().sub(127.5).div(127.5)[:, None].expand(-1, in_channels, -1, -1)
             expected = model(x)
         assert (onnx.outputs(images)[0] - expected).abs().max() < 1e-4
+
+
+def test_predict_precision_flag_overrides_the_runs(trained_run, exported, tmp_path, capsys, monkeypatch):
+    import marsseg.predict
+
+    seen = []
+    real_autocast = marsseg.predict.autocast
+    monkeypatch.setattr(
+        marsseg.predict,
+        "autocast",
+        lambda device, precision: seen.append(precision) or real_autocast(device, precision),
+    )
+    assert main(["predict", str(trained_run), "--out", str(tmp_path / "bf16.csv"), "--precision", "bf16"]) == 0
+    assert set(seen) == {"bf16"}
+    seen.clear()
+    assert main(["predict", str(trained_run), "--out", str(tmp_path / "run.csv")]) == 0
+    assert set(seen) == {load_model(trained_run)[1].precision}
+    assert main(["predict", str(exported), "--out", str(tmp_path / "x.csv"), "--precision", "bf16"]) == 2
+    assert "computes in fp32" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

@@ -105,7 +105,12 @@ def cmd_data_clean(args) -> int:
         raise UserError(f"{args.out}: is the input file; write the cleaned data to a new file")
     data = load_npz(args.file)
     found = find_contaminated(data)
-    save_npz(args.out, to_course_layout(remove_contaminated(data, found)))
+    arrays = to_course_layout(remove_contaminated(data, found))
+    with np.load(
+        args.file, allow_pickle=False
+    ) as original:  # what cleaning does not touch: indexed by frame or test image
+        arrays.update({key: original[key] for key in ("frame_name", "test_frame_id") if key in original.files})
+    save_npz(args.out, arrays)
     removed = [{"index": i, "reason": reason} for i, reason in sorted(found.removed.items())]
     write_text_atomically(
         report_path, json.dumps({"input": str(args.file), "samples": len(data), "removed": removed}, indent=1)
@@ -285,7 +290,7 @@ def cmd_evaluate(args) -> int:
         device,
         keep_predictions=True,
         big_rock_scale=scale,
-        precision=cfg.precision,
+        precision=args.precision or cfg.precision,
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
@@ -333,6 +338,9 @@ def cmd_predict(args) -> int:
     if isinstance(model, nn.Module):
         model = model.to(device)
     tta = cfg.tta if args.tta is None else args.tta
+    precision = args.precision or cfg.precision
+    if precision == "bf16" and not isinstance(model, nn.Module):
+        raise UserError(f"--precision bf16: {args.run_dir} is an .onnx file, which computes in fp32")
     scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
         files, counts = predict_image_files(
@@ -347,7 +355,7 @@ def cmd_predict(args) -> int:
             max_pixels=max_pixels,
             force=args.force,
             progress=True,
-            precision=cfg.precision,
+            precision=precision,
         )
         print(
             f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images ({'flip TTA' if tta else 'no TTA'}, "
@@ -363,7 +371,7 @@ def cmd_predict(args) -> int:
         device=device,
         progress=True,
         big_rock_scale=scale,
-        precision=cfg.precision,
+        precision=precision,
     )
     write_submission(labels, args.out)
     print(
@@ -547,6 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_dir", help="a run directory written by marsseg train (predict: or an exported .onnx)")
         p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+        p.add_argument(
+            "--precision",
+            choices=("auto", "fp32", "bf16"),
+            help="inference precision (default: the run's own; fp32 reproduces an exported .onnx file's labels)",
+        )
         tta = p.add_mutually_exclusive_group()
         tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")
         tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")

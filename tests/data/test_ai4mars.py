@@ -211,3 +211,16 @@ def test_existing_output_needs_force(tmp_path, capsys):
     assert out.read_bytes() == b"precious" and "--force" in capsys.readouterr().err
     assert main(["data", "import", str(root), "--out", str(out), "--force"]) == 0
     assert len(load_npz(out)) == 4
+
+
+def test_clean_keeps_the_frame_names_and_test_frame_ids(tmp_path):
+    root = tmp_path / "ai4mars"
+    for stem, shift in (("NLA_1", 0), ("NLA_2", 50), ("NLA_3", 100)):
+        save_image(root / "images" / f"{stem}.png", gradient_image(256, shift))
+    for stem in ("NLA_1", "NLA_3"):
+        save_image(root / "labels" / f"{stem}.png", quadrant_label(256))
+    assert main(["data", "import", str(root), "--out", str(tmp_path / "imported.npz")]) == 0
+    assert main(["data", "clean", str(tmp_path / "imported.npz"), "--out", str(tmp_path / "clean.npz")]) == 0
+    with np.load(tmp_path / "imported.npz") as imported, np.load(tmp_path / "clean.npz") as cleaned:
+        for key in ("frame_id", "frame_name", "test_frame_id", "frame_size", "test_set"):
+            assert np.array_equal(imported[key], cleaned[key]), key

@@ -77,6 +77,14 @@ def write_table_and_plot(rows: list[dict], out: Path) -> None:
 
     plt = report.plt
     figure, axis = plt.subplots(figsize=(7, 4.2))
+    runs_plotted: set[str] = set()
+    plotted = []  # one point per distinct set of runs (a budget that never binds repeats the full run)
+    for budget in budgets:
+        runs = ",".join(row["run"] for row in rows if row["budget"] == budget)
+        if runs not in runs_plotted:
+            runs_plotted.add(runs)
+            plotted.append(budget)
+    budgets = plotted
     for key, label, color in (
         ("val_miou", "validation mIoU", "#6a7fa8"),
         ("test_miou", "local-test mIoU", "#c0504d"),
@@ -88,10 +96,11 @@ def write_table_and_plot(rows: list[dict], out: Path) -> None:
         errors = [means[b][key].std(ddof=1) if len(means[b][key]) > 1 else 0.0 for b in budgets]
         axis.errorbar(minutes, values, yerr=errors, marker="o", capsize=3, label=label, color=color)
     axis.set(xscale="log", xlabel="minutes of training (this machine)", ylabel="IoU", ylim=(0, 1))
+    axis.xaxis.set_minor_formatter(plt.NullFormatter())
     axis.set_xticks([m.mean() for m in (means[b]["train_minutes"] for b in budgets)])
     axis.set_xticklabels([f"{means[b]['train_minutes'].mean():.1f}" for b in budgets])
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="center right")
+    axis.legend(fontsize=8, loc="upper left", ncols=2)
     axis.set_title("default recipe under a time budget (error bars: spread over seeds)")
     report.save_figure(figure, out / "time_to_quality.png")
 

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from marsseg.checkpoints import load_model
 from marsseg.cli import main
 from marsseg.config import load_config
 from marsseg.data.augment import crop_around_class
 from marsseg.data.sampling import curriculum_indices
-from marsseg.engine import fit, load_model, lr_factor, overfit_one_batch, resolve_device
+from marsseg.engine import fit
 from marsseg.errors import UserError
+from marsseg.training import lr_factor, overfit_one_batch, resolve_device
 
 FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0"]
 
@@ -50,7 +52,7 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     assert cfg.model.width == 8
     from marsseg.data.prepare import prepare_data
     from marsseg.data.split import Split
-    from marsseg.engine import evaluate
+    from marsseg.evaluation import evaluate
 
     prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
     val = prepared.split.val
@@ -166,7 +168,7 @@ def test_big_rock_scale_turns_close_calls_into_big_rock():
 
 
 def test_scale_chosen_on_validation_is_stored_in_the_checkpoint(tmp_path, tiny_npz):
-    from marsseg.engine import BIG_ROCK_SCALES
+    from marsseg.evaluation import BIG_ROCK_SCALES
 
     fit(tiny_config(tiny_npz, **{"optim.epochs": 1, "big_rock_scale": 0.0}), tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -213,7 +215,7 @@ def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, ca
 
 
 def test_ema_warms_up_so_the_average_forgets_the_initial_weights():
-    from marsseg.engine import ema_average
+    from marsseg.training import ema_average
 
     average = ema_average(0.99)
     value = torch.tensor(1.0)  # e.g. a batch-norm running variance at initialisation

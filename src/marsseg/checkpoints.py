@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from marsseg.config import Config, from_dict, get_field, load_config
+from marsseg.config import Config, from_dict, get_field, load_config, to_dict
 from marsseg.data.io import write_atomically
 from marsseg.errors import UserError
 from marsseg.precision import resolve_precision
-from marsseg.training import build_model, resolve_device
+from marsseg.training import TrainingState, build_model, resolve_device
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -43,6 +45,55 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
+    """At the end of an epoch: best.pt if the epoch `improved` on the best (the scored model alone), then last.pt,
+    which adds the optimizer, schedule, EMA, history, progress and RNG states that a resumed run continues from."""
+    checkpoint = {
+        "config": to_dict(cfg),
+        "model": state.scored_model.state_dict(),
+        "epoch": state.epoch,
+        "best": state.best,
+        "stale": state.stale,
+    }
+    if improved:
+        save_checkpoint(run_dir / "best.pt", checkpoint)
+    checkpoint.update(
+        model=state.model.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        history=state.history,
+        progress=state.progress,
+        rng=_rng_state(),
+        plateau=state.plateau.state_dict() if state.plateau is not None else None,
+        ema=state.ema.state_dict() if state.ema is not None else None,
+    )
+    save_checkpoint(run_dir / "last.pt", checkpoint)
+
+
+def restore_training_state(state: TrainingState, checkpoint: dict) -> None:
+    """Continue from `checkpoint` (a last.pt): weights, optimizer, schedule, EMA and RNG streams, and the run's
+    history, best epoch and progress."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.plateau is not None:
+        state.plateau.load_state_dict(checkpoint["plateau"])
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    _restore_rng(checkpoint["rng"])
+    state.history, state.best, state.stale = checkpoint["history"], checkpoint["best"], checkpoint["stale"]
+    state.progress = checkpoint["progress"]
+    state.epoch = checkpoint["epoch"]
 
 
 HISTORY_FIELDS = [

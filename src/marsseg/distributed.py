@@ -1,5 +1,6 @@
 """Several training processes (started by torchrun): where this process stands (Ranks), joining the process group,
-and summing the validation confusion matrices that the processes score shard by shard."""
+the checks a run must pass to be shared out, and the few values the processes exchange (the stop flag, the
+validation confusion matrix)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from marsseg.config import Config
 from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation
 from marsseg.metrics import iou_per_class, mean_iou
@@ -51,6 +53,31 @@ def init_distributed(device_name: str) -> Ranks:
         # The small reductions (confusion matrices, the stop flag) are CPU tensors: gloo carries them beside NCCL.
         dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def check_config_for_ranks(cfg: Config, ranks: Ranks) -> None:
+    """Each process takes an equal share of every batch, drawn by a DistributedSampler."""
+    if ranks.world > 1 and cfg.optim.batch_size % ranks.world:
+        raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide among {ranks.world} processes")
+    if ranks.world > 1 and cfg.data.sampler != "repeat":
+        raise UserError("data.sampler 'weighted' is not supported with several processes; use 'repeat'")
+
+
+def process_device(device_name: str, ranks: Ranks) -> torch.device:
+    """The device this process trains on: on CUDA with several processes, the GPU of its local rank."""
+    device = resolve_device(device_name)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def decided_by_main(flag: bool, ranks: Ranks) -> bool:
+    """Rank 0's `flag`, on every rank."""
+    if ranks.world == 1:
+        return flag
+    tensor = torch.tensor([float(flag)])
+    dist.broadcast(tensor, 0)
+    return bool(tensor.item())
 
 
 def summed_evaluation(evaluation: Evaluation, ranks: Ranks) -> Evaluation:

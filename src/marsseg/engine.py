@@ -1,68 +1,61 @@
-"""fit(cfg) -> FitResult: one training run, from the data to the scored best checkpoint, and finish_run, its final
-scores. The parts have files of their own: training.py (the step, the epoch, the model, optimizer and schedule),
-evaluation.py (scoring), checkpoints.py (run files, best.pt and last.pt) and distributed.py (several processes).
+"""fit(cfg) -> FitResult: one training run, from the data to the scored best checkpoint.
+
+fit puts together the parts that have files of their own: training.py (the step, the epoch, the model, optimizer
+and schedule), evaluation.py (scoring), checkpoints.py (run files, best.pt and last.pt, resuming),
+distributed.py (several processes) and finish.py (the final scores). What is left here is the run's own plumbing:
+its data, the training loader and its per-epoch seeds, the learning rate at each step, and each epoch's record.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from marsseg.checkpoints import (
     HISTORY_FIELDS,
     load_checkpoint,
-    load_model,
     prepare_run_dir,
+    restore_training_state,
     run_device_name,
-    save_checkpoint,
+    save_epoch_checkpoints,
     write_history,
 )
-from marsseg.config import Config, from_dict, save_config, to_dict
+from marsseg.config import Config, from_dict, save_config
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, make_loader
-from marsseg.data.io import write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
 from marsseg.data.split import Split
-from marsseg.distributed import init_distributed, summed_evaluation
-from marsseg.errors import UserError
-from marsseg.evaluation import CLASS_KEYS, Evaluation, choose_big_rock_scale, evaluate, miou_interval
+from marsseg.distributed import (
+    Ranks,
+    check_config_for_ranks,
+    decided_by_main,
+    init_distributed,
+    process_device,
+    summed_evaluation,
+)
+from marsseg.evaluation import Evaluation, evaluate
+from marsseg.finish import finish_run
 from marsseg.losses import build_loss
 from marsseg.training import (
-    build_ema,
-    build_model,
-    build_optimizer,
+    TrainingState,
+    build_training_state,
     configure_threads,
     lr_factor,
-    resolve_device,
     seed_everything,
     train_one_epoch,
     training_memory_format,
     with_resolved_precision,
 )
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-# ---------------------------------------------------------------- fit
 
 
 @dataclass
@@ -103,30 +96,69 @@ def fit(
     if ranks.world > 1:
         dist.barrier()  # the run directory is ready (or refused) before any rank reads it
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "last.pt") if resume else None
-    if state is not None:
-        cfg = from_dict(state["config"], str(run_dir / "last.pt"))
-    if ranks.world > 1 and cfg.optim.batch_size % ranks.world:
-        raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide among {ranks.world} processes")
-    if ranks.world > 1 and cfg.data.sampler != "repeat":
-        raise UserError("data.sampler 'weighted' is not supported with several processes; use 'repeat'")
+    last = load_checkpoint(run_dir / "last.pt") if resume else None
+    if last is not None:
+        cfg = from_dict(last["config"], str(run_dir / "last.pt"))
+    check_config_for_ranks(cfg, ranks)
     configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and ranks.world > 1:
-        device = torch.device("cuda", ranks.local_rank)
+    device = process_device(cfg.device, ranks)
     cfg = with_resolved_precision(cfg, device)
     seed_everything(cfg.seed)
+    prepared = _run_data(cfg, run_dir, resume, prepared, ranks)
+    dataset, sampler, loader = _training_loader(cfg, prepared, ranks)
+    memory_format = training_memory_format(cfg, device)
+    state = build_training_state(cfg, device, memory_format)  # identical on every rank (same seed)
+    loss_fn = build_loss(cfg.loss, prepared.data.masks[prepared.split.train]).to(device)
+    if last is not None:
+        restore_training_state(state, last)
+    model = torch.nn.parallel.DistributedDataParallel(state.model) if ranks.world > 1 else state.model
+    total_steps = len(loader) * cfg.optim.epochs
+    for epoch in range(state.epoch + 1, cfg.optim.epochs):
+        if _time_to_stop(cfg, state, ranks):
+            break
+        epoch_start = time.perf_counter()
+        _seed_epoch(cfg, epoch, ranks, prepared, dataset, sampler, loader)
+        on_step = _lr_schedule(cfg, state, total_steps, ranks, epoch_start)
+        description = f"epoch {epoch + 1}/{cfg.optim.epochs}"
+        stats = train_one_epoch(
+            model,
+            loader,
+            loss_fn,
+            state.optimizer,
+            device,
+            on_step,
+            state.ema,
+            description,
+            memory_format,
+            show_progress=ranks.is_main,
+            precision=cfg.precision,
+        )
+        val = _validate(cfg, state, prepared, device, memory_format, ranks)
+        _end_epoch(cfg, run_dir, state, epoch, stats, val, epoch_start, ranks)
+        if on_epoch is not None:
+            on_epoch(epoch, val.miou)
 
+    return _end_run(cfg, run_dir, prepared, device, state, ranks, score_test)
+
+
+def _run_data(cfg: Config, run_dir: Path, resume: bool, prepared: PreparedData | None, ranks: Ranks) -> PreparedData:
+    """The data cleaned and split; a new run records config, split and data in `run_dir`, a resumed one reads them."""
     if resume:  # the saved split, on the same data, whatever was passed in
         prepared = prepare_data(cfg.data, Split.load(run_dir / "split.json"), recorded_fingerprint(run_dir))
     elif prepared is None:
         prepared = prepare_data(cfg.data)
-    data, split = prepared.data, prepared.split
     if ranks.is_main and not resume:
         save_config(cfg, run_dir / "config.yaml")
-        split.save(run_dir / "split.json")
+        prepared.split.save(run_dir / "split.json")
         write_data_record(run_dir, prepared)
+    return prepared
 
+
+def _training_loader(
+    cfg: Config, prepared: PreparedData, ranks: Ranks
+) -> tuple[SegmentationDataset, Sampler | None, DataLoader]:
+    """The training part, oversampled and augmented, in this process's share of every batch."""
+    data, split = prepared.data, prepared.split
     # Oversampling happens here, on the training part only, after the split.
     train_indices = split.train
     sampler = None
@@ -146,231 +178,161 @@ def fit(
     batch_size = cfg.optim.batch_size // ranks.world
     drop_last = len(dataset) > cfg.optim.batch_size
     if ranks.world > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
-        )
+        sampler = DistributedSampler(dataset, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
     loader = make_loader(
         dataset, batch_size, True, cfg.seed, cfg.data.num_workers, sampler=sampler, drop_last=drop_last
     )
+    return dataset, sampler, loader
 
-    memory_format = training_memory_format(cfg, device)
-    model = build_model(cfg).to(device).to(memory_format=memory_format)  # identical on every rank (same seed)
-    loss_fn = build_loss(cfg.loss, data.masks[split.train]).to(device)
-    optimizer = build_optimizer(cfg, model)
-    plateau = None
-    if cfg.optim.scheduler == "plateau":
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=cfg.optim.plateau_patience
+
+def _time_to_stop(cfg: Config, state: TrainingState, ranks: Ranks) -> bool:
+    """Early stopping, or the time budget spent. Rank 0's clock decides, so that no rank waits for one that stopped."""
+    budget = cfg.optim.minutes * 60
+    stop = state.stale >= cfg.optim.early_stopping_patience or bool(budget and state.progress["seconds"] >= budget)
+    return decided_by_main(stop, ranks)
+
+
+def _seed_epoch(
+    cfg: Config,
+    epoch: int,
+    ranks: Ranks,
+    prepared: PreparedData,
+    dataset: SegmentationDataset,
+    sampler: Sampler | None,
+    loader: DataLoader,
+) -> None:
+    """Fix the epoch's augmentations, curriculum draw and order by seed and epoch, so that a resumed run draws
+    what an uninterrupted one would have."""
+    # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
+    epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
+    dataset.reseed(epoch_seed)
+    if cfg.data.curriculum_epochs:
+        # The same draw on every rank (the DistributedSampler shares one list out), the same length every epoch
+        # (so the steps and the schedule do not change); a stream of its own, apart from the augmentations'.
+        dataset.indices = curriculum_indices(
+            prepared.split.train,
+            prepared.data.masks,
+            cfg.data.oversample_factor,
+            epoch,
+            cfg.data.curriculum_epochs,
+            [cfg.seed, epoch],
         )
-    ema = build_ema(cfg, model)
+    loader.generator.manual_seed(epoch_seed)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif sampler is not None:
+        sampler.generator.manual_seed(epoch_seed)
 
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.optim.epochs
+
+def _lr_schedule(
+    cfg: Config, state: TrainingState, total_steps: int, ranks: Ranks, epoch_start: float
+) -> Callable[[], None]:
+    """The function that sets the learning rate before each step of the epoch that began at `epoch_start`."""
     warmup = cfg.optim.warmup_epochs / cfg.optim.epochs
     budget = cfg.optim.minutes * 60
-    progress = {"step": 0, "seconds": 0.0}
-    history: list[dict] = []
-    best = {"miou": -1.0, "epoch": -1}
-    start_epoch, stale = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if plateau is not None:
-            plateau.load_state_dict(state["plateau"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        _restore_rng(state["rng"])
-        history, best, stale = state["history"], state["best"], state["stale"]
-        progress = state["progress"]
-        start_epoch = state["epoch"] + 1
-    trained = model  # the module whose weights are saved; `model` may become its DDP wrapper
-    if ranks.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
 
     def on_step() -> None:
         # The schedule follows whichever is further along: steps of the planned epochs, or the time budget.
         # Several processes follow steps only, so that every rank sets the same learning rate.
-        if plateau is None:
-            done = progress["step"] / total_steps
+        if state.plateau is None:
+            done = state.progress["step"] / total_steps
             if budget and ranks.world == 1:
-                done = max(done, (progress["seconds"] + time.perf_counter() - epoch_start) / budget)
-            for group in optimizer.param_groups:
+                done = max(done, (state.progress["seconds"] + time.perf_counter() - epoch_start) / budget)
+            for group in state.optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(done, warmup, cfg.optim.scheduler)
-        progress["step"] += 1
+        state.progress["step"] += 1
 
-    scored_model = ema.module if ema is not None else trained
-    val_shard = split.val[ranks.rank :: ranks.world]
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        stop = stale >= cfg.optim.early_stopping_patience or bool(budget and progress["seconds"] >= budget)
-        if ranks.world > 1:  # rank 0's clock decides, so that no rank waits for one that stopped
-            flag = torch.tensor([float(stop)])
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        if stop:
-            break
-        epoch_start = time.perf_counter()
-        # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
-        epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
-        dataset.reseed(epoch_seed)
-        if cfg.data.curriculum_epochs:
-            # The same draw on every rank (the DistributedSampler shares one list out), the same length every epoch
-            # (so the steps and the schedule do not change); a stream of its own, apart from the augmentations'.
-            dataset.indices = curriculum_indices(
-                split.train,
-                data.masks,
-                cfg.data.oversample_factor,
-                epoch,
-                cfg.data.curriculum_epochs,
-                [cfg.seed, epoch],
-            )
-        loader.generator.manual_seed(epoch_seed)
-        if isinstance(sampler, torch.utils.data.DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif sampler is not None:
-            sampler.generator.manual_seed(epoch_seed)
-        stats = train_one_epoch(
-            model,
-            loader,
-            loss_fn,
-            optimizer,
-            device,
-            on_step,
-            ema,
-            f"epoch {epoch + 1}/{cfg.optim.epochs}",
-            memory_format,
-            show_progress=ranks.is_main,
-            precision=cfg.precision,
-        )
-        if ema is not None:
-            scored_model.to(memory_format=memory_format)
-        # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
-        val = evaluate(
-            scored_model,
-            data.images[val_shard],
-            data.masks[val_shard],
-            cfg.data.in_channels,
-            cfg.tta,
-            device,
-            precision=cfg.precision,
-        )
-        val = summed_evaluation(val, ranks)
-        if plateau is not None:
-            plateau.step(val.miou)
-        seconds = time.perf_counter() - epoch_start
-        progress["seconds"] += seconds
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": round(stats["loss"], 5),
-            "val_miou": round(val.miou, 5),
-            "seconds": round(seconds, 2),
-            "data_share": round(stats["data_seconds"] / max(seconds, 1e-9), 4),
-        }
-        for name, iou in zip(HISTORY_FIELDS[4:8], val.ious, strict=True):
-            record[name] = round(float(iou), 5)
-        history.append(record)
-        improved = val.miou > best["miou"]
-        if improved:
-            best, stale = {"miou": val.miou, "epoch": epoch + 1}, 0
-        else:
-            stale += 1
-        if ranks.is_main:
-            tqdm.write(
-                f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
-                f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
-            )
-            checkpoint = {
-                "config": to_dict(cfg),
-                "model": scored_model.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "stale": stale,
-            }
-            if improved:
-                save_checkpoint(run_dir / "best.pt", checkpoint)
-            checkpoint.update(
-                model=trained.state_dict(),
-                optimizer=optimizer.state_dict(),
-                history=history,
-                progress=progress,
-                rng=_rng_state(),
-                plateau=plateau.state_dict() if plateau is not None else None,
-                ema=ema.state_dict() if ema is not None else None,
-            )
-            save_checkpoint(run_dir / "last.pt", checkpoint)
-            write_history(run_dir / "metrics.csv", history)
-        if on_epoch is not None:
-            on_epoch(epoch, val.miou)
-
-    result = FitResult(str(run_dir), best["miou"], best["epoch"], len(history), progress["seconds"], history)
-    result.model = trained
-    if ranks.is_main:
-        from marsseg import report
-
-        report.plot_curves(history, run_dir / "curves.png")
-        if score_test:
-            finish_run(result, cfg, prepared, device)
-    if ranks.world > 1:
-        dist.barrier()  # every rank returns once rank 0 has written its files
-    return result
+    return on_step
 
 
-def finish_run(result: FitResult, cfg: Config, prepared: PreparedData, device: torch.device) -> None:
-    """Choose the big-rock scale on validation if asked, then score the best checkpoint on validation and, once,
-    on the local test part; write metrics.json."""
-    from marsseg import report
-
-    run_dir = Path(result.run_dir)
-    model, _ = load_model(run_dir)
-    model = model.to(device)
-    data, split = prepared.data, prepared.split
-    val_images, val_masks = data.images[split.val], data.masks[split.val]
-    metrics = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "train_seconds": round(result.train_seconds, 1),
-        "tta": cfg.tta,
-        "precision": cfg.precision,
-    }
-    scale = cfg.big_rock_scale
-    if scale == 0:
-        scale, scores = choose_big_rock_scale(
-            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision
-        )
-        metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
-        state = load_checkpoint(run_dir / "best.pt")
-        state["config"]["big_rock_scale"] = scale  # predict and evaluate read it from here
-        save_checkpoint(run_dir / "best.pt", state)
-    metrics["big_rock_scale"] = scale
-    result.val = evaluate(
-        model,
-        val_images,
-        val_masks,
+def _validate(
+    cfg: Config,
+    state: TrainingState,
+    prepared: PreparedData,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    ranks: Ranks,
+) -> Evaluation:
+    """The scored model on the validation part: each rank scores its shard, the matrices are summed."""
+    if state.ema is not None:
+        state.scored_model.to(memory_format=memory_format)
+    shard = prepared.split.val[ranks.rank :: ranks.world]
+    # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
+    val = evaluate(
+        state.scored_model,
+        prepared.data.images[shard],
+        prepared.data.masks[shard],
         cfg.data.in_channels,
         cfg.tta,
         device,
-        big_rock_scale=scale,
         precision=cfg.precision,
     )
-    metrics.update(val_miou=result.val.miou, val_iou=dict(zip(CLASS_KEYS, result.val.ious.tolist(), strict=True)))
-    if len(split.test):
-        result.test = evaluate(
-            model,
-            data.images[split.test],
-            data.masks[split.test],
-            cfg.data.in_channels,
-            cfg.tta,
-            device,
-            big_rock_scale=scale,
-            precision=cfg.precision,
+    return summed_evaluation(val, ranks)
+
+
+def _end_epoch(
+    cfg: Config,
+    run_dir: Path,
+    state: TrainingState,
+    epoch: int,
+    stats: dict,
+    val: Evaluation,
+    epoch_start: float,
+    ranks: Ranks,
+) -> None:
+    """The epoch's bookkeeping: the plateau schedule, its record in the history, the best epoch and early stopping's
+    count; on rank 0, its log line, checkpoints and metrics.csv."""
+    if state.plateau is not None:
+        state.plateau.step(val.miou)
+    seconds = time.perf_counter() - epoch_start
+    state.progress["seconds"] += seconds
+    record = {
+        "epoch": epoch + 1,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "train_loss": round(stats["loss"], 5),
+        "val_miou": round(val.miou, 5),
+        "seconds": round(seconds, 2),
+        "data_share": round(stats["data_seconds"] / max(seconds, 1e-9), 4),
+    }
+    for name, iou in zip(HISTORY_FIELDS[4:8], val.ious, strict=True):
+        record[name] = round(float(iou), 5)
+    state.history.append(record)
+    improved = val.miou > state.best["miou"]
+    if improved:
+        state.best, state.stale = {"miou": val.miou, "epoch": epoch + 1}, 0
+    else:
+        state.stale += 1
+    state.epoch = epoch
+    if ranks.is_main:
+        tqdm.write(
+            f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
+            f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
         )
-        low, high, groups = miou_interval(result.test, data.subset(split.test))
-        metrics.update(
-            test_miou=result.test.miou,
-            test_iou=dict(zip(CLASS_KEYS, result.test.ious.tolist(), strict=True)),
-            test_miou_interval90=[round(low, 4), round(high, 4)],
-            test_groups=groups,
-        )
-        report.plot_confusion(result.test.matrix, run_dir / "confusion.png", title="local test part")
-    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        save_epoch_checkpoints(run_dir, cfg, state, improved)
+        write_history(run_dir / "metrics.csv", state.history)
+
+
+def _end_run(
+    cfg: Config,
+    run_dir: Path,
+    prepared: PreparedData,
+    device: torch.device,
+    state: TrainingState,
+    ranks: Ranks,
+    score_test: bool,
+) -> FitResult:
+    """The run's result; on rank 0, its curves and, when `score_test`, the final scores (finish.py)."""
+    best, seconds = state.best, state.progress["seconds"]
+    result = FitResult(str(run_dir), best["miou"], best["epoch"], len(state.history), seconds, state.history)
+    result.model = state.model
+    if ranks.is_main:
+        from marsseg import report
+
+        report.plot_curves(state.history, run_dir / "curves.png")
+        if score_test:
+            result.val, result.test = finish_run(
+                run_dir, cfg, prepared, device, best["epoch"], len(state.history), seconds
+            )
+    if ranks.world > 1:
+        dist.barrier()  # every rank returns once rank 0 has written its files
+    return result

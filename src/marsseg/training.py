@@ -1,6 +1,6 @@
 """Training: one step (training_step) and one epoch (train_one_epoch), and what they need: device, threads, seed
-and precision; the model, its optimizer, its averaged (EMA) copy and the learning-rate schedule. overfit_one_batch,
-the first sanity check, is the step alone.
+and precision; the model, its optimizer, its averaged (EMA) copy and the learning-rate schedule; the state a run
+changes as it trains (TrainingState). overfit_one_batch, the first sanity check, is the step alone.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import os
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -102,6 +102,39 @@ def build_ema(cfg: Config, model: nn.Module) -> torch.optim.swa_utils.AveragedMo
     if cfg.optim.ema_decay <= 0:
         return None
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_average(cfg.optim.ema_decay), use_buffers=True)
+
+
+@dataclass
+class TrainingState:
+    """What a run changes as it trains. last.pt saves all of it (checkpoints.py), so that a resumed run continues
+    exactly where it stopped."""
+
+    model: nn.Module  # the module whose weights are saved (fit may wrap it in DistributedDataParallel)
+    optimizer: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None  # the "plateau" schedule; None for the others
+    ema: torch.optim.swa_utils.AveragedModel | None
+    history: list[dict] = field(default_factory=list)  # one record per epoch, as in metrics.csv
+    best: dict = field(default_factory=lambda: {"miou": -1.0, "epoch": -1})  # epoch counted from 1
+    stale: int = 0  # epochs since the best one (early stopping)
+    progress: dict = field(default_factory=lambda: {"step": 0, "seconds": 0.0})  # steps taken, seconds trained
+    epoch: int = -1  # the last epoch finished, counted from 0
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The model that is scored and saved as best.pt: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_training_state(cfg: Config, device: torch.device, memory_format: torch.memory_format) -> TrainingState:
+    """A fresh model (initialised from the global torch seed), its optimizer, plateau schedule and EMA."""
+    model = build_model(cfg).to(device).to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg, model)
+    plateau = None
+    if cfg.optim.scheduler == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=cfg.optim.plateau_patience
+        )
+    return TrainingState(model, optimizer, plateau, build_ema(cfg, model))
 
 
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:

@@ -5,7 +5,7 @@ other (40 fits per run), so a rule's gain is measured on images it was not fitte
 read. Rules:
 
 - argmax: the label is the most probable of classes 1..4 (what `predict` does with big_rock_scale 1);
-- scale, best mIoU: the big-rock probability is multiplied by the scale of engine.BIG_ROCK_SCALES with the best
+- scale, best mIoU: the big-rock probability is multiplied by the scale of evaluation.BIG_ROCK_SCALES with the best
   mIoU on the fitting half (what training does with big_rock_scale 0, the default);
 - scale, count match: the scale whose predicted big-rock pixel count is closest to the true count;
 - IoU-aware, may predict 0: per pixel, the class k that maximizes the expected change of the mean IoU,
@@ -22,9 +22,10 @@ import argparse
 import numpy as np
 import torch
 
+from marsseg.checkpoints import load_model
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import Split
-from marsseg.engine import BIG_ROCK_SCALES, load_model
+from marsseg.evaluation import BIG_ROCK_SCALES
 from marsseg.metrics import confusion_matrix, intersections_and_unions, iou_per_class
 from marsseg.predict import BIG_ROCK, labels_from_probabilities, predict_probabilities
 

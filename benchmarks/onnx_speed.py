@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from marsseg.checkpoints import load_model
 from marsseg.config import load_config
-from marsseg.engine import build_model, configure_threads, load_model
 from marsseg.export import OnnxModel, export_onnx
 from marsseg.precision import cpu_has_native_bf16
 from marsseg.predict import torch_probabilities
+from marsseg.training import build_model, configure_threads
 
 
 def images_per_second(predict, images: np.ndarray, seconds: float) -> float:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from marsseg.config import Config, load_config
-from marsseg.engine import build_ema, build_model, build_optimizer, configure_threads, training_step
 from marsseg.losses import build_loss
 from marsseg.models import MODELS, count_parameters, gflops_per_image
 from marsseg.precision import autocast, cpu_has_native_bf16
+from marsseg.training import build_ema, build_model, build_optimizer, configure_threads, training_step
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 BATCH = 64
@@ -57,7 +57,7 @@ def measured_peak(precision: str) -> tuple[float, float]:
 
 def time_model(cfg: Config, precision: str) -> tuple[float, float]:
     """(seconds per training step, seconds per inference batch) at batch 64, channels-last: the recipe's whole
-    step (its loss, AdamW, EMA) as the engine runs it."""
+    step (its loss, AdamW, EMA) as training runs it."""
     torch.manual_seed(0)
     model = build_model(cfg).to(memory_format=torch.channels_last)
     x = torch.randn(BATCH, 1, 64, 128).contiguous(memory_format=torch.channels_last)

@@ -56,6 +56,10 @@ def trained_run(tmp_path_factory, tiny_npz) -> Path:
     return run
 
 
-# One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes
-# some tests start, more threads only spin against each other.
-torch.set_num_threads(1)
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tests' tensors are small, and with two cores shared by pytest and the child processes
+    some tests start, more threads only spin against each other. Set before every test, because training in this
+    process sets its own count (threads=0 means every core), and results on a CPU depend on the count: a test's
+    outcome must not depend on the tests before it."""
+    torch.set_num_threads(1)

@@ -11,8 +11,8 @@ from marsseg.cli import main
 from marsseg.config import load_config
 from marsseg.data.dataset import SegmentationDataset
 from marsseg.data.prepare import prepare_data
-from marsseg.engine import build_model, seed_everything, training_memory_format
 from marsseg.losses import build_loss
+from marsseg.training import build_model, seed_everything, training_memory_format
 from tests.ddp_worker import CONFIG
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -89,8 +89,8 @@ def test_more_processes_than_gpus_is_a_one_line_error(tmp_path, tiny_npz, capsys
 
 
 def test_a_resumed_run_is_checked_against_its_own_device(tmp_path):
+    from marsseg.checkpoints import run_device_name
     from marsseg.config import save_config
-    from marsseg.engine import run_device_name
 
     save_config(load_config(None, {"device": "cpu"}), tmp_path / "config.yaml")
     assert run_device_name(load_config(), tmp_path, resume=True) == "cpu"  # the run's, not the default "auto"

@@ -36,8 +36,8 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
     table = (out / "results.md").read_text()
     assert "±" in table and "| deeplab |" in table and (out / "results.png").stat().st_size > 1000
     # an ensemble of one run chooses its big-rock scale as training did, so it reproduces the run's figures
+    from marsseg.checkpoints import load_model
     from marsseg.data.prepare import prepare_data
-    from marsseg.engine import load_model
     from marsseg.experiments import ensemble_scores
 
     run = out / "runs" / "res_unet_seed0"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from marsseg.checkpoints import load_model
 from marsseg.cli import main
 from marsseg.data.io import load_npz
-from marsseg.engine import load_model
 from marsseg.predict import predict_labels, predict_probabilities, read_submission
 
 pytest.importorskip("onnxruntime")
@@ -102,8 +102,8 @@ def test_bad_export_and_onnx_inputs_get_one_line_and_exit_2(trained_run, exporte
 )
 def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels):
     from marsseg.config import load_config
-    from marsseg.engine import build_model
     from marsseg.export import export_onnx
+    from marsseg.training import build_model
 
     cfg = load_config(None, {"model.name": name, "model.width": 8, "data.in_channels": in_channels})
     torch.manual_seed(0)

@@ -7,9 +7,10 @@ import torch
 import yaml
 
 from marsseg import precision
+from marsseg.checkpoints import load_model
 from marsseg.cli import main
 from marsseg.config import from_dict, load_config
-from marsseg.engine import fit, load_model
+from marsseg.engine import fit
 from marsseg.errors import UserError
 from marsseg.precision import cpu_flags_from_cpuinfo, resolve_precision
 
@@ -74,8 +75,8 @@ def test_checkpoint_from_before_the_setting_loads_as_fp32():
 
 def test_bf16_output_gives_an_fp32_loss():
     from marsseg.config import LossConfig
-    from marsseg.engine import compute_loss
     from marsseg.losses import build_loss
+    from marsseg.training import compute_loss
 
     target = torch.randint(0, 5, (2, 8, 8))
     loss_fn = build_loss(LossConfig(), target.numpy())
@@ -94,6 +95,6 @@ def test_resume_refuses_a_precision_other_than_the_runs(tmp_path, tiny_npz, caps
     err = capsys.readouterr().err
     assert "'precision'" in err and "'bf16'" in err and "'fp32'" in err
     with pytest.raises(UserError):  # the library path refuses the same
-        from marsseg.engine import check_resume_matches_run
+        from marsseg.checkpoints import check_resume_matches_run
 
         check_resume_matches_run(run, load_config(None, {"precision": "fp32"}), ["precision"])

@@ -2,9 +2,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from marsseg.checkpoints import load_model
 from marsseg.cli import main
 from marsseg.data.ai4mars import TO_AI4MARS
-from marsseg.engine import load_model
 from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
 
 

@@ -212,8 +212,10 @@ def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
 
 def cmd_train(args) -> int:
     from marsseg import report
+    from marsseg.checkpoints import check_resume_matches_run, run_device_name
     from marsseg.config import dotted_names, load_config
-    from marsseg.engine import check_processes_per_gpu, check_resume_matches_run, fit, run_device_name
+    from marsseg.distributed import check_processes_per_gpu
+    from marsseg.engine import fit
 
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
@@ -252,9 +254,9 @@ def cmd_train(args) -> int:
 
 def _prepared_for_run(run_dir: str, data_path: str | None):
     """The run's data, cleaned and split exactly as in training; refuses a different file."""
+    from marsseg.checkpoints import load_model
     from marsseg.data.prepare import prepare_data, recorded_fingerprint
     from marsseg.data.split import Split
-    from marsseg.engine import load_model
 
     model, cfg = load_model(run_dir)
     path = cfg.data.path if data_path is None else data_path
@@ -271,7 +273,8 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
 
 def cmd_evaluate(args) -> int:
     from marsseg import report
-    from marsseg.engine import evaluate, miou_interval, resolve_device
+    from marsseg.evaluation import evaluate, miou_interval
+    from marsseg.training import resolve_device
 
     model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
     device = resolve_device(args.device or cfg.device)
@@ -322,9 +325,9 @@ def cmd_predict(args) -> int:
 
     from marsseg.data.io import refuse_to_overwrite
     from marsseg.data.prepare import load_data
-    from marsseg.engine import resolve_device
     from marsseg.export import load_for_inference
     from marsseg.predict import MAX_FRAME_PIXELS, predict_image_files, predict_labels, write_submission
+    from marsseg.training import resolve_device
 
     if args.images and args.data is not None:
         raise UserError("--images and --data: found both, expected one (image files, or a data file's test_set)")
@@ -382,8 +385,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from marsseg.checkpoints import load_model
     from marsseg.data.io import refuse_to_overwrite
-    from marsseg.engine import load_model
     from marsseg.export import GRAPH_CONTRACT, export_onnx
 
     if not str(args.out).endswith(".onnx"):
@@ -397,7 +400,7 @@ def cmd_export(args) -> int:
 
 def cmd_overfit_batch(args) -> int:
     from marsseg.config import load_config
-    from marsseg.engine import overfit_one_batch
+    from marsseg.training import overfit_one_batch
 
     cfg = load_config(args.config, parse_overrides(args))
     size = args.batch_size or 32

@@ -115,7 +115,7 @@ class Config:
     precision: str = "auto"
     tta: bool = True  # flip test-time augmentation when scoring the local test part and predicting
     # Multiplies the big-rock probability before the argmax (predict.labels_from_probabilities). 0 (the default)
-    # means: choose it on the validation part after training (from engine.BIG_ROCK_SCALES); the choice is stored
+    # means: choose it on the validation part after training (from evaluation.BIG_ROCK_SCALES); the choice is stored
     # in best.pt. The models predict big rock too rarely; on mars64, a scale chosen on one half of the validation
     # part raised mIoU on the other half in 80-95 % of random halvings (README, Recipes).
     big_rock_scale: float = 0.0
@@ -275,7 +275,7 @@ def validate(config: Config, source: str = "config") -> Config:
 
 def _check_model(config: Config, source: str) -> None:
     """The model section names a model and arguments its class accepts (building it is the sure test)."""
-    from marsseg.engine import build_model
+    from marsseg.training import build_model
 
     try:
         build_model(config)

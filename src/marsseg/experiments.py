@@ -16,23 +16,16 @@ import numpy as np
 import torch
 import yaml
 
+from marsseg.checkpoints import load_model
 from marsseg.config import Config, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
-from marsseg.engine import (
-    CLASS_KEYS,
-    best_big_rock_scale,
-    build_model,
-    configure_threads,
-    evaluate_probabilities,
-    fit,
-    load_model,
-    resolve_device,
-    with_resolved_precision,
-)
+from marsseg.engine import fit
 from marsseg.errors import UserError
+from marsseg.evaluation import CLASS_KEYS, best_big_rock_scale, evaluate_probabilities
 from marsseg.models import count_parameters, gflops_per_image
 from marsseg.predict import predict_probabilities
+from marsseg.training import build_model, configure_threads, resolve_device, with_resolved_precision
 
 FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_miou", "test_miou"] + [
     f"test_{name}" for name in CLASS_KEYS

@@ -134,6 +134,6 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module | OnnxModel, 
         cfg = model.config
         cfg.big_rock_scale, cfg.precision = 1.0, "fp32"
         return model, cfg
-    from marsseg.engine import load_model
+    from marsseg.checkpoints import load_model
 
     return load_model(path)

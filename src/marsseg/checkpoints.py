@@ -1,0 +1,189 @@
+"""Checkpoints and run directories: best.pt and last.pt (written atomically; last.pt carries everything a resumed
+run needs), rebuilding a run's model from its checkpoint, metrics.csv, and the checks that a run directory may be
+started, replaced or resumed with the command given."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from marsseg.config import Config, from_dict, get_field, load_config, to_dict
+from marsseg.data.io import write_atomically
+from marsseg.errors import UserError
+from marsseg.precision import resolve_precision
+from marsseg.training import TrainingState, build_model, resolve_device
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise UserError(f"{path}: not a readable marsseg checkpoint ({type(error).__name__})") from None
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
+    """Rebuild the model of a run from its checkpoint alone (the checkpoint carries the config)."""
+    path = Path(run_dir) / f"{which}.pt"
+    state = load_checkpoint(path)
+    try:
+        cfg = from_dict(state["config"], str(path))
+        model = build_model(cfg)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
+    return model.eval(), cfg
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
+    """At the end of an epoch: best.pt if the epoch `improved` on the best (the scored model alone), then last.pt,
+    which adds the optimizer, schedule, EMA, history, progress and RNG states that a resumed run continues from."""
+    checkpoint = {
+        "config": to_dict(cfg),
+        "model": state.scored_model.state_dict(),
+        "epoch": state.epoch,
+        "best": state.best,
+        "stale": state.stale,
+    }
+    if improved:
+        save_checkpoint(run_dir / "best.pt", checkpoint)
+    checkpoint.update(
+        model=state.model.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        history=state.history,
+        progress=state.progress,
+        rng=_rng_state(),
+        plateau=state.plateau.state_dict() if state.plateau is not None else None,
+        ema=state.ema.state_dict() if state.ema is not None else None,
+    )
+    save_checkpoint(run_dir / "last.pt", checkpoint)
+
+
+def restore_training_state(state: TrainingState, checkpoint: dict) -> None:
+    """Continue from `checkpoint` (a last.pt): weights, optimizer, schedule, EMA and RNG streams, and the run's
+    history, best epoch and progress."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.plateau is not None:
+        state.plateau.load_state_dict(checkpoint["plateau"])
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    _restore_rng(checkpoint["rng"])
+    state.history, state.best, state.stale = checkpoint["history"], checkpoint["best"], checkpoint["stale"]
+    state.progress = checkpoint["progress"]
+    state.epoch = checkpoint["epoch"]
+
+
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_miou",
+    "iou_soil",
+    "iou_bedrock",
+    "iou_sand",
+    "iou_big_rock",
+    "seconds",
+    "data_share",
+]
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """metrics.csv: one row of HISTORY_FIELDS per epoch, written atomically."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomically(path, write)
+
+
+RUN_FILES = (
+    "confusion_val.png",
+    "confusion_test.png",
+    "confusion_train.png",
+    "worst_val.png",
+    "worst_test.png",
+    "worst_train.png",
+    "config.yaml",
+    "split.json",
+    "data.json",
+    "metrics.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "best.pt",
+    "last.pt",
+)
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Path:
+    """Refuse an existing run directory unless resuming or forced; forced, its run files are removed first
+    (so no checkpoint or figure of the old run survives beside the new one)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory; name a run directory")
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
+        raise UserError(f"{run_dir}: run directory exists; pass --resume to continue it or --force to replace it")
+    if resume and not (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
+    if force and not resume:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_device_name(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> str:
+    """The device a run trains on: a resumed run keeps the one in its own config.yaml, not the defaults'."""
+    saved = Path(run_dir) / "config.yaml"
+    if resume and saved.is_file():
+        return load_config(str(saved)).device
+    return cfg.device
+
+
+def check_resume_matches_run(run_dir: str | os.PathLike, requested: Config, names: list[str]) -> None:
+    """A run is resumed with the command that started it plus --resume: each of the fields `names` that the command
+    sets must hold the run's own value. Raises UserError naming the first field that would change."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return  # fit() says there is nothing to resume
+    run = load_config(str(saved))
+    for name in names:
+        theirs, mine = get_field(run, name), get_field(requested, name)
+        if name == "data.path" and theirs and mine:
+            same = os.path.realpath(theirs) == os.path.realpath(mine)
+        elif name == "precision":  # the run saved what "auto" resolved to on its device
+            device = resolve_device(run.device)
+            same = resolve_precision(theirs, device) == resolve_precision(mine, device)
+        else:
+            same = theirs == mine
+        if not same:
+            raise UserError(
+                f"--resume: field '{name}': the run {run_dir} has {theirs!r}, the command line asks for {mine!r}; "
+                "resume with the run's value, or start a new run (another --out, or --force without --resume)"
+            )

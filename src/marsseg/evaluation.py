@@ -1,0 +1,104 @@
+"""Evaluation: a model's predictions scored against masks (Evaluation: mIoU, per-class IoU, confusion matrices), the
+bootstrap interval of a test mIoU, and the choice of the big-rock scale on validation (BIG_ROCK_SCALES)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from marsseg.data.io import NUM_CLASSES, MarsData
+from marsseg.data.split import group_ids
+from marsseg.metrics import bootstrap_miou_interval, confusion_matrices_per_image, iou_per_class, mean_iou
+from marsseg.predict import labels_from_probabilities, predict_probabilities
+
+CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")  # the names of classes 1..4 in metrics.json
+
+
+@dataclass
+class Evaluation:
+    """The score of a set of images: one confusion matrix over the whole set, and what follows from it."""
+
+    matrix: np.ndarray  # (5, 5) confusion matrix, rows = true
+    miou: float
+    ious: np.ndarray  # (4,) classes 1..4
+    per_image_miou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    predictions: np.ndarray | None = None  # (N, H, W) labels, when kept
+    image_matrices: np.ndarray | None = None  # (N, 5, 5) one confusion matrix per image (for intervals)
+
+
+def evaluate_probabilities(
+    batches, masks: np.ndarray, keep_predictions: bool = False, big_rock_scale: float = 1.0
+) -> Evaluation:
+    """Score a stream of probability batches (B, C, H, W), in order, against `masks`: one confusion matrix over
+    the whole set. The one place where predictions become a score."""
+    per_image, kept, start = [], [], 0
+    for probs in batches:
+        labels = labels_from_probabilities(probs, big_rock_scale)
+        truth = torch.from_numpy(masks[start : start + len(labels)]).long()
+        start += len(labels)
+        per_image.append(confusion_matrices_per_image(truth, labels).numpy())
+        if keep_predictions:
+            kept.append(labels.numpy().astype(np.uint8))
+    image_matrices = np.concatenate(per_image) if per_image else np.zeros((0, NUM_CLASSES, NUM_CLASSES), np.int64)
+    matrix = image_matrices.sum(axis=0)
+    return Evaluation(
+        matrix,
+        mean_iou(matrix),
+        iou_per_class(matrix),
+        np.array([mean_iou(m) for m in image_matrices]) if keep_predictions else np.zeros(0),
+        np.concatenate(kept) if kept else None,
+        image_matrices,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    keep_predictions: bool = False,
+    batch_size: int = 128,
+    big_rock_scale: float = 1.0,
+    precision: str = "fp32",
+) -> Evaluation:
+    """Score `model` on (images, masks)."""
+    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, precision=precision)
+    return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
+
+
+def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.9) -> tuple[float, float, int]:
+    """(low, high, number of groups): a bootstrap interval of `evaluation`'s mIoU over the frame groups of the
+    images it scored (`data`, in the same order). Crops of one frame are resampled together: they are not
+    independent draws."""
+    groups = group_ids(data)
+    low, high = bootstrap_miou_interval(evaluation.image_matrices, groups, confidence)
+    return low, high, len(np.unique(groups))
+
+
+BIG_ROCK_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def choose_big_rock_scale(
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    in_channels: int,
+    tta: bool,
+    device,
+    precision: str = "fp32",
+) -> tuple[float, dict[float, float]]:
+    """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
+    batches = predict_probabilities(model, images, in_channels, tta=tta, device=device, precision=precision)
+    probabilities = torch.cat(list(batches))
+    return best_big_rock_scale(probabilities, masks)
+
+
+def best_big_rock_scale(probabilities: torch.Tensor, masks: np.ndarray) -> tuple[float, dict[float, float]]:
+    """For probabilities (N, C, H, W) of the images whose masks are `masks`: the best scale and every scale's mIoU."""
+    scores = {s: evaluate_probabilities([probabilities], masks, big_rock_scale=s).miou for s in BIG_ROCK_SCALES}
+    return max(scores, key=scores.get), scores

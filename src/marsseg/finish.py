@@ -1,0 +1,78 @@
+"""Finishing a run: the best checkpoint's big-rock scale chosen on validation (stored in best.pt), its validation
+score and, once, its local-test score with a bootstrap interval; metrics.json and confusion.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marsseg.checkpoints import load_checkpoint, load_model, save_checkpoint
+from marsseg.config import Config
+from marsseg.data.io import write_text_atomically
+from marsseg.data.prepare import PreparedData
+from marsseg.evaluation import CLASS_KEYS, Evaluation, choose_big_rock_scale, evaluate, miou_interval
+
+
+def finish_run(
+    run_dir: Path,
+    cfg: Config,
+    prepared: PreparedData,
+    device: torch.device,
+    best_epoch: int,
+    epochs_run: int,
+    train_seconds: float,
+) -> tuple[Evaluation, Evaluation | None]:
+    """Choose the big-rock scale on validation if asked, then score the best checkpoint on validation and, once,
+    on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty)."""
+    from marsseg import report
+
+    model = load_model(run_dir)[0].to(device)
+    data, split = prepared.data, prepared.split
+    metrics = {
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "train_seconds": round(train_seconds, 1),
+        "tta": cfg.tta,
+        "precision": cfg.precision,
+    }
+    scale = cfg.big_rock_scale
+    if scale == 0:
+        val_images, val_masks = data.images[split.val], data.masks[split.val]
+        scale, scores = choose_big_rock_scale(
+            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision
+        )
+        metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
+        _store_big_rock_scale(run_dir / "best.pt", scale)
+    metrics["big_rock_scale"] = scale
+
+    def score(indices: np.ndarray) -> Evaluation:
+        images, masks = data.images[indices], data.masks[indices]
+        return evaluate(
+            model, images, masks, cfg.data.in_channels, cfg.tta, device, big_rock_scale=scale, precision=cfg.precision
+        )
+
+    val = score(split.val)
+    metrics.update(val_miou=val.miou, val_iou=dict(zip(CLASS_KEYS, val.ious.tolist(), strict=True)))
+    test = None
+    if len(split.test):
+        test = score(split.test)
+        low, high, groups = miou_interval(test, data.subset(split.test))
+        metrics.update(
+            test_miou=test.miou,
+            test_iou=dict(zip(CLASS_KEYS, test.ious.tolist(), strict=True)),
+            test_miou_interval90=[round(low, 4), round(high, 4)],
+            test_groups=groups,
+        )
+        report.plot_confusion(test.matrix, run_dir / "confusion.png", title="local test part")
+    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    return val, test
+
+
+def _store_big_rock_scale(path: Path, scale: float) -> None:
+    """Into the checkpoint's config, where predict and evaluate read it."""
+    state = load_checkpoint(path)
+    state["config"]["big_rock_scale"] = scale
+    save_checkpoint(path, state)

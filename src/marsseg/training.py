@@ -1,0 +1,275 @@
+"""Training: one step (training_step) and one epoch (train_one_epoch), and what they need: device, threads, seed
+and precision; the model, its optimizer, its averaged (EMA) copy and the learning-rate schedule; the state a run
+changes as it trains (TrainingState). overfit_one_batch, the first sanity check, is the step alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from marsseg.config import Config
+from marsseg.data.dataset import images_to_tensor
+from marsseg.data.io import NUM_CLASSES
+from marsseg.data.prepare import prepare_data
+from marsseg.errors import UserError
+from marsseg.evaluation import evaluate
+from marsseg.losses import build_loss
+from marsseg.models import create_model
+from marsseg.precision import autocast, resolve_precision
+
+AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def with_resolved_precision(cfg: Config, device: torch.device | None = None) -> Config:
+    """`cfg` with "auto" precision replaced by what it means on `device` (default: the config's own). A run saves
+    this, so that a resumed run keeps its precision on any machine."""
+    device = resolve_device(cfg.device) if device is None else device
+    return replace(cfg, precision=resolve_precision(cfg.precision, device))
+
+
+def configure_threads(threads: int) -> None:
+    """Intra-op threads for CPU work: `threads`, or every core when 0."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# Channels-last convolutions are faster with oneDNN on CPU, but torch 2.13's oneDNN convolution backward corrupts
+# the heap ("double free") for the attention and DeepLab models at small widths (seen at 8 and 12, not at 16 or
+# 32); the U-Nets are fine at every width tried.
+CHANNELS_LAST_ANY_WIDTH = ("unet", "res_unet", "dual_unet")
+CHANNELS_LAST_MIN_WIDTH = 32
+
+
+def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
+    if device.type == "cpu" and (
+        cfg.model.name in CHANNELS_LAST_ANY_WIDTH or cfg.model.width >= CHANNELS_LAST_MIN_WIDTH
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def build_model(cfg: Config) -> nn.Module:
+    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+
+
+def ema_average(decay: float):
+    """The exponential moving average step, with the decay warmed up as min(decay, (1 + n) / (10 + n)).
+
+    Without the warm-up the average keeps the initial weights' share decay**n for a long time; batch-norm
+    running variances shrink by orders of magnitude early on, so that residue alone wrecks the averaged model.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        weight = min(decay, (1 + n) / (10 + n))
+        return averaged * weight + current * (1 - weight)
+
+    return average
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    optimizer_class = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def build_ema(cfg: Config, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """The averaged copy of `model` that is scored and saved, or None when the EMA is off."""
+    if cfg.optim.ema_decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_average(cfg.optim.ema_decay), use_buffers=True)
+
+
+@dataclass
+class TrainingState:
+    """What a run changes as it trains. last.pt saves all of it (checkpoints.py), so that a resumed run continues
+    exactly where it stopped."""
+
+    model: nn.Module  # the module whose weights are saved (fit may wrap it in DistributedDataParallel)
+    optimizer: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None  # the "plateau" schedule; None for the others
+    ema: torch.optim.swa_utils.AveragedModel | None
+    history: list[dict] = field(default_factory=list)  # one record per epoch, as in metrics.csv
+    best: dict = field(default_factory=lambda: {"miou": -1.0, "epoch": -1})  # epoch counted from 1
+    stale: int = 0  # epochs since the best one (early stopping)
+    progress: dict = field(default_factory=lambda: {"step": 0, "seconds": 0.0})  # steps taken, seconds trained
+    epoch: int = -1  # the last epoch finished, counted from 0
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The model that is scored and saved as best.pt: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_training_state(cfg: Config, device: torch.device, memory_format: torch.memory_format) -> TrainingState:
+    """A fresh model (initialised from the global torch seed), its optimizer, plateau schedule and EMA."""
+    model = build_model(cfg).to(device).to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg, model)
+    plateau = None
+    if cfg.optim.scheduler == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=cfg.optim.plateau_patience
+        )
+    return TrainingState(model, optimizer, plateau, build_ema(cfg, model))
+
+
+def lr_factor(progress: float, warmup: float, schedule: str) -> float:
+    """Multiplier of the base learning rate at `progress` in [0, 1] of training.
+
+    "cosine": linear warmup over the first `warmup` share, then a half cosine to 0.
+    "onecycle": warmup to the peak over 30 %, then cosine down (the peak is the base lr).
+    "cosine_restarts": warmup, then three half cosines to 0 (warm restarts), each twice as long as the one before.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule not in ("cosine", "onecycle", "cosine_restarts"):
+        return 1.0
+    if schedule == "onecycle":
+        warmup = 0.3
+    if progress < warmup:
+        return 0.1 + 0.9 * progress / warmup
+    annealed = (progress - warmup) / max(1 - warmup, 1e-8)  # 0..1 after the warmup
+    if schedule == "cosine_restarts":
+        position = 7 * annealed  # cycles of 1, 2 and 4 sevenths
+        for length in (1, 2):
+            if position < length:
+                break
+            position -= length
+        else:
+            length = 4
+        annealed = min(position / length, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * annealed))
+
+
+# ---------------------------------------------------------------- one step, one epoch
+
+
+def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
+    """The loss in fp32, whatever precision the model ran in."""
+    if isinstance(output, tuple):
+        output = tuple(o.float() for o in output)
+    else:
+        output = output.float()
+    if isinstance(output, tuple):  # (final, auxiliary...) from deep supervision
+        return loss_fn(output[0], target) + AUX_LOSS_WEIGHT * sum(loss_fn(o, target) for o in output[1:])
+    return loss_fn(output, target)
+
+
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema=None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """One optimizer step on a batch; returns the (detached) loss. Only the model runs under autocast."""
+    with autocast(device, precision):
+        output = model(images)
+    loss = compute_loss(loss_fn, output, masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return loss.detach()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    on_step=None,
+    ema=None,
+    description: str = "train",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    show_progress: bool = True,
+    precision: str = "fp32",
+) -> dict:
+    """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
+
+    Returns the mean loss and the seconds spent waiting for data versus computing.
+    """
+    model.train()
+    total_loss, batches, data_seconds, compute_seconds = 0.0, 0, 0.0, 0.0
+    bar = tqdm(loader, desc=description, leave=False, disable=None if show_progress else True, dynamic_ncols=True)
+    tick = time.perf_counter()
+    for images, masks in bar:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images = images.contiguous(memory_format=memory_format)
+        start = time.perf_counter()
+        data_seconds += start - tick
+        if on_step is not None:
+            on_step()
+        loss = training_step(model, images, masks, loss_fn, optimizer, ema, device, precision)
+        total_loss += loss.item()
+        batches += 1
+        bar.set_postfix(loss=f"{total_loss / batches:.4f}")
+        tick = time.perf_counter()
+        compute_seconds += tick - start
+    return {"loss": total_loss / max(batches, 1), "data_seconds": data_seconds, "compute_seconds": compute_seconds}
+
+
+def overfit_one_batch(
+    cfg: Config,
+    batch_size: int = 32,
+    target: float = 0.95,
+    max_steps: int = 300,
+    lr: float = 1e-3,
+    check_every: int = 10,
+) -> tuple[int, float]:
+    """The study's first sanity check: can the model drive one fixed batch to mIoU >= `target`?
+
+    No augmentation, no oversampling. Returns (steps taken, the batch's mIoU in eval mode at the end).
+    """
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    prepared = prepare_data(cfg.data)
+    rng = np.random.default_rng(cfg.seed)
+    chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
+    images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
+    x = images_to_tensor(images, cfg.data.in_channels).to(device)
+    y = torch.from_numpy(masks).long().to(device)
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg.loss, masks).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    miou, step = 0.0, 0
+    precision = resolve_precision(cfg.precision, device)
+    bar = tqdm(range(1, max_steps + 1), desc="overfit one batch", leave=False, disable=None)
+    for step in bar:
+        model.train()
+        loss = training_step(model, x, y, loss_fn, optimizer, device=device, precision=precision)
+        if step % check_every == 0 or step == max_steps:
+            miou = evaluate(model, images, masks, cfg.data.in_channels, device=device, precision=precision).miou
+            bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
+            if miou >= target:
+                break
+    return step, miou

@@ -1,0 +1,85 @@
+"""Run directories and checkpoints: refusing an existing run, resuming after kill -9 exactly, refusing a resume
+that would change the run or its data."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from marsseg.checkpoints import load_model
+from marsseg.cli import main
+from marsseg.engine import fit
+from marsseg.errors import UserError
+from tests.tiny_runs import FAST, tiny_config
+
+
+def test_existing_run_dir_is_refused_without_resume_or_force(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err and (run / "keep.txt").read_text() == "mine"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "new"), "--resume"]) == 2
+
+
+@pytest.mark.slow
+def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, tiny_npz):
+    # On the CPU, where training is deterministic (cuDNN's kernels are not, so on a GPU losses differ by ~1e-4);
+    # in bf16, which a resumed run keeps (emulated, slower, on a CPU without native bf16)
+    args = ["--data", str(tiny_npz), *FAST, "--epochs", "5", "--set", "threads=1", "--set", "device=cpu"]
+    args += ["--set", "precision=bf16"]
+    command = [sys.executable, "-m", "marsseg", "train", "--out", str(tmp_path / "killed"), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epochs_before = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] + 1
+    assert epochs_before < 5  # it was killed mid-run
+    # resumed with the command that started it, plus --resume
+    assert main(["train", "--out", str(tmp_path / "killed"), *args, "--resume"]) == 0
+    assert main(["train", "--out", str(tmp_path / "whole"), *args]) == 0
+    assert load_model(tmp_path / "killed")[1].precision == "bf16"
+    killed = np.genfromtxt(tmp_path / "killed" / "metrics.csv", delimiter=",", names=True)
+    whole = np.genfromtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", names=True)
+    assert len(killed) == len(whole) == 5
+    np.testing.assert_allclose(killed["train_loss"], whole["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(killed["val_miou"], whole["val_miou"], atol=1e-4)
+
+
+def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "'optim.epochs'" in err and "has 1" in err and "asks for 5" in err
+    assert main(["train", "--out", str(run), "--resume", "--set", "model.options={dropout: 0.1}"]) == 2
+    assert "'model.options'" in capsys.readouterr().err
+    # the run's own values, from flags or a config file, are accepted (a relative path to the same file too)
+    (tmp_path / "same.yaml").write_text("optim:\n  epochs: 1\nmodel:\n  width: 8\n")
+    relative = os.path.relpath(tiny_npz)
+    resumed = ["train", "--data", relative, "--out", str(run), *FAST, "--epochs", "1", "--resume"]
+    assert main([*resumed, "--config", str(tmp_path / "same.yaml")]) == 0
+    (tmp_path / "other.yaml").write_text("optim:\n  lr: 0.5\n")
+    assert main([*resumed, "--config", str(tmp_path / "other.yaml")]) == 2
+    assert "'optim.lr'" in capsys.readouterr().err
+    changed = dict(tiny_arrays)
+    changed["training_set"] = tiny_arrays["training_set"].copy()
+    changed["training_set"][0, 0] ^= 1
+    from marsseg.data.io import save_npz
+
+    save_npz(tiny_npz.parent / "changed.npz", changed)
+    cfg = tiny_config(tiny_npz.parent / "changed.npz")
+
+    state = torch.load(run / "last.pt", weights_only=False)
+    state["config"]["data"]["path"] = str(tiny_npz.parent / "changed.npz")
+    torch.save(state, run / "last.pt")
+    with pytest.raises(UserError, match="differs"):  # the resumed run's data changed under it
+        fit(cfg, run, resume=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,7 @@ def train_row(data: str, minutes: float, seed: int, run_dir: Path, prepared, epo
         overrides = {"data.path": data, "seed": seed, "optim.minutes": minutes}
         if epochs:
             overrides["optim.epochs"] = epochs
-        start = time.perf_counter()
         fit(load_config(None, overrides), run_dir, force=True, prepared=prepared)
-        (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "budget": minutes,

@@ -106,9 +106,8 @@ def cmd_data_clean(args) -> int:
     data = load_npz(args.file)
     found = find_contaminated(data)
     arrays = to_course_layout(remove_contaminated(data, found))
-    with np.load(
-        args.file, allow_pickle=False
-    ) as original:  # what cleaning does not touch: indexed by frame or test image
+    # What cleaning does not touch: arrays indexed by frame or by test image.
+    with np.load(args.file, allow_pickle=False) as original:
         arrays.update({key: original[key] for key in ("frame_name", "test_frame_id") if key in original.files})
     save_npz(args.out, arrays)
     removed = [{"index": i, "reason": reason} for i, reason in sorted(found.removed.items())]
@@ -221,9 +220,8 @@ def cmd_train(args) -> int:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
     overrides = parse_overrides(args)
     cfg = load_config(args.config, overrides)
-    if (
-        args.resume
-    ):  # the command that started the run, plus --resume: flags may repeat the run's values, not change them
+    if args.resume:
+        # The command that started the run, plus --resume: its flags may repeat the run's values, not change them.
         names = list(overrides)
         if args.config:
             with open(args.config) as handle:

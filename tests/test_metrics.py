@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from marsseg.metrics import (
+    bootstrap_miou_difference,
     bootstrap_miou_interval,
     confusion_matrices_per_image,
     confusion_matrix,
@@ -67,3 +68,19 @@ def test_bootstrap_resamples_whole_groups():
     # an unequal draw of a's and b's only lowers mIoU (1/3 is the balanced maximum)
     assert low < mean_iou(matrices.sum(axis=0)) - 0.01 and high == pytest.approx(1 / 3)
     assert bootstrap_miou_interval(matrices, np.arange(16), draws=200) == (low, high)  # seeded
+
+
+def test_paired_bootstrap_difference_of_two_predictions_of_the_same_images():
+    rng = np.random.default_rng(0)
+    baseline = np.zeros((40, 5, 5), dtype=np.int64)
+    better = np.zeros((40, 5, 5), dtype=np.int64)
+    for i in range(40):
+        label = 1 + i % 4
+        baseline[i, label, label], baseline[i, label, 1 + (i + 1) % 4] = 60, 40  # 60 % right
+        better[i, label, label], better[i, label, 1 + (i + 1) % 4] = 80, 20  # 80 % right
+        better[i] += rng.integers(0, 2, (5, 5))  # a little noise, so draws differ
+    groups = np.arange(40) // 2
+    difference, low, high = bootstrap_miou_difference(better, baseline, groups, draws=300)
+    assert difference == pytest.approx(mean_iou(better.sum(0)) - mean_iou(baseline.sum(0)))
+    assert 0 < low <= difference <= high
+    assert bootstrap_miou_difference(baseline, baseline, groups, draws=300) == (0.0, 0.0, 0.0)

@@ -40,6 +40,9 @@ class DataConfig:
     # frame_size / its longer side, so the model sees the scale it was trained at.
     frame_size: int = 128
     num_workers: int = 0  # DataLoader worker processes; 0 augments in the training process
+    # The unlabeled pool of semi-supervised training (semi.weight > 0): "" means this file's test_set plus the images
+    # (never the masks) of the validation and local-test parts; else another .npz, whose images are all used.
+    unlabeled: str = ""
 
 
 @dataclass
@@ -64,6 +67,11 @@ class AugmentConfig:
     # pixels, a random fraction rare_crop_min_scale..1 of each side, resized back (a zoom on the rock).
     rare_crop: float = 0.0
     rare_crop_min_scale: float = 0.5
+    # Copy-paste (data/mixing.py): with this probability, 1..copy_paste_count connected big-rock regions cut from
+    # training crops are pasted onto the crop (scaled 0.75..1.25, flipped half of the time).
+    copy_paste: float = 0.0
+    copy_paste_count: int = 2
+    cutmix: float = 0.0  # with this probability, a box (10-50 % of the crop) comes from another training crop
 
 
 @dataclass
@@ -106,6 +114,16 @@ class OptimConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Semi-supervised training on data.unlabeled (semi.py): FixMatch-style consistency with the EMA as teacher."""
+
+    weight: float = 0.0  # of the unlabeled loss against the labeled one; 0 switches it off
+    threshold: float = 0.9  # a pseudo-label counts where the teacher's probability is at least this
+    rare_threshold: float = 0.7  # ... and at least this where it says big rock (class-aware)
+    batch_size: int = 32  # unlabeled crops per step, next to optim.batch_size labeled ones
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu" or "cuda"
@@ -124,6 +142,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 CHOICES = {
@@ -150,6 +169,7 @@ NON_NEGATIVE = (
     "loss.focal_weight",
     "loss.focal_gamma",
     "seed",
+    "semi.weight",
 )
 POSITIVE = (
     "optim.lr",
@@ -160,6 +180,8 @@ POSITIVE = (
     "data.frame_size",
     "optim.plateau_patience",
     "optim.early_stopping_patience",
+    "augment.copy_paste_count",
+    "semi.batch_size",
 )
 
 
@@ -247,7 +269,7 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected > 0")
     for f in fields(config.augment):
         value = getattr(config.augment, f.name)
-        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))
+        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale", "_count"))
         if not math.isfinite(value) or value < 0 or (is_probability and value > 1):
             expected = "a probability in 0..1" if is_probability else ">= 0"
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
@@ -264,6 +286,9 @@ def validate(config: Config, source: str = "config") -> Config:
             f"{source}: fields 'data.val_fraction' and 'data.test_fraction': found "
             f"{config.data.val_fraction} and {config.data.test_fraction}, expected val > 0 and a sum < 1"
         )
+    for dotted in ("semi.threshold", "semi.rare_threshold"):
+        if not 0 <= get_field(config, dotted) <= 1:
+            raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected 0..1")
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")

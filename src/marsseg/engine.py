@@ -46,6 +46,7 @@ from marsseg.distributed import (
 from marsseg.evaluation import Evaluation, evaluate
 from marsseg.finish import finish_run
 from marsseg.losses import build_loss
+from marsseg.semi import UnlabeledStream, build_unlabeled_stream
 from marsseg.training import (
     TrainingState,
     build_training_state,
@@ -106,6 +107,7 @@ def fit(
     seed_everything(cfg.seed)
     prepared = _run_data(cfg, run_dir, resume, prepared, ranks)
     dataset, sampler, loader = _training_loader(cfg, prepared, ranks)
+    unlabeled = build_unlabeled_stream(cfg, prepared, device)
     memory_format = training_memory_format(cfg, device)
     state = build_training_state(cfg, device, memory_format)  # identical on every rank (same seed)
     loss_fn = build_loss(cfg.loss, prepared.data.masks[prepared.split.train]).to(device)
@@ -117,7 +119,7 @@ def fit(
         if _time_to_stop(cfg, state, ranks):
             break
         epoch_start = time.perf_counter()
-        _seed_epoch(cfg, epoch, ranks, prepared, dataset, sampler, loader)
+        _seed_epoch(cfg, epoch, ranks, prepared, dataset, sampler, loader, unlabeled)
         on_step = _lr_schedule(cfg, state, total_steps, ranks, epoch_start)
         description = f"epoch {epoch + 1}/{cfg.optim.epochs}"
         stats = train_one_epoch(
@@ -132,6 +134,7 @@ def fit(
             memory_format,
             show_progress=ranks.is_main,
             precision=cfg.precision,
+            unlabeled=unlabeled,
         )
         val = _validate(cfg, state, prepared, device, memory_format, ranks)
         _end_epoch(cfg, run_dir, state, epoch, stats, val, epoch_start, ranks)
@@ -174,6 +177,9 @@ def _training_loader(
         cfg.data.in_channels,
         cfg.augment.rare_crop,
         cfg.augment.rare_crop_min_scale,
+        cfg.augment.copy_paste,
+        cfg.augment.copy_paste_count,
+        cfg.augment.cutmix,
     )
     batch_size = cfg.optim.batch_size // ranks.world
     drop_last = len(dataset) > cfg.optim.batch_size
@@ -200,12 +206,15 @@ def _seed_epoch(
     dataset: SegmentationDataset,
     sampler: Sampler | None,
     loader: DataLoader,
+    unlabeled: UnlabeledStream | None = None,
 ) -> None:
-    """Fix the epoch's augmentations, curriculum draw and order by seed and epoch, so that a resumed run draws
-    what an uninterrupted one would have."""
+    """Fix the epoch's augmentations, curriculum draw, order and unlabeled draws by seed and epoch, so that a resumed
+    run draws what an uninterrupted one would have."""
     # Each epoch's augmentations are fixed by seed, epoch and rank (ranks must not draw the same sequence).
     epoch_seed = cfg.seed * 100_003 + epoch + 1_000_003 * ranks.rank
     dataset.reseed(epoch_seed)
+    if unlabeled is not None:
+        unlabeled.reseed(epoch_seed)
     if cfg.data.curriculum_epochs:
         # The same draw on every rank (the DistributedSampler shares one list out), the same length every epoch
         # (so the steps and the schedule do not change); a stream of its own, apart from the augmentations'.

@@ -53,6 +53,23 @@ def confusion_matrices_per_image(
     return torch.bincount(index, minlength=batch * num_classes**2).reshape(batch, num_classes, num_classes)
 
 
+def _resampled_group_sums(matrices: np.ndarray, groups: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """(draws, C, C): the summed confusion matrix of each bootstrap draw of whole groups, with replacement. The same
+    groups and seed give the same draws, so two sets of matrices over the same images are resampled in pairs."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(ids), *matrices.shape[1:]), dtype=np.float64)
+    np.add.at(per_group, inverse, matrices)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=draws)  # (draws, G) times drawn
+    return np.einsum("dg,gij->dij", counts, per_group)
+
+
+def _percentile_interval(scores: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.nanpercentile(scores, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_miou_interval(
     matrices: np.ndarray, groups: np.ndarray, confidence: float = 0.9, draws: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
@@ -62,13 +79,22 @@ def bootstrap_miou_interval(
         matrices: (N, C, C) confusion matrices, one per image.
         groups: (N,) group ids: images of one camera frame or near-duplicates, which do not vary independently.
     """
-    ids, inverse = np.unique(groups, return_inverse=True)
-    per_group = np.zeros((len(ids), *matrices.shape[1:]), dtype=np.float64)
-    np.add.at(per_group, inverse, matrices)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=draws)  # (draws, G) times drawn
-    resampled = np.einsum("dg,gij->dij", counts, per_group)
-    scores = np.array([mean_iou(m) for m in resampled])
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.nanpercentile(scores, [tail, 100 - tail])
-    return float(low), float(high)
+    resampled = _resampled_group_sums(matrices, groups, draws, seed)
+    return _percentile_interval(np.array([mean_iou(m) for m in resampled]), confidence)
+
+
+def bootstrap_miou_difference(
+    matrices: np.ndarray,
+    baseline: np.ndarray,
+    groups: np.ndarray,
+    confidence: float = 0.9,
+    draws: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(difference, low, high): mean IoU of `matrices` minus that of `baseline`, two predictions of the same images
+    (N, C, C each), with a paired bootstrap interval: each draw resamples the same groups for both."""
+    difference = mean_iou(matrices.sum(axis=0)) - mean_iou(baseline.sum(axis=0))
+    ours = _resampled_group_sums(matrices, groups, draws, seed)
+    theirs = _resampled_group_sums(baseline, groups, draws, seed)
+    scores = np.array([mean_iou(a) - mean_iou(b) for a, b in zip(ours, theirs, strict=True)])
+    return (difference, *_percentile_interval(scores, confidence))

@@ -25,6 +25,7 @@ from marsseg.evaluation import evaluate
 from marsseg.losses import build_loss
 from marsseg.models import create_model
 from marsseg.precision import autocast, resolve_precision
+from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss
 
 AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
 
@@ -187,11 +188,28 @@ def training_step(
     ema=None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    unlabeled: PseudoLabeled | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch; returns the (detached) loss. Only the model runs under autocast."""
+    """One optimizer step on a batch; returns the (detached) loss. Only the model runs under autocast.
+
+    With `unlabeled` (semi.py), its strong views go through the same forward pass (one set of batch-norm statistics
+    for both, as in FixMatch) and add their weighted pseudo-label loss.
+    """
+    if unlabeled is not None:
+        images = torch.cat([images, unlabeled.images])
     with autocast(device, precision):
         output = model(images)
-    loss = compute_loss(loss_fn, output, masks)
+    if unlabeled is None:
+        loss = compute_loss(loss_fn, output, masks)
+    else:
+        labeled = len(masks)
+        final = output[0] if isinstance(output, tuple) else output
+        if isinstance(output, tuple):  # deep supervision: auxiliary outputs are trained on labeled crops only
+            output = tuple(o[:labeled] for o in output)
+        else:
+            output = output[:labeled]
+        loss = compute_loss(loss_fn, output, masks)
+        loss = loss + unlabeled.weight * pseudo_label_loss(final[labeled:], unlabeled.targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -212,8 +230,10 @@ def train_one_epoch(
     memory_format: torch.memory_format = torch.contiguous_format,
     show_progress: bool = True,
     precision: str = "fp32",
+    unlabeled: UnlabeledStream | None = None,
 ) -> dict:
-    """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule).
+    """One pass over `loader`. `on_step()` runs before every optimizer step (the learning-rate schedule); with
+    `unlabeled`, every step also trains on a pseudo-labeled batch of it, labeled by the EMA (else the model).
 
     Returns the mean loss and the seconds spent waiting for data versus computing.
     """
@@ -228,7 +248,10 @@ def train_one_epoch(
         data_seconds += start - tick
         if on_step is not None:
             on_step()
-        loss = training_step(model, images, masks, loss_fn, optimizer, ema, device, precision)
+        extra = None
+        if unlabeled is not None:
+            extra = unlabeled.next_batch(ema.module if ema is not None else model, memory_format)
+        loss = training_step(model, images, masks, loss_fn, optimizer, ema, device, precision, extra)
         total_loss += loss.item()
         batches += 1
         bar.set_postfix(loss=f"{total_loss / batches:.4f}")

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from marsseg.data.io import MarsData
-from marsseg.data.split import Split, group_ids, split_data
+from marsseg.data.split import Split, group_ids, kfold_splits, split_data
 
 
 def synthetic_set(n=300, seed=0, frame_ids=None):
@@ -78,3 +79,31 @@ def test_halves_of_one_frame_are_found_by_their_seam_and_kept_together():
     wrong = sum(groups[a] == groups[b] for a in range(80) for b in range(a + 1, 80) if frame_of[a] != frame_of[b])
     assert wrong <= 4
     assert len(np.unique(group_ids(data, infer_frames=False))) == 80
+
+
+def test_kfold_test_parts_cover_every_sample_once_and_keep_frames_whole():
+    frames = np.arange(300) // 2
+    data = synthetic_set(frame_ids=frames)
+    folds = kfold_splits(data, 3, val_fraction=0.1, seed=0)
+    held_out = np.concatenate([fold.test for fold in folds])
+    assert sorted(held_out.tolist()) == list(range(300))  # each sample held out exactly once
+    rare = (data.masks == 4).any(axis=(1, 2))
+    for fold in folds:
+        parts = [set(getattr(fold, p).tolist()) for p in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set.union(*parts) == set(range(300))
+        assert 90 <= len(fold.test) <= 110 and 20 <= len(fold.val) <= 40
+        assert 8 <= rare[fold.test].sum() <= 12 and rare[fold.val].sum() >= 2  # big rock in every part
+        part = np.empty(300, dtype=object)
+        for name in ("train", "val", "test"):
+            part[getattr(fold, name)] = name
+        assert all(part[2 * k] == part[2 * k + 1] for k in range(150))  # frames never straddle
+    assert not np.array_equal(folds[0].val, folds[1].val)
+
+
+def test_kfold_uses_the_same_dealing_as_the_single_split():
+    data = synthetic_set()
+    # the single split's local test part is the first tenth of the line, as a 10-fold split's first fold
+    assert np.array_equal(split_data(data, 0.1, 0.1, seed=4).test, kfold_splits(data, 10, 0.1, seed=4)[0].test)
+    with pytest.raises(ValueError):
+        kfold_splits(data, 1)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from marsseg.data.augment import augment_pair, crop_around_class
+from marsseg.data.mixing import class_components, cutmix, paste_components
 
 # Fixed scaling (not fitted to the data, so a checkpoint needs no statistics): gray 0..255 -> about -1..1.
 PIXEL_CENTER, PIXEL_SCALE = 127.5, 127.5
@@ -26,8 +27,10 @@ def images_to_tensor(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
 class SegmentationDataset(Dataset):
     """Samples `indices` of (images, masks), augmented by `pipeline` when given.
 
-    Indices may repeat (oversampling); each repetition is augmented independently. With `rare_crop` > 0, a
-    big-rock image is first replaced, with that probability, by a zoom centred on its big rock.
+    Indices may repeat (oversampling); each repetition is augmented independently. Before `pipeline`, with their
+    probabilities: a big-rock image is replaced by a zoom centred on its big rock (`rare_crop`); 1..`copy_paste_count`
+    big-rock components cut from the crops of `indices` are pasted onto the image (`copy_paste`, data/mixing.py); a
+    box of another crop of `indices` replaces the same box of the image and its mask (`cutmix`).
     """
 
     def __init__(
@@ -39,10 +42,15 @@ class SegmentationDataset(Dataset):
         in_channels: int = 1,
         rare_crop: float = 0.0,
         rare_crop_min_scale: float = 0.5,
+        copy_paste: float = 0.0,
+        copy_paste_count: int = 2,
+        cutmix: float = 0.0,
     ):
         self.images, self.masks, self.indices = images, masks, np.asarray(indices)
         self.pipeline, self.in_channels = pipeline, in_channels
         self.rare_crop, self.rare_crop_min_scale = rare_crop, rare_crop_min_scale
+        self.copy_paste, self.copy_paste_count, self.cutmix = copy_paste, copy_paste_count, cutmix
+        self.components = class_components(images, masks, self.indices) if copy_paste > 0 else []
         self.rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
@@ -61,6 +69,12 @@ class SegmentationDataset(Dataset):
         image, mask = self.images[index], self.masks[index]
         if self.rare_crop > 0 and self.rng.random() < self.rare_crop:
             image, mask = crop_around_class(image, mask, self.rng, self.rare_crop_min_scale)
+        if self.copy_paste > 0 and self.rng.random() < self.copy_paste:
+            count = int(self.rng.integers(1, self.copy_paste_count + 1))
+            image, mask = paste_components(image, mask, self.components, self.rng, count)
+        if self.cutmix > 0 and self.rng.random() < self.cutmix:
+            other = self.indices[self.rng.integers(len(self.indices))]
+            image, mask = cutmix(image, mask, self.images[other], self.masks[other], self.rng)
         image, mask = augment_pair(self.pipeline, image, mask)
         return images_to_tensor(image[None], self.in_channels)[0], torch.from_numpy(np.ascontiguousarray(mask)).long()
 

@@ -115,18 +115,13 @@ def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
     return np.array([find(i) for i in range(len(data))], dtype=np.int64)
 
 
-def split_data(
-    data: MarsData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
-) -> Split:
-    """Split whole groups into train / val / test, stratified on whether a group contains big rock.
+def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True) -> np.ndarray:
+    """(N,) each sample's place in 0..1 when whole groups are dealt out, stratified on whether a group has big rock.
 
-    Within each stratum the groups are shuffled and dealt out by cumulative size, so each part receives
-    its fraction of the big-rock images as closely as whole groups allow.
+    Within each stratum (groups with big rock, groups without) the groups are shuffled and laid end to end by
+    size; a sample's position is its group's centre in that line. Cutting 0..1 into intervals then gives each
+    part its share of the big-rock images, as closely as whole groups allow, and never splits a group.
     """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum to less than 1"
-        )
     rng = np.random.default_rng(seed)
     groups = group_ids(data, infer_frames)
     has_rare = (data.masks == RARE_CLASS).any(axis=(1, 2))
@@ -135,20 +130,52 @@ def split_data(
         members.setdefault(group, []).append(index)
     rare_groups = [g for g, idx in members.items() if has_rare[idx].any()]
     common_groups = [g for g, idx in members.items() if not has_rare[idx].any()]
-
-    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    positions = np.zeros(len(data))
     for stratum in (rare_groups, common_groups):
         order = rng.permutation(len(stratum))
         total = sum(len(members[stratum[i]]) for i in order)
         dealt = 0
         for i in order:
             indices = members[stratum[i]]
-            position = (dealt + 0.5 * len(indices)) / max(total, 1)  # the group's centre in the stratum
-            if position < test_fraction:
-                parts["test"].extend(indices)
-            elif position < test_fraction + val_fraction:
-                parts["val"].extend(indices)
-            else:
-                parts["train"].extend(indices)
+            positions[indices] = (dealt + 0.5 * len(indices)) / max(total, 1)
             dealt += len(indices)
-    return Split(*(np.array(sorted(parts[name]), dtype=np.int64) for name in ("train", "val", "test")))
+    return positions
+
+
+def _split_at(is_test: np.ndarray, is_val: np.ndarray) -> Split:
+    parts = (~is_test & ~is_val, is_val & ~is_test, is_test)
+    return Split(*(np.flatnonzero(part).astype(np.int64) for part in parts))
+
+
+def split_data(
+    data: MarsData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
+) -> Split:
+    """Split whole groups into train / val / test, stratified on whether a group contains big rock
+    (group_positions): the local test part is the first `test_fraction` of the line, validation the next."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum to less than 1"
+        )
+    positions = group_positions(data, seed, infer_frames)
+    return _split_at(positions < test_fraction, positions < test_fraction + val_fraction)
+
+
+def kfold_splits(
+    data: MarsData, folds: int, val_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
+) -> list[Split]:
+    """`folds` group-aware splits whose test parts cover every sample exactly once (cross-validation).
+
+    Fold k holds out the k-th of `folds` equal stretches of group_positions as its test part and the next
+    `val_fraction` of the line (wrapping round) as its validation part, for early stopping and the big-rock scale;
+    it trains on the rest. No group is ever on two sides of a fold.
+    """
+    if folds < 2 or not 0 < val_fraction < 1 - 1 / folds:
+        raise ValueError(f"need folds >= 2 and 0 < val_fraction < 1 - 1/folds, got {folds} and {val_fraction}")
+    positions = group_positions(data, seed, infer_frames)
+    splits = []
+    for fold in range(folds):
+        start, end = fold / folds, (fold + 1) / folds
+        is_test = (positions >= start) & (positions < end)
+        is_val = (positions - end) % 1.0 < val_fraction
+        splits.append(_split_at(is_test, is_val))
+    return splits

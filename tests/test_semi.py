@@ -1,0 +1,152 @@
+"""Semi-supervised training (semi.py): pseudo-labels and their class-aware thresholds, the strong view, the
+unlabeled loss, the pool, and the step and run that use them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marsseg.config import load_config
+from marsseg.data.prepare import prepare_data
+from marsseg.engine import fit
+from marsseg.losses import build_loss
+from marsseg.semi import (
+    IGNORED,
+    PseudoLabeled,
+    pseudo_label_loss,
+    pseudo_labels,
+    strong_view,
+    unlabeled_images,
+)
+from marsseg.training import compute_loss, training_step
+from tests.tiny_runs import tiny_config
+
+
+class FixedLogits(nn.Module):
+    """A teacher that answers the same logits whatever it sees."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(images), -1, -1, -1)
+
+
+def logits_for(probabilities: list[list[float]]) -> torch.Tensor:
+    """(1, 5, 1, P): logits whose softmax over classes 1..4 is each pixel's probabilities; background is huge."""
+    classes = torch.tensor(probabilities).log().T  # (4, P)
+    background = torch.full((1, classes.shape[1]), 50.0)
+    return torch.cat([background, classes])[None, :, None, :]
+
+
+def test_pseudo_labels_keep_confident_pixels_with_a_lower_bar_for_big_rock():
+    probabilities = [
+        [0.95, 0.03, 0.01, 0.01],  # soil, sure: kept
+        [0.80, 0.10, 0.05, 0.05],  # soil, unsure: ignored
+        [0.05, 0.05, 0.10, 0.80],  # big rock at 0.8: kept by the rare threshold 0.7
+        [0.10, 0.10, 0.15, 0.65],  # big rock at 0.65: ignored
+    ]
+    teacher = FixedLogits(logits_for(probabilities))
+    labels = pseudo_labels(teacher, torch.zeros(2, 1, 1, 4), 0.9, 0.7, "cpu")
+    assert labels.tolist() == [[[1, IGNORED, 4, IGNORED]]] * 2  # background, though the largest logit, never
+    same_bar = pseudo_labels(teacher, torch.zeros(1, 1, 1, 4), 0.9, 0.9, "cpu")
+    assert same_bar.tolist() == [[[1, IGNORED, IGNORED, IGNORED]]]
+
+
+def test_pseudo_labels_use_eval_mode_and_give_the_mode_back():
+    teacher = nn.Sequential(nn.Conv2d(1, 5, 1), nn.BatchNorm2d(5), nn.Dropout(0.9))
+    teacher.train()
+    images = torch.randn(4, 1, 8, 8)
+    first = pseudo_labels(teacher, images, 0.0, 0.0, "cpu")
+    assert teacher.training  # given back
+    second = pseudo_labels(teacher, images, 0.0, 0.0, "cpu")
+    assert (first != IGNORED).all() and torch.equal(first, second)  # no dropout noise: the same answer twice
+    teacher.train()
+    noisy = [teacher(images).argmax(1) for _ in range(2)]
+    assert not torch.equal(*noisy)  # (in training mode, dropout 0.9 would change it)
+
+
+def test_strong_view_moves_labels_with_their_pixels_and_is_seeded():
+    batch = 64
+    targets = torch.arange(1, 5).repeat(batch // 4)[:, None, None].expand(batch, 16, 32).clone()  # one label each
+    images = targets[:, None].float() / 4  # the image encodes the label
+    views, mixed_targets = strong_view(images, targets, torch.Generator().manual_seed(0))
+    again = strong_view(images, targets, torch.Generator().manual_seed(0))
+    assert torch.equal(views, again[0]) and torch.equal(mixed_targets, again[1])
+    mixed = [(mixed_targets[i] != targets[i]).any().item() for i in range(batch)]
+    assert 0.25 < np.mean(mixed) < 0.75  # CutMix on about half (a partner with the same label hides a few)
+    for i in np.flatnonzero(mixed):
+        rows, cols = torch.nonzero(mixed_targets[i] != targets[i], as_tuple=True)
+        box = mixed_targets[i, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert (box == box[0, 0]).all() and box.numel() == len(rows)  # one rectangle of one other crop's label
+    # intensity changes keep each crop's own picture: within a crop the pixels of one label stay close together
+    for i in range(batch):
+        for label in mixed_targets[i].unique():
+            assert views[i, 0][mixed_targets[i] == label].std() < 0.2
+    assert not torch.allclose(views, images)
+
+
+def test_pseudo_label_loss_is_cross_entropy_over_scored_classes_on_kept_pixels_per_pixel():
+    logits = torch.randn(2, 5, 3, 4)
+    targets = torch.randint(1, 5, (2, 3, 4))
+    targets[0, 0] = IGNORED
+    expected = F.cross_entropy(logits[:, 1:], (targets - 1).clamp(min=0), reduction="none")
+    expected = (expected * (targets != IGNORED)).sum() / targets.numel()
+    assert pseudo_label_loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pseudo_label_loss(logits, torch.full_like(targets, IGNORED)).item() == 0.0
+    logits.requires_grad_(True)
+    pseudo_label_loss(logits, targets).backward()
+    assert (logits.grad[:, 0] == 0).all()  # background is not a class of the pseudo-labels
+
+
+def test_default_pool_is_test_set_and_held_out_images_never_masks(tiny_npz, tmp_path):
+    cfg = tiny_config(tiny_npz)
+    prepared = prepare_data(cfg.data)
+    pool = unlabeled_images(cfg, prepared)
+    split, data = prepared.split, prepared.data
+    assert len(pool) == len(split.val) + len(split.test) + len(data.test_images)
+    assert np.array_equal(pool[: len(split.val)], data.images[split.val])
+    assert np.array_equal(pool[-len(data.test_images) :], data.test_images)
+    train_keys = {image.tobytes() for image in data.images[split.train]}
+    assert not any(image.tobytes() in train_keys for image in pool[: len(split.val) + len(split.test)])
+    other = load_config(None, {"data.path": str(tiny_npz), "data.unlabeled": str(tiny_npz)})
+    assert len(unlabeled_images(other, prepared)) == len(np.load(tiny_npz)["training_set"]) + len(data.test_images)
+
+
+def test_training_step_adds_the_weighted_unlabeled_loss_in_one_forward_pass():
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 5, 3, padding=1)  # no batch norm: the joint pass equals two separate ones
+    images, masks = torch.randn(4, 1, 8, 8), torch.randint(1, 5, (4, 8, 8))
+    strong, targets = torch.randn(3, 1, 8, 8), torch.randint(1, 5, (3, 8, 8))
+    targets[0] = IGNORED
+    loss_fn = build_loss(load_config().loss, masks.numpy())
+    expected = compute_loss(loss_fn, model(images), masks) + 0.5 * pseudo_label_loss(model(strong), targets)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = training_step(model, images, masks, loss_fn, optimizer, unlabeled=PseudoLabeled(strong, targets, 0.5))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = training_step(model, images, masks, loss_fn, optimizer)
+    assert plain.item() == pytest.approx(compute_loss(loss_fn, model(images), masks).item(), rel=1e-5)
+
+
+def test_semi_supervised_run_trains_on_the_pool_and_repeats_from_its_seed(tiny_npz, tmp_path):
+    semi = {"semi.weight": 1.0, "semi.threshold": 0.5, "semi.batch_size": 8, "precision": "fp32"}
+    first = fit(tiny_config(tiny_npz, **semi), tmp_path / "a")
+    second = fit(tiny_config(tiny_npz, **semi), tmp_path / "b")
+    plain = fit(tiny_config(tiny_npz, precision="fp32"), tmp_path / "c")
+    losses = [[row["train_loss"] for row in run.history] for run in (first, second, plain)]
+    assert losses[0] == losses[1]  # reproducible from the seed, unlabeled draws included
+    assert losses[0] != losses[2]  # the unlabeled loss is in the step
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert 0 <= saved["test_miou"] <= 1
+
+
+def test_semi_settings_are_checked(tiny_npz):
+    from marsseg.config import ConfigError
+
+    for field, value in (("semi.weight", -1.0), ("semi.threshold", 1.5), ("semi.batch_size", 0)):
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, {field: value})

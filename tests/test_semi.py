@@ -150,3 +150,18 @@ def test_semi_settings_are_checked(tiny_npz):
     for field, value in (("semi.weight", -1.0), ("semi.threshold", 1.5), ("semi.batch_size", 0)):
         with pytest.raises(ConfigError, match=field):
             load_config(None, {field: value})
+
+
+def test_train_flags_set_the_semi_fields_and_a_bad_pool_is_one_line_before_any_file(tmp_path, tiny_npz, capsys):
+    from marsseg.cli import main, parse_overrides
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_npz), "--out", str(run), "--semi", "0.5", "--unlabeled", str(tmp_path / "x")]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "x: file not found" in error
+    assert not run.exists() or not any(run.iterdir())
+    from marsseg.cli import build_parser
+
+    parsed = build_parser().parse_args(["train", "--out", "r", "--semi", "0.5", "--unlabeled", "u.npz"])
+    assert parse_overrides(parsed) == {"semi.weight": 0.5, "data.unlabeled": "u.npz"}

@@ -177,6 +177,8 @@ def parse_overrides(args) -> dict:
         ("batch_size", "optim.batch_size"),
         ("seed", "seed"),
         ("device", "device"),
+        ("semi", "semi.weight"),
+        ("unlabeled", "data.unlabeled"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -227,6 +229,10 @@ def cmd_train(args) -> int:
             with open(args.config) as handle:
                 names += dotted_names(yaml.safe_load(handle) or {})
         check_resume_matches_run(args.out, cfg, names)
+    if cfg.semi.weight > 0 and cfg.data.unlabeled:
+        from marsseg.data.prepare import load_data
+
+        load_data(cfg.data.unlabeled)  # a bad unlabeled file is refused before the run directory is written
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
@@ -474,6 +480,19 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, help="seeds initialisation, sampling and augmentation (the split has data.split_seed)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--semi",
+        type=float,
+        metavar="WEIGHT",
+        help="semi-supervised training: each step also learns the EMA's confident labels of unlabeled crops (a strong "
+        "view against a weak one), with this weight; 0 switches it off (semi.* holds thresholds and batch size)",
+    )
+    parser.add_argument(
+        "--unlabeled",
+        metavar="FILE.npz",
+        help="the unlabeled crops for --semi (default: the data file's test_set and the images of its validation "
+        "and local-test parts; masks are never read)",
+    )
     parser.add_argument(
         "--set",
         action="append",

@@ -5,7 +5,7 @@ fold trains the recipe as `marsseg train` would, with early stopping and the big
 validation part, and scores its held-out part once. The held-out crops' confusion matrices of all folds are pooled
 into one: the out-of-fold mIoU. Its 90 % interval resamples frame groups; a lever is compared with "default" on the
 same folds and seeds, image by image (a paired bootstrap), which cancels most of the split's luck.
-Writes cv.md in --out from every finished fold there; finished folds are skipped on a re-run.
+Writes cv.md and cv.png in --out from every finished fold there; finished folds are skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from marsseg import report
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
@@ -71,6 +72,7 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
         "| minutes per fold |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    differences = {}  # name -> (difference, low, high) against default, for the plot
     for name, runs in pooled.items():
         if not runs:
             continue
@@ -85,6 +87,7 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
             ours = sum(runs[s][0] for s in shared)
             theirs = sum(pooled["default"][s][0] for s in shared)
             difference, d_low, d_high = bootstrap_miou_difference(ours, theirs, groups)
+            differences[name] = (difference, d_low, d_high)
             comparison = f"{difference:+.3f} ({d_low:+.3f} to {d_high:+.3f})"
         minutes = np.mean([m for _, m in runs.values()]) / folds
         lines.append(
@@ -94,6 +97,26 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
         )
     (out / "cv.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if differences:
+        plot_differences(differences, folds, out / "cv.png")
+
+
+def plot_differences(differences: dict[str, tuple[float, float, float]], folds: int, path: Path) -> None:
+    """cv.png: each lever's pooled out-of-fold mIoU minus the default's, with its paired 90 % interval."""
+    plt = report.plt
+    names = list(differences)
+    values = np.array([differences[n] for n in names])  # (rows, 3): difference, low, high
+    figure, axis = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
+    errors = np.abs(values[:, 1:] - values[:, :1]).T
+    axis.errorbar(values[:, 0], names, xerr=errors, fmt="o", color="#6a7fa8", capsize=4)
+    axis.axvline(0, color="orange", label="today's default")
+    axis.set(
+        xlabel="mIoU minus the default's, pooled out of fold (90 % paired bootstrap)",
+        title=f"{folds}-fold cross-validation, same folds and seeds",
+    )
+    axis.invert_yaxis()
+    axis.legend(fontsize=8, loc="lower right")
+    report.save_figure(figure, path)
 
 
 def cross_validate(args, known_names: list[str], variant_config) -> None:

@@ -10,7 +10,7 @@ Run: .venv/bin/python benchmarks/recipes.py --data ../shared/data/mars64.npz --o
 
 With --folds K, each row is cross-validated instead (cross_validation.py): K group-aware folds, every labeled crop
 held out once, scored out of fold and pooled into one confusion matrix, with paired comparisons against "default"
-on the same folds and seeds. Writes cv.md in --out.
+on the same folds and seeds. Writes cv.md and cv.png (the paired differences) in --out.
 """
 
 from __future__ import annotations

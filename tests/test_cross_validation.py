@@ -34,6 +34,7 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     assert f"{mean_iou(default.sum(axis=0)):.3f}" in rows["default"]
     no_ema, _ = pooled_matrices(tmp_path, "no_ema", 0, 2, samples)
     assert f"{mean_iou(no_ema.sum(axis=0)) - mean_iou(default.sum(axis=0)):+.3f}" in rows["no_ema"]
+    assert (tmp_path / "cv.png").stat().st_size > 0  # the paired differences, plotted
     # a re-run trains nothing: every fold has finished
     before = (tmp_path / "default_seed0_fold0" / "out_of_fold.npz").stat().st_mtime
     cross_validate(args, ["default", "no_ema"], variant_config)

@@ -6,7 +6,7 @@ from dataclasses import fields
 import torch
 import torch.distributed as dist
 
-from marsseg.config import AugmentConfig, load_config
+from marsseg.config import AUGMENT_STRENGTH_SUFFIXES, AugmentConfig, load_config
 from marsseg.engine import fit
 
 # No augmentation, no oversampling, a constant learning rate: the run is a pure function of the batches.
@@ -16,11 +16,7 @@ CONFIG = {
     "optim.epochs": 1,
     "optim.scheduler": "none",
     "data.oversample_factor": 1,
-    **{
-        f"augment.{f.name}": 0.0
-        for f in fields(AugmentConfig)
-        if not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale"))
-    },
+    **{f"augment.{f.name}": 0.0 for f in fields(AugmentConfig) if not f.name.endswith(AUGMENT_STRENGTH_SUFFIXES)},
     "threads": 1,
     "device": "cpu",  # gloo on CPU, compared with a CPU reference (a GPU machine may have one GPU)
     "precision": "fp32",  # the reference trains in fp32

@@ -145,6 +145,9 @@ class Config:
     semi: SemiConfig = field(default_factory=SemiConfig)
 
 
+# Fields of AugmentConfig that set a transform's strength; every other one is a probability.
+AUGMENT_STRENGTH_SUFFIXES = ("_alpha", "_sigma", "_limit", "_scale", "_count")
+
 CHOICES = {
     "data.sampler": ("repeat", "weighted"),
     "data.in_channels": (1, 3),
@@ -269,7 +272,7 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected > 0")
     for f in fields(config.augment):
         value = getattr(config.augment, f.name)
-        is_probability = not f.name.endswith(("_alpha", "_sigma", "_limit", "_scale", "_count"))
+        is_probability = not f.name.endswith(AUGMENT_STRENGTH_SUFFIXES)
         if not math.isfinite(value) or value < 0 or (is_probability and value > 1):
             expected = "a probability in 0..1" if is_probability else ">= 0"
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")

@@ -165,3 +165,20 @@ def test_train_flags_set_the_semi_fields_and_a_bad_pool_is_one_line_before_any_f
 
     parsed = build_parser().parse_args(["train", "--out", "r", "--semi", "0.5", "--unlabeled", "u.npz"])
     assert parse_overrides(parsed) == {"semi.weight": 0.5, "data.unlabeled": "u.npz"}
+
+
+def test_an_interrupted_semi_run_resumes_to_the_uninterrupted_one(tiny_npz, tmp_path):
+    semi = {"semi.weight": 1.0, "semi.threshold": 0.5, "semi.batch_size": 8, "precision": "fp32", "optim.epochs": 3}
+    whole = fit(tiny_config(tiny_npz, **semi), tmp_path / "whole")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(epoch, miou):
+        if epoch == 0:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(tiny_config(tiny_npz, **semi), tmp_path / "cut", on_epoch=stop_after_first)
+    resumed = fit(tiny_config(tiny_npz, **semi), tmp_path / "cut", resume=True)
+    assert [row["train_loss"] for row in resumed.history] == [row["train_loss"] for row in whole.history]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from marsseg import report
-from marsseg.config import load_config
+from marsseg.config import DataConfig, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
 from marsseg.engine import fit
@@ -30,7 +30,12 @@ def fold_dir(out: Path, name: str, seed: int, fold: int) -> Path:
     return out / f"{name}_seed{seed}_fold{fold}"
 
 
-def run_fold(cfg, run_dir: Path, prepared, split) -> None:
+def fold_plan(folds: int, cfg: DataConfig, prepared) -> str:
+    """What a fold's held-out crops depend on; a finished fold made under another plan is never reused."""
+    return f"{folds} folds, split seed {cfg.split_seed}, val {cfg.val_fraction}, data {prepared.fingerprint}"
+
+
+def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
     """Train one fold and keep its held-out crops' confusion matrices (out_of_fold.npz)."""
     result = fit(cfg, run_dir, force=True, prepared=replace(prepared, split=split))
     np.savez(
@@ -38,31 +43,46 @@ def run_fold(cfg, run_dir: Path, prepared, split) -> None:
         indices=split.test,
         matrices=result.test.image_matrices,
         train_seconds=result.train_seconds,
+        plan=plan,
     )
 
 
-def pooled_matrices(out: Path, name: str, seed: int, folds: int, size: int) -> tuple[np.ndarray, float] | None:
+def load_fold(path: Path, plan: str):
+    """A finished fold's out_of_fold.npz, or None when there is none; exits when it was made under another plan."""
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    if str(saved["plan"]) != plan:
+        raise SystemExit(f"{path}: made for {saved['plan']}, not {plan}; use another --out")
+    return saved
+
+
+def pooled_matrices(
+    out: Path, name: str, seed: int, folds: int, size: int, plan: str
+) -> tuple[np.ndarray, float] | None:
     """(N, C, C) every crop's out-of-fold confusion matrix in sample order, and the training minutes of all folds;
     None until every fold of (name, seed) has finished."""
-    matrices, minutes = None, 0.0
+    matrices, minutes, scored = None, 0.0, np.zeros(size, dtype=np.int64)
     for fold in range(folds):
-        path = fold_dir(out, name, seed, fold) / "out_of_fold.npz"
-        if not path.is_file():
+        saved = load_fold(fold_dir(out, name, seed, fold) / "out_of_fold.npz", plan)
+        if saved is None:
             return None
-        saved = np.load(path)
         if matrices is None:
             matrices = np.zeros((size, *saved["matrices"].shape[1:]), dtype=np.int64)
         matrices[saved["indices"]] = saved["matrices"]
+        np.add.at(scored, saved["indices"], 1)
         minutes += float(saved["train_seconds"]) / 60
+    if not (scored == 1).all():
+        raise SystemExit(f"{out}: the folds of {name} seed {seed} do not score every crop exactly once")
     return matrices, minutes
 
 
-def write_table(out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray) -> None:
+def write_table(out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray, plan: str) -> None:
     """cv.md: per row the pooled out-of-fold mIoU (mean ± std over seeds), per-class IoU, the 90 % interval over
     frame groups (seeds summed) and the paired difference from "default" on the seeds both have."""
     pooled = {}
     for name in names:
-        runs = {s: pooled_matrices(out, name, s, folds, len(groups)) for s in seeds}
+        runs = {s: pooled_matrices(out, name, s, folds, len(groups), plan) for s in seeds}
         pooled[name] = {s: r for s, r in runs.items() if r is not None}
     lines = [
         f"{folds}-fold cross-validation, pooled out of fold; interval: 90 % bootstrap over {len(np.unique(groups))} "
@@ -126,17 +146,18 @@ def cross_validate(args, known_names: list[str], variant_config) -> None:
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)
     splits = kfold_splits(prepared.data, args.folds, base.data.val_fraction, base.data.split_seed)
+    plan = fold_plan(args.folds, base.data, prepared)
     names = args.variants.split(",")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for name in names:
         for seed in seeds:
             for fold, split in enumerate(splits):
                 run_dir = fold_dir(out, name, seed, fold)
-                if (run_dir / "out_of_fold.npz").is_file():
+                if load_fold(run_dir / "out_of_fold.npz", plan) is not None:
                     continue
-                run_fold(variant_config(args, name, seed), run_dir, prepared, split)
+                run_fold(variant_config(args, name, seed), run_dir, prepared, split, plan)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 print(f"{name} seed {seed} fold {fold}: held-out mIoU {metrics['test_miou']:.4f}", flush=True)
     every_name = sorted({p.name.rsplit("_seed", 1)[0] for p in out.glob("*_seed*_fold*")} | set(names))
     ordered = [n for n in known_names if n in every_name]
-    write_table(out, ordered, sorted({*seeds, *range(10)}), args.folds, group_ids(prepared.data))
+    write_table(out, ordered, sorted({*seeds, *range(10)}), args.folds, group_ids(prepared.data), plan)

@@ -5,13 +5,14 @@ from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from marsseg.data.prepare import prepare_data
 from marsseg.metrics import mean_iou
 from tests.tiny_runs import tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cross_validation import cross_validate, pooled_matrices  # noqa: E402
+from cross_validation import cross_validate, fold_plan, pooled_matrices  # noqa: E402
 
 
 def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp_path, tiny_npz, capsys):
@@ -23,8 +24,9 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
 
     args = Namespace(out=str(tmp_path), data=str(tiny_npz), folds=2, variants="default,no_ema", first_seed=0, seeds=1)
     cross_validate(args, ["default", "no_ema"], variant_config)
-    samples = len(prepare_data(tiny_config(tiny_npz).data).data)
-    default, minutes = pooled_matrices(tmp_path, "default", 0, 2, samples)
+    prepared = prepare_data(tiny_config(tiny_npz).data)
+    samples, plan = len(prepared.data), fold_plan(2, tiny_config(tiny_npz).data, prepared)
+    default, minutes = pooled_matrices(tmp_path, "default", 0, 2, samples, plan)
     held_out = [np.load(tmp_path / f"default_seed0_fold{k}" / "out_of_fold.npz")["indices"] for k in range(2)]
     assert sorted(np.concatenate(held_out).tolist()) == list(range(samples))  # each crop once
     assert (default.sum(axis=(1, 2)) == 64 * 128).all()  # and every crop's matrix counts its pixels
@@ -32,10 +34,13 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     table = (tmp_path / "cv.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert f"{mean_iou(default.sum(axis=0)):.3f}" in rows["default"]
-    no_ema, _ = pooled_matrices(tmp_path, "no_ema", 0, 2, samples)
+    no_ema, _ = pooled_matrices(tmp_path, "no_ema", 0, 2, samples, plan)
     assert f"{mean_iou(no_ema.sum(axis=0)) - mean_iou(default.sum(axis=0)):+.3f}" in rows["no_ema"]
     assert (tmp_path / "cv.png").stat().st_size > 0  # the paired differences, plotted
     # a re-run trains nothing: every fold has finished
     before = (tmp_path / "default_seed0_fold0" / "out_of_fold.npz").stat().st_mtime
     cross_validate(args, ["default", "no_ema"], variant_config)
     assert (tmp_path / "default_seed0_fold0" / "out_of_fold.npz").stat().st_mtime == before
+    # folds made under another plan (here 2 folds, asked for 3) are refused, never pooled
+    with pytest.raises(SystemExit, match="made for 2 folds"):
+        cross_validate(Namespace(**{**vars(args), "folds": 3}), ["default", "no_ema"], variant_config)

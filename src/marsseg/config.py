@@ -120,7 +120,7 @@ class SemiConfig:
     weight: float = 0.0  # of the unlabeled loss against the labeled one; 0 switches it off
     threshold: float = 0.9  # a pseudo-label counts where the teacher's probability is at least this
     rare_threshold: float = 0.7  # ... and at least this where it says big rock (class-aware)
-    batch_size: int = 32  # unlabeled crops per step, next to optim.batch_size labeled ones
+    batch_size: int = 32  # unlabeled crops per step (shared out among processes), next to optim.batch_size labeled
 
 
 @dataclass

@@ -128,9 +128,11 @@ class UnlabeledStream:
     """Batches of the unlabeled pool for the training step, drawn by a generator that each epoch reseeds (so a
     resumed run draws what an uninterrupted one would)."""
 
-    def __init__(self, cfg: Config, images: np.ndarray, device):
+    def __init__(self, cfg: Config, images: np.ndarray, device, processes: int = 1):
         self.images = torch.from_numpy(np.ascontiguousarray(images))  # (M, H, W) uint8
         self.cfg, self.device = cfg, device
+        # Each process's share of a step's unlabeled crops, as each takes batch_size / processes labeled ones.
+        self.batch_size = max(1, cfg.semi.batch_size // processes)
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def reseed(self, seed: int) -> None:
@@ -139,7 +141,7 @@ class UnlabeledStream:
     def next_batch(self, teacher: nn.Module, memory_format=torch.contiguous_format) -> PseudoLabeled:
         """Draw crops, label a weak view with `teacher`, and return a strong view with its pseudo-labels."""
         semi = self.cfg.semi
-        chosen = torch.randint(0, len(self.images), (semi.batch_size,), generator=self.generator)
+        chosen = torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
         weak = images_to_tensor(self.images[chosen].numpy(), self.cfg.data.in_channels)  # (B, C, H, W)
         flipped = torch.rand(len(weak), generator=self.generator) < 0.5
         weak = torch.where(flipped[:, None, None, None], weak.flip(-1), weak)
@@ -152,8 +154,9 @@ class UnlabeledStream:
         return PseudoLabeled(strong, targets.to(self.device), semi.weight)
 
 
-def build_unlabeled_stream(cfg: Config, prepared: PreparedData, device) -> UnlabeledStream | None:
-    """The stream of unlabeled batches, or None when semi-supervised training is off (semi.weight 0)."""
+def build_unlabeled_stream(cfg: Config, prepared: PreparedData, device, processes: int = 1) -> UnlabeledStream | None:
+    """The stream of unlabeled batches for one of `processes` training processes, or None when semi-supervised
+    training is off (semi.weight 0)."""
     if cfg.semi.weight <= 0:
         return None
-    return UnlabeledStream(cfg, unlabeled_images(cfg, prepared), device)
+    return UnlabeledStream(cfg, unlabeled_images(cfg, prepared), device, processes)

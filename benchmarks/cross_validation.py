@@ -158,6 +158,9 @@ def cross_validate(args, known_names: list[str], variant_config) -> None:
                 run_fold(variant_config(args, name, seed), run_dir, prepared, split, plan)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 print(f"{name} seed {seed} fold {fold}: held-out mIoU {metrics['test_miou']:.4f}", flush=True)
-    every_name = sorted({p.name.rsplit("_seed", 1)[0] for p in out.glob("*_seed*_fold*")} | set(names))
+    # The table holds every finished row in --out, this call's and earlier ones': names and seeds from the fold dirs.
+    finished = [p.name.rsplit("_fold", 1)[0].rsplit("_seed", 1) for p in out.glob("*_seed*_fold*")]
+    every_name = {name for name, _ in finished} | set(names)
+    every_seed = {int(seed) for _, seed in finished if seed.isdigit()} | set(seeds)
     ordered = [n for n in known_names if n in every_name]
-    write_table(out, ordered, sorted({*seeds, *range(10)}), args.folds, group_ids(prepared.data), plan)
+    write_table(out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data), plan)

@@ -4,7 +4,9 @@ Every labeled crop is held out once (data.split.kfold_splits: whole frame groups
 fold trains the recipe as `marsseg train` would, with early stopping and the big-rock scale on the fold's own
 validation part, and scores its held-out part once. The held-out crops' confusion matrices of all folds are pooled
 into one: the out-of-fold mIoU. Its 90 % interval resamples frame groups; a lever is compared with "default" on the
-same folds and seeds, image by image (a paired bootstrap), which cancels most of the split's luck.
+same folds and seeds, image by image (a paired bootstrap), which cancels most of the split's luck. A variant with
+semi.teachers names other variants: each fold's teachers are their models of that fold and seed; so does an
+ensemble row (a soft vote, nothing trained).
 Writes cv.md and cv.png in --out from every finished fold there; finished folds are skipped on a re-run.
 """
 
@@ -45,6 +47,28 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
         train_seconds=result.train_seconds,
         plan=plan,
     )
+
+
+def ensemble_fold(member_dirs: list[str], run_dir: Path, prepared, split, plan: str) -> None:
+    """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
+    the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'."""
+    from marsseg.experiments import ensemble_scores
+
+    scores = ensemble_scores([Path(d) for d in member_dirs], replace(prepared, split=split), True, "cpu")
+    seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "members.json").write_text(json.dumps({"members": member_dirs, "big_rock_scale": scores["scale"]}))
+    matrices = scores["test_evaluation"].image_matrices
+    np.savez(run_dir / "out_of_fold.npz", indices=split.test, matrices=matrices, train_seconds=seconds, plan=plan)
+
+
+def teacher_fold(out: Path, teacher: str, seed: int, fold: int, plan: str) -> str:
+    """A variant's teacher, named by variant, is that variant's finished run of the same fold and seed: a model
+    that never saw the fold's held-out labels."""
+    run_dir = fold_dir(out, teacher, seed, fold)
+    if load_fold(run_dir / "out_of_fold.npz", plan) is None:
+        raise SystemExit(f"{run_dir}: the teacher {teacher} of this fold has not finished; cross-validate it first")
+    return str(run_dir)
 
 
 def load_fold(path: Path, plan: str):
@@ -139,9 +163,11 @@ def plot_differences(differences: dict[str, tuple[float, float, float]], folds: 
     report.save_figure(figure, path)
 
 
-def cross_validate(args, known_names: list[str], variant_config) -> None:
+def cross_validate(args, known_names: list[str], variant_config, ensembles: dict[str, list[str]] | None = None) -> None:
     """Train every (variant, seed, fold) of `args` that has not finished, then write cv.md (rows in the order of
-    `known_names`). `variant_config(args, name, seed)` gives a row's config."""
+    `known_names`). `variant_config(args, name, seed)` gives a row's config; a row named in `ensembles` trains
+    nothing: it is the soft vote of the variants listed there, fold by fold."""
+    ensembles = ensembles or {}
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)
@@ -155,7 +181,14 @@ def cross_validate(args, known_names: list[str], variant_config) -> None:
                 run_dir = fold_dir(out, name, seed, fold)
                 if load_fold(run_dir / "out_of_fold.npz", plan) is not None:
                     continue
-                run_fold(variant_config(args, name, seed), run_dir, prepared, split, plan)
+                if name in ensembles:
+                    members = [teacher_fold(out, m, seed, fold, plan) for m in ensembles[name]]
+                    ensemble_fold(members, run_dir, prepared, split, plan)
+                    print(f"{name} seed {seed} fold {fold}: scored", flush=True)
+                    continue
+                cfg = variant_config(args, name, seed)
+                cfg.semi.teachers = [teacher_fold(out, t, seed, fold, plan) for t in cfg.semi.teachers]
+                run_fold(cfg, run_dir, prepared, split, plan)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 print(f"{name} seed {seed} fold {fold}: held-out mIoU {metrics['test_miou']:.4f}", flush=True)
     # The table holds every finished row in --out, this call's and earlier ones': names and seeds from the fold dirs.

@@ -73,6 +73,14 @@ VARIANTS: dict[str, dict] = {
     "semi": {"semi.weight": 1.0},
     "semi_no_rare_threshold": {"semi.weight": 1.0, "semi.rare_threshold": 0.9},
     "copy_paste_semi": {"augment.copy_paste": 0.3, "semi.weight": 1.0},
+    # Offline self-training: teachers named by variant (their run of the same seed, and fold under --folds) label the
+    # pool once; the student learns it with the recipe's loss. Several teachers: distilling their ensemble.
+    "self_training": {"semi.weight": 1.0, "semi.teachers": ["default"], "semi.loss": "recipe"},
+    "distill_ensemble": {
+        "semi.weight": 1.0,
+        "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],
+        "semi.loss": "recipe",
+    },
     "balanced_curriculum": {"data.curriculum_epochs": 10},  # half big-rock draws at first, x4's share at epoch 10
     "plain_unet": {"model.name": "unet"},
     "full_res_unet16": {"model.name": "unet", "model.width": 16, "model.options": {"levels": 5}},
@@ -87,6 +95,10 @@ VARIANTS: dict[str, dict] = {
     "big_rock_scale_on_val": {"big_rock_scale": 0.0},
     "no_tta": {"tta": False},
 }
+
+# Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
+# its members cost. The ceiling of distilling them into one model (variant distill_ensemble).
+ENSEMBLES: dict[str, list[str]] = {"ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"]}
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -186,13 +198,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per run")
     parser.add_argument("--folds", type=int, default=0, help="cross-validate each row over this many folds (>= 2)")
     args = parser.parse_args()
-    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    known = [*VARIANTS, *ENSEMBLES] if args.folds else list(VARIANTS)
+    unknown = [name for name in args.variants.split(",") if name not in known]
     if unknown:
-        parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.folds:
         from cross_validation import cross_validate
 
-        cross_validate(args, list(VARIANTS), variant_config)
+        cross_validate(args, known, variant_config, ENSEMBLES)
         return
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row
@@ -201,7 +214,9 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             run_dir = Path(args.out) / f"{name}_seed{seed}"
             if not (run_dir / "metrics.json").is_file():
-                fit(variant_config(args, name, seed), run_dir, force=True, prepared=prepared)
+                cfg = variant_config(args, name, seed)
+                cfg.semi.teachers = [str(Path(args.out) / f"{t}_seed{seed}") for t in cfg.semi.teachers]
+                fit(cfg, run_dir, force=True, prepared=prepared)
             row = run_summary(run_dir)
             print(
                 f"{name:<30}{seed:>5}{row['val_miou']:>10.4f}{row['big_rock']:>14.4f}{row['best_epoch']:>12d}"

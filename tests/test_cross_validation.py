@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.metrics import mean_iou
 from tests.tiny_runs import tiny_config
@@ -20,6 +21,9 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
         overrides = {"optim.epochs": 1, "seed": seed, "big_rock_scale": 1.0}
         if name == "no_ema":
             overrides["optim.ema_decay"] = 0.0
+        if name in ("student", "orphan"):  # offline self-training, teachers named by variant
+            overrides.update({"semi.weight": 1.0, "semi.batch_size": 8, "semi.loss": "recipe"})
+            overrides["semi.teachers"] = ["default"] if name == "student" else ["never_run"]
         return tiny_config(tiny_npz, **overrides)
 
     args = Namespace(out=str(tmp_path), data=str(tiny_npz), folds=2, variants="default,no_ema", first_seed=0, seeds=1)
@@ -44,3 +48,18 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     # folds made under another plan (here 2 folds, asked for 3) are refused, never pooled
     with pytest.raises(SystemExit, match="made for 2 folds"):
         cross_validate(Namespace(**{**vars(args), "folds": 3}), ["default", "no_ema"], variant_config)
+    # a student's teachers are the named variant's models of the same fold and seed, never another fold's
+    cross_validate(Namespace(**{**vars(args), "variants": "student"}), ["default", "student"], variant_config)
+    for fold in range(2):
+        saved = load_config(str(tmp_path / f"student_seed0_fold{fold}" / "config.yaml"))
+        assert saved.semi.teachers == [str(tmp_path / f"default_seed0_fold{fold}")]
+    with pytest.raises(SystemExit, match="teacher never_run of this fold has not finished"):
+        cross_validate(Namespace(**{**vars(args), "variants": "orphan"}), ["orphan"], variant_config)
+    # a soft-voting ensemble row trains nothing: its members' probabilities, averaged, scored out of fold
+    vote_args = Namespace(**{**vars(args), "variants": "vote"})
+    cross_validate(vote_args, ["default", "no_ema", "vote"], variant_config, {"vote": ["default", "no_ema"]})
+    assert not (tmp_path / "vote_seed0_fold0" / "best.pt").exists()
+    vote, vote_minutes = pooled_matrices(tmp_path, "vote", 0, 2, samples, plan)
+    assert (vote.sum(axis=(1, 2)) == 64 * 128).all()
+    assert vote_minutes == pytest.approx(minutes + pooled_matrices(tmp_path, "no_ema", 0, 2, samples, plan)[1])
+    assert f"{mean_iou(vote.sum(axis=0)):.3f}" in (tmp_path / "cv.md").read_text()

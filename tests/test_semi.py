@@ -1,5 +1,5 @@
 """Semi-supervised training (semi.py): pseudo-labels and their class-aware thresholds, the strong view, the
-unlabeled loss, the pool, and the step and run that use them."""
+unlabeled loss, the pool, and the step and run that use them; offline teachers that label the pool once."""
 
 import json
 
@@ -9,13 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marsseg import semi as semi_module
+from marsseg.checkpoints import load_model
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
 from marsseg.losses import build_loss
+from marsseg.predict import predict_probabilities, scale_big_rock
 from marsseg.semi import (
     IGNORED,
     PseudoLabeled,
+    UnlabeledStream,
+    confident_labels,
+    label_pool,
     pseudo_label_loss,
     pseudo_labels,
     strong_view,
@@ -185,3 +191,100 @@ def test_an_interrupted_semi_run_resumes_to_the_uninterrupted_one(tiny_npz, tmp_
         fit(tiny_config(tiny_npz, **semi), tmp_path / "cut", on_epoch=stop_after_first)
     resumed = fit(tiny_config(tiny_npz, **semi), tmp_path / "cut", resume=True)
     assert [row["train_loss"] for row in resumed.history] == [row["train_loss"] for row in whole.history]
+
+
+def test_confident_labels_judge_confidence_among_the_scored_classes_only():
+    probabilities = torch.tensor(
+        [
+            [0.50, 0.45, 0.03, 0.01, 0.01],  # half background; soil is 0.9 of the scored mass: kept
+            [0.00, 0.85, 0.10, 0.05, 0.00],  # soil 0.85: ignored
+            [0.30, 0.07, 0.07, 0.00, 0.56],  # big rock 0.8 of the scored mass: kept at the rare threshold 0.7
+        ]
+    ).T[None, :, None, :]  # (1, 5, 1, 3)
+    assert confident_labels(probabilities[:, 1:], 0.9, 0.7).tolist() == [[[1, IGNORED, 4]]]
+
+
+def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, tiny_npz):
+    images = np.load(tiny_npz)["test_set"][:40]
+    model, cfg = load_model(trained_run)
+    assert cfg.big_rock_scale == 3
+    probabilities = torch.cat(list(predict_probabilities(model, images, tta=True, precision=cfg.precision)))
+    scaled = scale_big_rock(probabilities, 3.0)
+    expected = confident_labels((scaled / scaled.sum(dim=1, keepdim=True))[:, 1:], 0.6, 0.4)
+    one = label_pool([str(trained_run)], images, 0.6, 0.4, "cpu", progress=False)
+    assert one.dtype == torch.int8 and one.shape == (len(images), 64, 128)
+    assert torch.equal(one.long(), expected)
+    assert (one == 4).any() and (one == IGNORED).any() and (one != IGNORED).any()
+    unscaled = confident_labels(probabilities[:, 1:], 0.6, 0.4)
+    assert (one == 4).sum() > (unscaled == 4).sum()  # the teacher's scale is how it calls big rock
+    two = label_pool([str(trained_run)] * 2, images, 0.6, 0.4, "cpu", progress=False)
+    assert torch.equal(two, one)  # an ensemble of one model twice is that model
+
+
+def test_a_labelled_pool_gives_each_drawn_crop_its_own_labels_flipped_with_it(tiny_npz, monkeypatch):
+    monkeypatch.setattr(semi_module, "strong_view", lambda images, targets, generator: (images, targets))
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(1, 5, (6, 64, 128))).to(torch.int8)
+    labels[:, :, :64] = IGNORED  # the left half unsure: a flip moves it to the right
+    images = ((labels.numpy().astype(np.int16) + 1) * 50).astype(np.uint8)  # each pixel shows its label
+    cfg = tiny_config(tiny_npz, **{"semi.weight": 1.0, "semi.batch_size": 16})
+    stream = UnlabeledStream(cfg, images, "cpu", labels=labels)
+    batch = stream.next_batch(teacher=None)
+    shown = torch.round(batch.images[:, 0] * 127.5 + 127.5).long()  # back to gray values
+    assert torch.equal(batch.targets, shown // 50 - 1)
+    left_unsure = (batch.targets[:, :, :64] == IGNORED).all(dim=(1, 2))
+    assert 0 < left_unsure.sum() < 16  # some crops flipped, some not
+
+
+def test_recipe_pseudo_loss_is_the_labeled_loss_with_unsure_pixels_as_background():
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 5, 3, padding=1)
+    images, masks = torch.randn(4, 1, 8, 8), torch.randint(1, 5, (4, 8, 8))
+    strong, targets = torch.randn(3, 1, 8, 8), torch.randint(1, 5, (3, 8, 8))
+    targets[0, :4] = IGNORED
+    loss_fn = build_loss(load_config().loss, masks.numpy())
+    as_background = targets.clamp(min=0)
+    expected = compute_loss(loss_fn, model(images), masks) + 2.0 * compute_loss(loss_fn, model(strong), as_background)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    pseudo = PseudoLabeled(strong, targets, 2.0, loss="recipe")
+    loss = training_step(model, images, masks, loss_fn, optimizer, unlabeled=pseudo)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    other = targets.clone()
+    other[0, :4] = 2  # what an unsure pixel would have been does not matter ...
+    same = compute_loss(loss_fn, model(strong), other.masked_fill(targets == IGNORED, 0))
+    assert same.item() == pytest.approx(compute_loss(loss_fn, model(strong), as_background).item(), rel=1e-6)
+    assert compute_loss(loss_fn, model(strong), other).item() != pytest.approx(
+        same.item(), rel=1e-3
+    )  # ... unless scored
+
+
+def test_offline_self_training_repeats_from_its_seed_and_learns_the_teachers_labels(trained_run, tiny_npz, tmp_path):
+    student = {"semi.weight": 1.0, "semi.teachers": [str(trained_run)], "semi.loss": "recipe", "semi.batch_size": 8}
+    student.update({"precision": "fp32", "semi.threshold": 0.5, "semi.rare_threshold": 0.5})
+    first = fit(tiny_config(tiny_npz, **student), tmp_path / "a")
+    second = fit(tiny_config(tiny_npz, **student), tmp_path / "b")
+    unsure = fit(
+        tiny_config(tiny_npz, **{**student, "semi.threshold": 1.0, "semi.rare_threshold": 1.0}), tmp_path / "c"
+    )
+    losses = [[row["train_loss"] for row in run.history] for run in (first, second, unsure)]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_teacher_settings_and_flag(tmp_path, tiny_npz, capsys):
+    from marsseg.cli import build_parser, main, parse_overrides
+    from marsseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="semi.loss"):
+        load_config(None, {"semi.loss": "dice"})
+    with pytest.raises(ConfigError, match="needs loss.ignore_background"):
+        load_config(None, {"semi.loss": "recipe", "loss.ignore_background": False})
+    parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--teacher", "b"])
+    assert parse_overrides(parsed) == {"semi.teachers": ["a", "b"], "semi.weight": 1.0}
+    parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--semi", "0.5"])
+    assert parse_overrides(parsed) == {"semi.teachers": ["a"], "semi.weight": 0.5}
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), "--teacher", str(tmp_path / "none")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "checkpoint not found" in error
+    assert not run.exists()

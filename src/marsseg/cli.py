@@ -179,10 +179,13 @@ def parse_overrides(args) -> dict:
         ("device", "device"),
         ("semi", "semi.weight"),
         ("unlabeled", "data.unlabeled"),
+        ("teacher", "semi.teachers"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "teacher", None) and getattr(args, "semi", None) is None:
+        overrides["semi.weight"] = 1.0  # --teacher alone: offline self-training at the usual weight
     for pair in getattr(args, "set", None) or []:
         if "=" not in pair:
             raise UserError(f"--set {pair}: expected KEY=VALUE, e.g. --set optim.lr=0.001")
@@ -233,6 +236,11 @@ def cmd_train(args) -> int:
         from marsseg.data.prepare import load_data
 
         load_data(cfg.data.unlabeled)  # a bad unlabeled file is refused before the run directory is written
+    if cfg.semi.weight > 0:
+        from marsseg.checkpoints import load_model
+
+        for teacher in cfg.semi.teachers:  # so is a teacher that is not a finished run
+            load_model(teacher)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
@@ -492,6 +500,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.npz",
         help="the unlabeled crops for --semi (default: the data file's test_set and the images of its validation "
         "and local-test parts; masks are never read)",
+    )
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        metavar="RUN",
+        help="offline self-training: this finished run's best checkpoint labels the unlabeled crops once, before "
+        "training, and the new model learns them (with --semi's weight, else 1); repeat it for an ensemble of "
+        "teachers, whose probabilities are averaged",
     )
     parser.add_argument(
         "--set",

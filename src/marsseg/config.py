@@ -121,6 +121,12 @@ class SemiConfig:
     threshold: float = 0.9  # a pseudo-label counts where the teacher's probability is at least this
     rare_threshold: float = 0.7  # ... and at least this where it says big rock (class-aware)
     batch_size: int = 32  # unlabeled crops per step (shared out among processes), next to optim.batch_size labeled
+    # Offline self-training: run directories whose best checkpoints label the pool once, before training, instead
+    # of the EMA labelling each batch; several are an ensemble, their probabilities averaged (distillation).
+    teachers: list[str] = field(default_factory=list)
+    # "cross_entropy" on the confident pixels over all pixels (FixMatch), or "recipe": the labeled loss (loss.*,
+    # class weights included) with pseudo-labels as labels and unsure pixels as background (loss.ignore_background)
+    loss: str = "cross_entropy"
 
 
 @dataclass
@@ -157,6 +163,7 @@ CHOICES = {
     "loss.class_weights": ("none", "inverse", "inverse_sqrt", "manual"),
     "optim.optimizer": ("adam", "adamw"),
     "optim.scheduler": ("cosine", "cosine_restarts", "plateau", "onecycle", "none"),
+    "semi.loss": ("cross_entropy", "recipe"),
 }
 NON_NEGATIVE = (
     "optim.weight_decay",
@@ -292,6 +299,10 @@ def validate(config: Config, source: str = "config") -> Config:
     for dotted in ("semi.threshold", "semi.rare_threshold"):
         if not 0 <= get_field(config, dotted) <= 1:
             raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected 0..1")
+    if config.semi.loss == "recipe" and not config.loss.ignore_background:
+        raise ConfigError(f"{source}: field 'semi.loss': 'recipe' needs loss.ignore_background (unsure pixels are 0)")
+    if not all(isinstance(t, str) and t for t in config.semi.teachers):
+        raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")

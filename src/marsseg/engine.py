@@ -107,7 +107,7 @@ def fit(
     seed_everything(cfg.seed)
     prepared = _run_data(cfg, run_dir, resume, prepared, ranks)
     dataset, sampler, loader = _training_loader(cfg, prepared, ranks)
-    unlabeled = build_unlabeled_stream(cfg, prepared, device, ranks.world)
+    unlabeled = build_unlabeled_stream(cfg, prepared, device, ranks.world, progress=ranks.is_main)
     memory_format = training_memory_format(cfg, device)
     state = build_training_state(cfg, device, memory_format)  # identical on every rank (same seed)
     loss_fn = build_loss(cfg.loss, prepared.data.masks[prepared.split.train]).to(device)

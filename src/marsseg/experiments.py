@@ -61,7 +61,7 @@ def ensemble_scores(
     """Softmax averaged over the best checkpoints of `run_dirs`: (mIoU, per-class IoU) on val and test.
 
     The big-rock scale is `big_rock_scale`, or with 0 the one that is best for the ensemble on validation (as
-    training chooses it for one model); scores["scale"] holds it.
+    training chooses it for one model); scores["scale"] holds it, scores["test_evaluation"] the test part's Evaluation.
     """
     models = [load_model(run_dir) for run_dir in run_dirs]
     scores: dict = {}
@@ -79,6 +79,7 @@ def ensemble_scores(
             scores["scale"] = big_rock_scale or best_big_rock_scale(averaged, masks)[0]
         result = evaluate_probabilities([averaged], masks, big_rock_scale=scores["scale"])
         scores[part] = (result.miou, result.ious)
+        scores[f"{part}_evaluation"] = result
     return scores
 
 

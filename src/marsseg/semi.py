@@ -19,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from marsseg.config import Config
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.prepare import PreparedData, load_data
 from marsseg.data.split import RARE_CLASS
 from marsseg.precision import autocast
-from marsseg.predict import FIRST_SCORED_CLASS
+from marsseg.predict import FIRST_SCORED_CLASS, predict_probabilities, scale_big_rock
 
 IGNORED = -1  # the pseudo-label of a pixel the teacher is not confident about
 
@@ -50,6 +51,7 @@ class PseudoLabeled:
     images: torch.Tensor  # (B, C, H, W) model input
     targets: torch.Tensor  # (B, H, W) long: pseudo-labels 1..4, IGNORED where the teacher was not sure
     weight: float  # of this batch's loss against the labeled loss
+    loss: str = "cross_entropy"  # semi.loss: "cross_entropy" (pseudo_label_loss) or "recipe" (the labeled loss)
 
 
 def pseudo_labels(
@@ -70,11 +72,42 @@ def pseudo_labels(
     teacher.train(was_training)
     if isinstance(logits, tuple):
         logits = logits[0]
-    probabilities = logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1)  # (B, 4, H, W)
-    confidence, labels = probabilities.max(dim=1)
+    return confident_labels(logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1), threshold, rare_threshold)
+
+
+def confident_labels(scored: torch.Tensor, threshold: float, rare_threshold: float) -> torch.Tensor:
+    """(B, H, W) labels in 1..4 from the probabilities of classes 1..4 (B, 4, H, W): the most likely, IGNORED where
+    its share of the four is below `threshold` (`rare_threshold` for big rock)."""
+    confidence, labels = (scored / scored.sum(dim=1, keepdim=True).clamp(min=1e-12)).max(dim=1)
     labels = labels + FIRST_SCORED_CLASS
     needed = torch.where(labels == RARE_CLASS, rare_threshold, threshold)
     return torch.where(confidence >= needed, labels, torch.full_like(labels, IGNORED))
+
+
+def label_pool(
+    teachers: list[str], images: np.ndarray, threshold: float, rare_threshold: float, device, progress: bool = True
+) -> torch.Tensor:
+    """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`.
+
+    Each teacher's flip-TTA probabilities, with its big-rock scale applied as its predictions apply it, are
+    renormalised and averaged over teachers; then confident_labels."""
+    from marsseg.checkpoints import load_model  # checkpoints -> training -> semi: imported when called
+
+    models = [load_model(run_dir) for run_dir in teachers]
+    streams = [
+        predict_probabilities(
+            model.to(device), images, cfg.data.in_channels, tta=True, device=device, precision=cfg.precision
+        )
+        for model, cfg in models
+    ]
+    scales = [cfg.big_rock_scale or 1.0 for _, cfg in models]
+    labels = []
+    batches = zip(*streams, strict=True)
+    for batch in tqdm(batches, total=-(-len(images) // 128), desc="pseudo-label", disable=not progress, leave=False):
+        scaled = [scale_big_rock(probs, scale) for probs, scale in zip(batch, scales, strict=True)]
+        averaged = torch.stack([p / p.sum(dim=1, keepdim=True) for p in scaled]).mean(dim=0)
+        labels.append(confident_labels(averaged[:, FIRST_SCORED_CLASS:], threshold, rare_threshold).to(torch.int8))
+    return torch.cat(labels)
 
 
 def strong_view(
@@ -126,10 +159,12 @@ def pseudo_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 class UnlabeledStream:
     """Batches of the unlabeled pool for the training step, drawn by a generator that each epoch reseeds (so a
-    resumed run draws what an uninterrupted one would)."""
+    resumed run draws what an uninterrupted one would). With `labels` (the pool labelled once by teachers), a batch
+    takes them; else the teacher given to next_batch labels a weak view."""
 
-    def __init__(self, cfg: Config, images: np.ndarray, device, processes: int = 1):
+    def __init__(self, cfg: Config, images: np.ndarray, device, processes: int = 1, labels: torch.Tensor | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images))  # (M, H, W) uint8
+        self.labels = labels  # (M, H, W) int8 or None
         self.cfg, self.device = cfg, device
         # Each process's share of a step's unlabeled crops, as each takes batch_size / processes labeled ones.
         self.batch_size = max(1, cfg.semi.batch_size // processes)
@@ -139,24 +174,43 @@ class UnlabeledStream:
         self.generator.manual_seed(seed + 7)
 
     def next_batch(self, teacher: nn.Module, memory_format=torch.contiguous_format) -> PseudoLabeled:
-        """Draw crops, label a weak view with `teacher`, and return a strong view with its pseudo-labels."""
+        """Draw crops, label a weak view (with `teacher` unless the pool is labelled), and return a strong view
+        with its pseudo-labels."""
         semi = self.cfg.semi
         chosen = torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
         weak = images_to_tensor(self.images[chosen].numpy(), self.cfg.data.in_channels)  # (B, C, H, W)
         flipped = torch.rand(len(weak), generator=self.generator) < 0.5
         weak = torch.where(flipped[:, None, None, None], weak.flip(-1), weak)
-        weak_on_device = weak.to(self.device).contiguous(memory_format=memory_format)
-        targets = pseudo_labels(
-            teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, self.cfg.precision
-        ).cpu()
+        if self.labels is not None:
+            targets = self.labels[chosen].long()
+            targets = torch.where(flipped[:, None, None], targets.flip(-1), targets)
+        else:
+            weak_on_device = weak.to(self.device).contiguous(memory_format=memory_format)
+            targets = pseudo_labels(
+                teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, self.cfg.precision
+            ).cpu()
         strong, targets = strong_view(weak, targets, self.generator)
         strong = strong.to(self.device).contiguous(memory_format=memory_format)
-        return PseudoLabeled(strong, targets.to(self.device), semi.weight)
+        return PseudoLabeled(strong, targets.to(self.device), semi.weight, semi.loss)
 
 
-def build_unlabeled_stream(cfg: Config, prepared: PreparedData, device, processes: int = 1) -> UnlabeledStream | None:
+def build_unlabeled_stream(
+    cfg: Config, prepared: PreparedData, device, processes: int = 1, progress: bool = True
+) -> UnlabeledStream | None:
     """The stream of unlabeled batches for one of `processes` training processes, or None when semi-supervised
-    training is off (semi.weight 0)."""
+    training is off (semi.weight 0). With semi.teachers, the pool is labelled here, once."""
     if cfg.semi.weight <= 0:
         return None
-    return UnlabeledStream(cfg, unlabeled_images(cfg, prepared), device, processes)
+    images = unlabeled_images(cfg, prepared)
+    labels = None
+    if cfg.semi.teachers:
+        labels = label_pool(cfg.semi.teachers, images, cfg.semi.threshold, cfg.semi.rare_threshold, device, progress)
+        kept = labels != IGNORED
+        if progress:
+            rock = (labels == RARE_CLASS).sum() / max(int(kept.sum()), 1)
+            print(
+                f"pseudo-labels: {len(images)} unlabeled crops by {len(cfg.semi.teachers)} teacher(s); "
+                f"{kept.float().mean():.1%} of pixels kept, {rock:.1%} of them big rock",
+                flush=True,
+            )
+    return UnlabeledStream(cfg, images, device, processes, labels)

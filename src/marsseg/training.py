@@ -22,7 +22,7 @@ from marsseg.data.io import NUM_CLASSES
 from marsseg.data.prepare import prepare_data
 from marsseg.errors import UserError
 from marsseg.evaluation import evaluate
-from marsseg.losses import build_loss
+from marsseg.losses import BACKGROUND, build_loss
 from marsseg.models import create_model
 from marsseg.precision import autocast, resolve_precision
 from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss
@@ -209,7 +209,11 @@ def training_step(
         else:
             output = output[:labeled]
         loss = compute_loss(loss_fn, output, masks)
-        loss = loss + unlabeled.weight * pseudo_label_loss(final[labeled:], unlabeled.targets)
+        if unlabeled.loss == "recipe":  # pseudo-labels as labels; an unsure pixel counts as background, not scored
+            pseudo = compute_loss(loss_fn, final[labeled:], unlabeled.targets.clamp(min=BACKGROUND))
+        else:
+            pseudo = pseudo_label_loss(final[labeled:], unlabeled.targets)
+        loss = loss + unlabeled.weight * pseudo
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

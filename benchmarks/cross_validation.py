@@ -159,7 +159,7 @@ def plot_differences(differences: dict[str, tuple[float, float, float]], folds: 
         title=f"{folds}-fold cross-validation, same folds and seeds",
     )
     axis.invert_yaxis()
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="best")
     report.save_figure(figure, path)
 
 

@@ -98,7 +98,10 @@ VARIANTS: dict[str, dict] = {
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
 # its members cost. The ceiling of distilling them into one model (variant distill_ensemble).
-ENSEMBLES: dict[str, list[str]] = {"ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"]}
+ENSEMBLES: dict[str, list[str]] = {
+    "ensemble_of_2": ["default", "cutmix"],
+    "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
+}
 
 
 def run_summary(run_dir: Path) -> dict:

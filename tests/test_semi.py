@@ -2,6 +2,7 @@
 unlabeled loss, the pool, and the step and run that use them; offline teachers that label the pool once."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -204,21 +205,32 @@ def test_confident_labels_judge_confidence_among_the_scored_classes_only():
     assert confident_labels(probabilities[:, 1:], 0.9, 0.7).tolist() == [[[1, IGNORED, 4]]]
 
 
-def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, tiny_npz):
+def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, tiny_npz, tmp_path):
     images = np.load(tiny_npz)["test_set"][:40]
     model, cfg = load_model(trained_run)
     assert cfg.big_rock_scale == 3
     probabilities = torch.cat(list(predict_probabilities(model, images, tta=True, precision=cfg.precision)))
-    scaled = scale_big_rock(probabilities, 3.0)
-    expected = confident_labels((scaled / scaled.sum(dim=1, keepdim=True))[:, 1:], 0.6, 0.4)
+
+    def scored_share(scale: float) -> torch.Tensor:
+        scored = scale_big_rock(probabilities, scale)[:, 1:]
+        return scored / scored.sum(dim=1, keepdim=True)
+
     one = label_pool([str(trained_run)], images, 0.6, 0.4, "cpu", progress=False)
     assert one.dtype == torch.int8 and one.shape == (len(images), 64, 128)
-    assert torch.equal(one.long(), expected)
+    assert torch.equal(one.long(), confident_labels(scored_share(3.0), 0.6, 0.4))
     assert (one == 4).any() and (one == IGNORED).any() and (one != IGNORED).any()
-    unscaled = confident_labels(probabilities[:, 1:], 0.6, 0.4)
+    unscaled = confident_labels(scored_share(1.0), 0.6, 0.4)
     assert (one == 4).sum() > (unscaled == 4).sum()  # the teacher's scale is how it calls big rock
-    two = label_pool([str(trained_run)] * 2, images, 0.6, 0.4, "cpu", progress=False)
-    assert torch.equal(two, one)  # an ensemble of one model twice is that model
+    # the same weights with scale 1: an ensemble of two teachers averages their shares of classes 1..4
+    other = tmp_path / "unscaled_teacher"
+    shutil.copytree(trained_run, other)
+    state = torch.load(other / "best.pt", weights_only=False)
+    state["config"]["big_rock_scale"] = 1.0
+    torch.save(state, other / "best.pt")
+    two = label_pool([str(trained_run), str(other)], images, 0.6, 0.4, "cpu", progress=False)
+    expected = confident_labels((scored_share(3.0) + scored_share(1.0)) / 2, 0.6, 0.4)
+    assert torch.equal(two.long(), expected)
+    assert not torch.equal(two, one) and not torch.equal(two.long(), unscaled)
 
 
 def test_a_labelled_pool_gives_each_drawn_crop_its_own_labels_flipped_with_it(tiny_npz, monkeypatch):
@@ -258,7 +270,9 @@ def test_recipe_pseudo_loss_is_the_labeled_loss_with_unsure_pixels_as_background
     )  # ... unless scored
 
 
-def test_offline_self_training_repeats_from_its_seed_and_learns_the_teachers_labels(trained_run, tiny_npz, tmp_path):
+def test_offline_self_training_repeats_from_its_seed_and_its_pseudo_labels_change_what_it_learns(
+    trained_run, tiny_npz, tmp_path
+):
     student = {"semi.weight": 1.0, "semi.teachers": [str(trained_run)], "semi.loss": "recipe", "semi.batch_size": 8}
     student.update({"precision": "fp32", "semi.threshold": 0.5, "semi.rare_threshold": 0.5})
     first = fit(tiny_config(tiny_npz, **student), tmp_path / "a")
@@ -279,12 +293,32 @@ def test_teacher_settings_and_flag(tmp_path, tiny_npz, capsys):
         load_config(None, {"semi.loss": "dice"})
     with pytest.raises(ConfigError, match="needs loss.ignore_background"):
         load_config(None, {"semi.loss": "recipe", "loss.ignore_background": False})
-    parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--teacher", "b"])
-    assert parse_overrides(parsed) == {"semi.teachers": ["a", "b"], "semi.weight": 1.0}
-    parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--semi", "0.5"])
-    assert parse_overrides(parsed) == {"semi.teachers": ["a"], "semi.weight": 0.5}
+    with pytest.raises(ConfigError, match="semi.teachers' needs semi.weight > 0"):
+        load_config(None, {"semi.teachers": ["a"]})
+    parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--teacher", "b", "--semi", "0.5"])
+    assert parse_overrides(parsed) == {"semi.teachers": ["a", "b"], "semi.weight": 0.5}
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_npz), "--out", str(run), "--teacher", str(tmp_path / "none")]) == 2
+    flags = ["train", "--data", str(tiny_npz), "--out", str(run), "--semi", "1"]
+    assert main([*flags, "--teacher", str(tmp_path / "none")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "checkpoint not found" in error
+    assert not run.exists()
+
+
+def test_a_teacher_that_saw_the_runs_held_out_crops_is_refused_before_any_file(trained_run, tiny_npz, capsys):
+    from marsseg.cli import main
+    from marsseg.data.prepare import prepare_data
+    from marsseg.errors import UserError
+    from marsseg.semi import check_teachers
+
+    same_split = prepare_data(load_config(str(trained_run / "config.yaml")).data)
+    check_teachers([str(trained_run)], same_split)  # the teacher's own split: nothing held out was trained on
+    other_split = prepare_data(tiny_config(tiny_npz, **{"data.split_seed": 1}).data)
+    with pytest.raises(UserError, match="trained on [0-9]+ of this run's validation and local-test crops"):
+        check_teachers([str(trained_run)], other_split)
+    run = trained_run.parent / "leaky_student"
+    flags = ["--semi", "1", "--teacher", str(trained_run), "--set", "data.split_seed=1"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "validation and local-test crops" in error
     assert not run.exists()

@@ -184,8 +184,6 @@ def parse_overrides(args) -> dict:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    if getattr(args, "teacher", None) and getattr(args, "semi", None) is None:
-        overrides["semi.weight"] = 1.0  # --teacher alone: offline self-training at the usual weight
     for pair in getattr(args, "set", None) or []:
         if "=" not in pair:
             raise UserError(f"--set {pair}: expected KEY=VALUE, e.g. --set optim.lr=0.001")
@@ -236,11 +234,16 @@ def cmd_train(args) -> int:
         from marsseg.data.prepare import load_data
 
         load_data(cfg.data.unlabeled)  # a bad unlabeled file is refused before the run directory is written
-    if cfg.semi.weight > 0:
+    if cfg.semi.teachers and not args.resume:
         from marsseg.checkpoints import load_model
+        from marsseg.data.prepare import prepare_data
+        from marsseg.semi import check_teachers
 
-        for teacher in cfg.semi.teachers:  # so is a teacher that is not a finished run
+        for (
+            teacher
+        ) in cfg.semi.teachers:  # so is a teacher that is not a finished run, or saw this run's held-out crops
             load_model(teacher)
+        check_teachers(cfg.semi.teachers, prepare_data(cfg.data))
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
@@ -505,9 +508,10 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--teacher",
         action="append",
         metavar="RUN",
-        help="offline self-training: this finished run's best checkpoint labels the unlabeled crops once, before "
-        "training, and the new model learns them (with --semi's weight, else 1); repeat it for an ensemble of "
-        "teachers, whose probabilities are averaged",
+        help="offline self-training (with --semi W, the weight of its loss): this finished run's best checkpoint "
+        "labels the unlabeled crops once, before training, and the new model learns them; repeat it for an "
+        "ensemble of teachers, whose probabilities are averaged. A teacher must not have trained on this run's "
+        "validation or local-test crops",
     )
     parser.add_argument(
         "--set",

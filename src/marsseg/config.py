@@ -115,7 +115,8 @@ class OptimConfig:
 
 @dataclass
 class SemiConfig:
-    """Semi-supervised training on data.unlabeled (semi.py): FixMatch-style consistency with the EMA as teacher."""
+    """Semi-supervised training on data.unlabeled (semi.py): FixMatch-style consistency with the EMA as teacher, or
+    offline self-training from finished runs (teachers)."""
 
     weight: float = 0.0  # of the unlabeled loss against the labeled one; 0 switches it off
     threshold: float = 0.9  # a pseudo-label counts where the teacher's probability is at least this
@@ -303,6 +304,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: field 'semi.loss': 'recipe' needs loss.ignore_background (unsure pixels are 0)")
     if not all(isinstance(t, str) and t for t in config.semi.teachers):
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
+    if config.semi.teachers and config.semi.weight <= 0:
+        raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")

@@ -14,6 +14,7 @@ training and test images are used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,12 +24,14 @@ from tqdm import tqdm
 
 from marsseg.config import Config
 from marsseg.data.dataset import images_to_tensor
-from marsseg.data.prepare import PreparedData, load_data
-from marsseg.data.split import RARE_CLASS
+from marsseg.data.prepare import PreparedData, load_data, recorded_fingerprint
+from marsseg.data.split import RARE_CLASS, Split
+from marsseg.errors import UserError
 from marsseg.precision import autocast
 from marsseg.predict import FIRST_SCORED_CLASS, predict_probabilities, scale_big_rock
 
 IGNORED = -1  # the pseudo-label of a pixel the teacher is not confident about
+PREDICT_BATCH = 128  # crops per forward pass when teachers label the pool
 
 
 def unlabeled_images(cfg: Config, prepared: PreparedData) -> np.ndarray:
@@ -84,29 +87,54 @@ def confident_labels(scored: torch.Tensor, threshold: float, rare_threshold: flo
     return torch.where(confidence >= needed, labels, torch.full_like(labels, IGNORED))
 
 
+def check_teachers(teachers: list[str], prepared: PreparedData) -> None:
+    """Refuse a teacher that trained on this run's validation or local-test crops (same data, another split): its
+    labels of their images would leak into early stopping and the final figure. A teacher trained on other data
+    cannot be checked, and is said so."""
+    held_out = np.union1d(prepared.split.val, prepared.split.test)
+    for run_dir in teachers:
+        if recorded_fingerprint(run_dir) != prepared.fingerprint:
+            print(f"teacher {run_dir} trained on other data: its crops are not checked against this run's split")
+            continue
+        split_path = Path(run_dir) / "split.json"
+        if not split_path.is_file():
+            raise UserError(f"{split_path}: missing; is {run_dir} a marsseg run directory?")
+        seen = np.intersect1d(Split.load(split_path).train, held_out)
+        if len(seen):
+            raise UserError(
+                f"teacher {run_dir} trained on {len(seen)} of this run's validation and local-test crops; "
+                "use a teacher with this run's split (data.split_seed, data.val_fraction, data.test_fraction)"
+            )
+
+
 def label_pool(
     teachers: list[str], images: np.ndarray, threshold: float, rare_threshold: float, device, progress: bool = True
 ) -> torch.Tensor:
     """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`.
 
-    Each teacher's flip-TTA probabilities, with its big-rock scale applied as its predictions apply it, are
-    renormalised and averaged over teachers; then confident_labels."""
+    Each teacher's probabilities (its own flip TTA and big-rock scale, as its predictions have them), renormalised
+    over classes 1..4 (background is never a label), are averaged over teachers; then confident_labels.
+    Loading the teachers leaves the global random state as it was, so the student starts as it would without them."""
     from marsseg.checkpoints import load_model  # checkpoints -> training -> semi: imported when called
 
-    models = [load_model(run_dir) for run_dir in teachers]
+    with torch.random.fork_rng(devices=[]):
+        models = [load_model(run_dir) for run_dir in teachers]
     streams = [
         predict_probabilities(
-            model.to(device), images, cfg.data.in_channels, tta=True, device=device, precision=cfg.precision
+            model.to(device), images, cfg.data.in_channels, PREDICT_BATCH, cfg.tta, device, precision=cfg.precision
         )
         for model, cfg in models
     ]
     scales = [cfg.big_rock_scale or 1.0 for _, cfg in models]
     labels = []
     batches = zip(*streams, strict=True)
-    for batch in tqdm(batches, total=-(-len(images) // 128), desc="pseudo-label", disable=not progress, leave=False):
-        scaled = [scale_big_rock(probs, scale) for probs, scale in zip(batch, scales, strict=True)]
-        averaged = torch.stack([p / p.sum(dim=1, keepdim=True) for p in scaled]).mean(dim=0)
-        labels.append(confident_labels(averaged[:, FIRST_SCORED_CLASS:], threshold, rare_threshold).to(torch.int8))
+    total = -(-len(images) // PREDICT_BATCH)
+    for batch in tqdm(batches, total=total, desc="pseudo-label", disable=not progress, leave=False):
+        scored = [
+            scale_big_rock(probs, scale)[:, FIRST_SCORED_CLASS:] for probs, scale in zip(batch, scales, strict=True)
+        ]
+        averaged = torch.stack([p / p.sum(dim=1, keepdim=True).clamp(min=1e-12) for p in scored]).mean(dim=0)
+        labels.append(confident_labels(averaged, threshold, rare_threshold).to(torch.int8))
     return torch.cat(labels)
 
 
@@ -204,6 +232,7 @@ def build_unlabeled_stream(
     images = unlabeled_images(cfg, prepared)
     labels = None
     if cfg.semi.teachers:
+        check_teachers(cfg.semi.teachers, prepared)
         labels = label_pool(cfg.semi.teachers, images, cfg.semi.threshold, cfg.semi.rare_threshold, device, progress)
         kept = labels != IGNORED
         if progress:

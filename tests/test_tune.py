@@ -149,3 +149,18 @@ def test_a_study_continues_only_with_the_choices_it_started_with():
         check_same_choices(study, ("res_unet", "deeplab"), (16, 32))
     with pytest.raises(UserError, match="--widths 16,32; found 16,24"):
         check_same_choices(study, ("res_unet", "deeplab", "unet"), (16, 24))
+
+
+def test_a_trial_asked_by_a_worker_killed_before_its_first_heartbeat_is_failed_and_replaced(tmp_path):
+    from marsseg.tune import claim_trial, open_study
+
+    study, rdb = open_study(tmp_path, None, "s", seed=0, heartbeat=1)
+    orphan = study.ask()  # as if the worker died between ask() and the first beat claim_trial records
+    claimed = claim_trial(study, rdb, 2, tmp_path)  # too young to be judged: it still counts as running
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {orphan.number: "RUNNING", claimed.number: "RUNNING"}
+    assert claim_trial(study, rdb, 2, tmp_path) is None
+    time.sleep(GRACE_SECONDS)
+    replacement = claim_trial(study, rdb, 2, tmp_path)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == "FAIL" and states[replacement.number] == "RUNNING"

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -172,11 +173,35 @@ def _claim_lock(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def fail_trials_without_heartbeat(study, rdb) -> None:
+    """Mark failed the running trials that never recorded a heartbeat and started over a grace period ago: a worker
+    killed between asking for a trial and its first beat (claim_trial records it at once) left them. Optuna's
+    fail_stale_trials never sees such a trial, which would count as running for ever."""
+    import sqlalchemy
+
+    grace = rdb.grace_period or 2 * rdb.heartbeat_interval
+    with rdb.engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text(
+                "SELECT number, datetime_start FROM trials WHERE study_id = :study AND state = 'RUNNING' "
+                "AND trial_id NOT IN (SELECT trial_id FROM trial_heartbeats)"
+            ),
+            {"study": study._study_id},
+        ).fetchall()
+    for number, started in rows:
+        if isinstance(started, str):  # SQLite returns text
+            started = datetime.fromisoformat(started)
+        # Optuna stamps datetime_start with the worker's local clock, as here
+        if started is None or (datetime.now() - started).total_seconds() > grace:
+            study.tell(number, state=_optuna().trial.TrialState.FAIL)
+
+
 def claim_trial(study, rdb, n_trials: int, out_dir: Path):
     """A new trial, or None once the study holds `n_trials` finished or running trials."""
     optuna = _optuna()
     with _claim_lock(out_dir):
         optuna.storages.fail_stale_trials(study)
+        fail_trials_without_heartbeat(study, rdb)
         counted = [t for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED]
         if len(counted) >= n_trials:
             return None

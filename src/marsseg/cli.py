@@ -239,9 +239,8 @@ def cmd_train(args) -> int:
         from marsseg.data.prepare import prepare_data
         from marsseg.semi import check_teachers
 
-        for (
-            teacher
-        ) in cfg.semi.teachers:  # so is a teacher that is not a finished run, or saw this run's held-out crops
+        # so is a teacher that is not a finished run, or one that trained on this run's held-out crops
+        for teacher in cfg.semi.teachers:
             load_model(teacher)
         check_teachers(cfg.semi.teachers, prepare_data(cfg.data))
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:

@@ -234,6 +234,7 @@ def cmd_train(args) -> int:
         from marsseg.data.prepare import load_data
 
         load_data(cfg.data.unlabeled)  # a bad unlabeled file is refused before the run directory is written
+    prepared = None  # the data cleaned and split, when the checks below needed it (fit reuses it)
     if cfg.semi.teachers and not args.resume:
         from marsseg.checkpoints import load_model
         from marsseg.data.prepare import prepare_data
@@ -242,11 +243,12 @@ def cmd_train(args) -> int:
         # so is a teacher that is not a finished run, or one that trained on this run's held-out crops
         for teacher in cfg.semi.teachers:
             load_model(teacher)
-        check_teachers(cfg.semi.teachers, prepare_data(cfg.data))
+        prepared = prepare_data(cfg.data)
+        check_teachers(cfg.semi.teachers, prepared)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_processes_per_gpu(run_device_name(cfg, args.out, args.resume), args.nproc)
         return relaunch_with_torchrun(args.argv, args.nproc)
-    result = fit(cfg, args.out, resume=args.resume, force=args.force)
+    result = fit(cfg, args.out, resume=args.resume, force=args.force, prepared=prepared)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(

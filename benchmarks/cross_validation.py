@@ -71,6 +71,12 @@ def teacher_fold(out: Path, teacher: str, seed: int, fold: int, plan: str) -> st
     return str(run_dir)
 
 
+def member_seed(member: str, seed: int) -> tuple[str, int]:
+    """An ensemble member "variant" is that variant at the row's seed; "variant@k" at the row's seed + k."""
+    variant, _, offset = member.partition("@")
+    return variant, seed + int(offset or 0)
+
+
 def load_fold(path: Path, plan: str):
     """A finished fold's out_of_fold.npz, or None when there is none; exits when it was made under another plan."""
     if not path.is_file():
@@ -175,14 +181,17 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
     plan = fold_plan(args.folds, base.data, prepared)
     names = args.variants.split(",")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    only_folds = {int(f) for f in args.only_folds.split(",") if f} if getattr(args, "only_folds", "") else None
     for name in names:
         for seed in seeds:
             for fold, split in enumerate(splits):
                 run_dir = fold_dir(out, name, seed, fold)
+                if only_folds is not None and fold not in only_folds:
+                    continue
                 if load_fold(run_dir / "out_of_fold.npz", plan) is not None:
                     continue
                 if name in ensembles:
-                    members = [teacher_fold(out, m, seed, fold, plan) for m in ensembles[name]]
+                    members = [teacher_fold(out, *member_seed(m, seed), fold, plan) for m in ensembles[name]]
                     ensemble_fold(members, run_dir, prepared, split, plan)
                     print(f"{name} seed {seed} fold {fold}: scored", flush=True)
                     continue

@@ -88,6 +88,7 @@ VARIANTS: dict[str, dict] = {
     "cosine_40_no_early_stop": {"optim.epochs": 40, "optim.early_stopping_patience": 40},
     "width_48_cosine_40": {"model.width": 48, "optim.epochs": 40, "optim.early_stopping_patience": 40},
     "width_48": {"model.width": 48},
+    "members_2": {"model.members": 2},  # two networks trained side by side, predicting their soft vote
     "plateau": {"optim.scheduler": "plateau"},
     "onecycle": {"optim.scheduler": "onecycle"},
     "warm_restarts": {"optim.scheduler": "cosine_restarts"},
@@ -97,9 +98,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
-# its members cost. The ceiling of distilling them into one model (variant distill_ensemble).
+# its members cost. The ceiling of distilling them into one model (variant distill_ensemble). A member "variant@k"
+# is that variant trained with the row's seed + k.
 ENSEMBLES: dict[str, list[str]] = {
     "ensemble_of_2": ["default", "cutmix"],
+    "two_seeds_of_default": ["default", "default@1"],
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
 }
 
@@ -200,6 +203,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = physical cores")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per run")
     parser.add_argument("--folds", type=int, default=0, help="cross-validate each row over this many folds (>= 2)")
+    parser.add_argument(
+        "--only-folds", default="", help="with --folds, train only these folds (e.g. 0,1), to share them out"
+    )
     args = parser.parse_args()
     known = [*VARIANTS, *ENSEMBLES] if args.folds else list(VARIANTS)
     unknown = [name for name in args.variants.split(",") if name not in known]

@@ -13,7 +13,7 @@ from marsseg.metrics import mean_iou
 from tests.tiny_runs import tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cross_validation import cross_validate, fold_plan, pooled_matrices  # noqa: E402
+from cross_validation import cross_validate, fold_plan, member_seed, pooled_matrices  # noqa: E402
 
 
 def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp_path, tiny_npz, capsys):
@@ -63,3 +63,9 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     assert (vote.sum(axis=(1, 2)) == 64 * 128).all()
     assert vote_minutes == pytest.approx(minutes + pooled_matrices(tmp_path, "no_ema", 0, 2, samples, plan)[1])
     assert f"{mean_iou(vote.sum(axis=0)):.3f}" in (tmp_path / "cv.md").read_text()
+
+
+def test_an_ensemble_member_may_name_a_seed_offset():
+    assert member_seed("default", 3) == ("default", 3)
+    assert member_seed("default@1", 3) == ("default", 4)
+    assert member_seed("cutmix@2", 0) == ("cutmix", 2)

@@ -165,6 +165,8 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
             "rare_crop_min_scale",
         ),
         (["train", "--data", str(tiny_npz), "--out", str(run)], "not a directory"),
+        (["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--members", "0"], "model.members"),
+        (["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--members", "2", "--semi", "1"], "members"),
         (["data", "split", str(tiny_npz), "--val-fraction", "1.5"], "val_fraction"),
         (["data", "synth", "--out", str(tmp_path / "s.npz"), "--seed", "-1"], "--seed"),
         (["predict", str(foreign), "--out", str(tmp_path / "p.csv")], "not a marsseg checkpoint"),
@@ -175,6 +177,30 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, (argv, err)
     assert run.read_text() == "x"
+
+
+def test_an_ensemble_run_is_one_model_to_checkpoints_scoring_and_predict(tmp_path, tiny_npz, capsys):
+    from marsseg.models import Ensemble
+    from marsseg.predict import read_submission
+
+    run = tmp_path / "run"
+    flags = [*FAST, "--epochs", "2", "--set", "threads=1", "--members", "2"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 0
+    model, cfg = load_model(run)
+    assert isinstance(model, Ensemble) and cfg.model.members == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    from marsseg.data.prepare import prepare_data
+    from marsseg.data.split import Split
+    from marsseg.evaluation import evaluate
+
+    prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
+    val = prepared.split.val
+    images, masks = prepared.data.images[val], prepared.data.masks[val]
+    rescored = evaluate(model, images, masks, tta=cfg.tta, precision=cfg.precision)
+    assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
+    assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0
+    ids, labels = read_submission(tmp_path / "sub.csv")
+    assert len(ids) == len(prepared.data.test_images) and set(labels.ravel().tolist()) <= {0, 1, 2, 3, 4}
 
 
 def test_exponent_without_a_point_is_a_float(tmp_path):

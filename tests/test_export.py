@@ -98,14 +98,17 @@ def test_bad_export_and_onnx_inputs_get_one_line_and_exit_2(trained_run, exporte
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,in_channels", [("unet", 1), ("dual_unet", 1), ("deeplab", 1), ("danet", 1), ("res_unet", 3)]
+    "name,in_channels,members",
+    [("unet", 1, 1), ("dual_unet", 1, 1), ("deeplab", 1, 1), ("danet", 1, 1), ("res_unet", 3, 1), ("res_unet", 1, 2)],
 )
-def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels):
+def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels, members):
     from marsseg.config import load_config
     from marsseg.export import export_onnx
     from marsseg.training import build_model
 
-    cfg = load_config(None, {"model.name": name, "model.width": 8, "data.in_channels": in_channels})
+    cfg = load_config(
+        None, {"model.name": name, "model.width": 8, "data.in_channels": in_channels, "model.members": members}
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     export_onnx(model, cfg, tmp_path / "model.onnx")

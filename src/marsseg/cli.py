@@ -171,6 +171,7 @@ def parse_overrides(args) -> dict:
         ("data", "data.path"),
         ("model", "model.name"),
         ("width", "model.width"),
+        ("members", "model.members"),
         ("epochs", "optim.epochs"),
         ("minutes", "optim.minutes"),
         ("lr", "optim.lr"),
@@ -484,6 +485,12 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--model", help="architecture: res_unet (default), unet (the study's baseline), dual_unet, deeplab, danet"
     )
     parser.add_argument("--width", type=int, help="channels of the first level")
+    parser.add_argument(
+        "--members",
+        type=int,
+        help="train this many networks side by side and predict their soft vote (averaged probabilities); each "
+        "costs one network's training and prediction time",
+    )
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
     parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")
     parser.add_argument("--lr", type=float, help="peak learning rate")

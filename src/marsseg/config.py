@@ -81,6 +81,9 @@ class ModelConfig:
     name: str = "res_unet"
     width: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
+    # members > 1 trains that many networks side by side on the same batches (models.Ensemble) and predicts their
+    # soft vote: members times the training and prediction time.
+    members: int = 1
 
 
 @dataclass
@@ -187,6 +190,7 @@ POSITIVE = (
     "optim.batch_size",
     "optim.epochs",
     "model.width",
+    "model.members",
     "data.oversample_factor",
     "data.frame_size",
     "optim.plateau_patience",
@@ -304,6 +308,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: field 'semi.loss': 'recipe' needs loss.ignore_background (unsure pixels are 0)")
     if not all(isinstance(t, str) and t for t in config.semi.teachers):
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
+    if config.model.members > 1 and config.semi.weight > 0:
+        raise ConfigError(f"{source}: field 'model.members': found {config.model.members}, semi.weight > 0 needs 1")
     if config.semi.teachers and config.semi.weight <= 0:
         raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
     weights = config.loss.manual_weights
@@ -326,9 +332,12 @@ def _check_model(config: Config, source: str) -> None:
 
 
 def from_dict(values: dict, source: str = "config") -> Config:
-    """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU)."""
+    """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU), one
+    written before model.members holds a single network."""
+    values = dict(values or {})
+    values["model"] = {"members": 1, **values.get("model", {})}
     config = Config()
-    _merge(config, {"precision": "fp32", **(values or {})}, source)
+    _merge(config, {"precision": "fp32", **values}, source)
     return config
 
 

@@ -22,7 +22,8 @@ from marsseg.config import Config, from_dict, to_dict
 from marsseg.data.dataset import scale_pixels
 from marsseg.data.io import write_atomically
 from marsseg.errors import UserError
-from marsseg.predict import main_output, scale_big_rock
+from marsseg.models import final_logits
+from marsseg.predict import scale_big_rock
 
 GRAPH_CONTRACT = (
     "Input `pixels`: gray values 0..255 as float32 (N, 1, H, W), H and W divisible by the metadata's "
@@ -44,7 +45,7 @@ class ExportedModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = scale_pixels(pixels).expand(-1, self.in_channels, -1, -1)  # (N, in_channels, H, W)
-        logits = main_output(self.model(x))  # (N, C, H, W)
+        logits = final_logits(self.model(x))  # (N, C, H, W)
         return logits, scale_big_rock(logits.softmax(dim=1), self.big_rock_scale)
 
 

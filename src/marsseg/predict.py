@@ -20,6 +20,7 @@ from marsseg.data.frames import find_image_files, read_gray_image, resize_image,
 from marsseg.data.io import NUM_CLASSES, refuse_to_overwrite, staged_directory, write_atomically
 from marsseg.data.split import RARE_CLASS
 from marsseg.errors import UserError
+from marsseg.models import final_logits
 from marsseg.models.blocks import resize
 from marsseg.precision import autocast
 
@@ -28,11 +29,6 @@ from marsseg.precision import autocast
 # that abstains gained no more than the big-rock scale: benchmarks/decision_rules.py.)
 FIRST_SCORED_CLASS = 1
 BIG_ROCK = RARE_CLASS
-
-
-def main_output(output: torch.Tensor | tuple) -> torch.Tensor:
-    """The final logits of a model that may also return auxiliary outputs (deep supervision)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 # An image model: a torch module, or a function from uint8 images (B, H, W) to probabilities (B, C, H, W) on the
@@ -52,7 +48,7 @@ def torch_probabilities(
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            return main_output(model(x)).float().softmax(dim=1).cpu()
+            return final_logits(model(x)).float().softmax(dim=1).cpu()
 
     return probabilities
 

@@ -23,7 +23,7 @@ from marsseg.data.prepare import prepare_data
 from marsseg.errors import UserError
 from marsseg.evaluation import evaluate
 from marsseg.losses import BACKGROUND, build_loss
-from marsseg.models import create_model
+from marsseg.models import Ensemble, create_model
 from marsseg.precision import autocast, resolve_precision
 from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss
 
@@ -75,7 +75,12 @@ def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_fo
 
 
 def build_model(cfg: Config) -> nn.Module:
-    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+    """The config's network, or an Ensemble of model.members of them (each with its own random initial weights)."""
+    members = [
+        create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+        for _ in range(cfg.model.members)
+    ]
+    return Ensemble(members) if len(members) > 1 else members[0]
 
 
 def ema_average(decay: float):
@@ -168,8 +173,11 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 # ---------------------------------------------------------------- one step, one epoch
 
 
-def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
-    """The loss in fp32, whatever precision the model ran in."""
+def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple | list, target: torch.Tensor) -> torch.Tensor:
+    """The loss in fp32, whatever precision the model ran in; an Ensemble's (a list of its members' outputs) is the
+    mean of its members' losses, so each member learns as it would alone."""
+    if isinstance(output, list):
+        return sum(compute_loss(loss_fn, o, target) for o in output) / len(output)
     if isinstance(output, tuple):
         output = tuple(o.float() for o in output)
     else:

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from marsseg.models.danet import DANet
 from marsseg.models.deeplab import DeepLabV3
 from marsseg.models.dual_unet import DualUNet
+from marsseg.models.ensemble import Ensemble, final_logits
 from marsseg.models.unet import ResUNet, UNet
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -29,10 +30,12 @@ __all__ = [
     "DANet",
     "DeepLabV3",
     "DualUNet",
+    "Ensemble",
     "ResUNet",
     "UNet",
     "count_parameters",
     "create_model",
+    "final_logits",
     "gflops_per_image",
 ]
 

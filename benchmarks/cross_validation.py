@@ -49,12 +49,17 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
     )
 
 
-def ensemble_fold(member_dirs: list[str], run_dir: Path, prepared, split, plan: str) -> None:
+def ensemble_fold(
+    member_dirs: list[str], run_dir: Path, prepared, split, plan: str, checkpoints: list[str] | None = None
+) -> None:
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
-    the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'."""
+    the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
+    `checkpoints` says which of each member ("best" by default, or "last")."""
     from marsseg.experiments import ensemble_scores
 
-    scores = ensemble_scores([Path(d) for d in member_dirs], replace(prepared, split=split), True, "cpu")
+    scores = ensemble_scores(
+        [Path(d) for d in member_dirs], replace(prepared, split=split), True, "cpu", checkpoints=checkpoints
+    )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "members.json").write_text(json.dumps({"members": member_dirs, "big_rock_scale": scores["scale"]}))
@@ -71,10 +76,12 @@ def teacher_fold(out: Path, teacher: str, seed: int, fold: int, plan: str) -> st
     return str(run_dir)
 
 
-def member_seed(member: str, seed: int) -> tuple[str, int]:
-    """An ensemble member "variant" is that variant at the row's seed; "variant@k" at the row's seed + k."""
+def member_seed(member: str, seed: int) -> tuple[str, int, str]:
+    """An ensemble member "variant" is that variant's best checkpoint at the row's seed; "variant@k" at the row's
+    seed + k; a suffix ":last" takes its last epoch's model instead. Returns (variant, seed, checkpoint)."""
+    member, _, checkpoint = member.partition(":")
     variant, _, offset = member.partition("@")
-    return variant, seed + int(offset or 0)
+    return variant, seed + int(offset or 0), checkpoint or "best"
 
 
 def load_fold(path: Path, plan: str):
@@ -191,8 +198,9 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
                 if load_fold(run_dir / "out_of_fold.npz", plan) is not None:
                     continue
                 if name in ensembles:
-                    members = [teacher_fold(out, *member_seed(m, seed), fold, plan) for m in ensembles[name]]
-                    ensemble_fold(members, run_dir, prepared, split, plan)
+                    members = [member_seed(m, seed) for m in ensembles[name]]
+                    member_dirs = [teacher_fold(out, variant, s, fold, plan) for variant, s, _ in members]
+                    ensemble_fold(member_dirs, run_dir, prepared, split, plan, [which for *_, which in members])
                     print(f"{name} seed {seed} fold {fold}: scored", flush=True)
                     continue
                 cfg = variant_config(args, name, seed)

@@ -99,10 +99,13 @@ VARIANTS: dict[str, dict] = {
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
 # its members cost. The ceiling of distilling them into one model (variant distill_ensemble). A member "variant@k"
-# is that variant trained with the row's seed + k.
+# is that variant trained with the row's seed + k; "variant:last" its last epoch's model, not its best.
 ENSEMBLES: dict[str, list[str]] = {
     "ensemble_of_2": ["default", "cutmix"],
     "two_seeds_of_default": ["default", "default@1"],
+    "three_seeds_of_default": ["default", "default@1", "default@2"],
+    "default_last_epoch": ["default:last"],  # one member: the default's last epoch instead of its best on validation
+    "members_2_last_epoch": ["members_2:last"],
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
 }
 
@@ -179,8 +182,10 @@ def write_table_and_plot(out: Path) -> None:
 
 
 def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
-    """The default config with the variant's overrides and the command line's data, seed, threads and epochs."""
+    """The default config with the variant's overrides and the command line's data, seed, threads and epochs. A row
+    trains one network unless its variant sets model.members: "default" is the default recipe's single network."""
     overrides = {
+        "model.members": 1,
         "data.path": args.data,
         "seed": seed,
         "threads": args.threads,

@@ -66,6 +66,7 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
 
 
 def test_an_ensemble_member_may_name_a_seed_offset():
-    assert member_seed("default", 3) == ("default", 3)
-    assert member_seed("default@1", 3) == ("default", 4)
-    assert member_seed("cutmix@2", 0) == ("cutmix", 2)
+    assert member_seed("default", 3) == ("default", 3, "best")
+    assert member_seed("default@1", 3) == ("default", 4, "best")
+    assert member_seed("cutmix@2:last", 0) == ("cutmix", 2, "last")
+    assert member_seed("default:last", 1) == ("default", 1, "last")

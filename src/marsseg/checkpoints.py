@@ -35,13 +35,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
-    """Rebuild the model of a run from its checkpoint alone (the checkpoint carries the config)."""
+    """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
+    "best" is the best epoch's, "last" the last epoch's (its EMA when the run keeps one, as that is what is scored)."""
     path = Path(run_dir) / f"{which}.pt"
     state = load_checkpoint(path)
     try:
         cfg = from_dict(state["config"], str(path))
         model = build_model(cfg)
-        model.load_state_dict(state["model"])
+        weights = state["model"]
+        if which == "last" and state.get("ema"):  # last.pt's "model" holds the trained weights, not the scored ones
+            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg

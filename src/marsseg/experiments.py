@@ -56,14 +56,21 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
 
 
 def ensemble_scores(
-    run_dirs: list[Path], prepared: PreparedData, tta: bool, device, big_rock_scale: float = 0.0
+    run_dirs: list[Path],
+    prepared: PreparedData,
+    tta: bool,
+    device,
+    big_rock_scale: float = 0.0,
+    checkpoints: list[str] | None = None,
 ) -> dict[str, tuple]:
-    """Softmax averaged over the best checkpoints of `run_dirs`: (mIoU, per-class IoU) on val and test.
+    """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best" or "last" for each):
+    (mIoU, per-class IoU) on val and test.
 
     The big-rock scale is `big_rock_scale`, or with 0 the one that is best for the ensemble on validation (as
     training chooses it for one model); scores["scale"] holds it, scores["test_evaluation"] the test part's Evaluation.
     """
-    models = [load_model(run_dir) for run_dir in run_dirs]
+    checkpoints = checkpoints or ["best"] * len(run_dirs)
+    models = [load_model(run_dir, which) for run_dir, which in zip(run_dirs, checkpoints, strict=True)]
     scores: dict = {}
     for part in ("val", "test"):
         indices = getattr(prepared.split, part)

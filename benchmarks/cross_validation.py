@@ -62,7 +62,8 @@ def ensemble_fold(
     )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "members.json").write_text(json.dumps({"members": member_dirs, "big_rock_scale": scores["scale"]}))
+    record = {"members": member_dirs, "checkpoints": checkpoints or ["best"] * len(member_dirs)}
+    (run_dir / "members.json").write_text(json.dumps({**record, "big_rock_scale": scores["scale"]}))
     matrices = scores["test_evaluation"].image_matrices
     np.savez(run_dir / "out_of_fold.npz", indices=split.test, matrices=matrices, train_seconds=seconds, plan=plan)
 
@@ -189,6 +190,8 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
     names = args.variants.split(",")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     only_folds = {int(f) for f in args.only_folds.split(",") if f} if getattr(args, "only_folds", "") else None
+    if only_folds is not None and not only_folds <= set(range(args.folds)):
+        raise SystemExit(f"--only-folds {args.only_folds}: expected folds among 0..{args.folds - 1}")
     for name in names:
         for seed in seeds:
             for fold, split in enumerate(splits):

@@ -47,6 +47,9 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
     assert scores["val"][0] == pytest.approx(metrics["val_miou"], abs=1e-6)
     assert scores["test"][0] == pytest.approx(metrics["test_miou"], abs=1e-6)
     stamp = (out / "runs" / "deeplab_seed1" / "best.pt").stat().st_mtime_ns
+    saved = out / "runs" / "deeplab_seed1" / "config.yaml"  # as written before model.members existed
+    saved.write_text(saved.read_text().replace("  members: 1\n", ""))
+    assert "members" not in saved.read_text()
     assert main(args) == 0  # everything finished: nothing is trained again
     assert (out / "runs" / "deeplab_seed1" / "best.pt").stat().st_mtime_ns == stamp
     assert list(csv.DictReader(open(out / "results.csv")))[:4] == rows[:4]

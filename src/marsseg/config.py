@@ -326,7 +326,7 @@ def _check_model(config: Config, source: str) -> None:
     from marsseg.training import build_model
 
     try:
-        build_model(config)
+        build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, members=1)))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source}: field 'model': {error}") from None
 
@@ -335,7 +335,8 @@ def from_dict(values: dict, source: str = "config") -> Config:
     """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU), one
     written before model.members holds a single network."""
     values = dict(values or {})
-    values["model"] = {"members": 1, **values.get("model", {})}
+    if isinstance(values.get("model", {}), dict):  # anything else is refused by _merge with its own message
+        values["model"] = {"members": 1, **values.get("model", {})}
     config = Config()
     _merge(config, {"precision": "fp32", **values}, source)
     return config

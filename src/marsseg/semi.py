@@ -27,6 +27,7 @@ from marsseg.data.dataset import images_to_tensor
 from marsseg.data.prepare import PreparedData, load_data, recorded_fingerprint
 from marsseg.data.split import RARE_CLASS, Split
 from marsseg.errors import UserError
+from marsseg.models import final_logits
 from marsseg.precision import autocast
 from marsseg.predict import FIRST_SCORED_CLASS, predict_probabilities, scale_big_rock
 
@@ -71,10 +72,8 @@ def pseudo_labels(
     was_training = teacher.training
     teacher.eval()
     with torch.no_grad(), autocast(device, precision):
-        logits = teacher(images)
+        logits = final_logits(teacher(images))
     teacher.train(was_training)
-    if isinstance(logits, tuple):
-        logits = logits[0]
     return confident_labels(logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1), threshold, rare_threshold)
 
 

@@ -23,7 +23,7 @@ from marsseg.data.prepare import prepare_data
 from marsseg.errors import UserError
 from marsseg.evaluation import evaluate
 from marsseg.losses import BACKGROUND, build_loss
-from marsseg.models import Ensemble, create_model
+from marsseg.models import Ensemble, create_model, final_logits
 from marsseg.precision import autocast, resolve_precision
 from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss
 
@@ -175,7 +175,8 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 
 def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple | list, target: torch.Tensor) -> torch.Tensor:
     """The loss in fp32, whatever precision the model ran in; an Ensemble's (a list of its members' outputs) is the
-    mean of its members' losses, so each member learns as it would alone."""
+    mean of its members' losses: each member gets its own loss's gradient, scaled by 1 / members (which Adam's step
+    all but ignores; with optim.optimizer "adam", whose weight decay joins the gradient, the decay weighs more)."""
     if isinstance(output, list):
         return sum(compute_loss(loss_fn, o, target) for o in output) / len(output)
     if isinstance(output, tuple):
@@ -211,7 +212,7 @@ def training_step(
         loss = compute_loss(loss_fn, output, masks)
     else:
         labeled = len(masks)
-        final = output[0] if isinstance(output, tuple) else output
+        final = final_logits(output)
         if isinstance(output, tuple):  # deep supervision: auxiliary outputs are trained on labeled crops only
             output = tuple(o[:labeled] for o in output)
         else:

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marsseg.models import final_logits
+
 NUM_CLASSES = 5
 
 
@@ -15,11 +17,6 @@ def block_batch(in_channels: int = 1, height: int = 32, width: int = 64) -> tupl
     mask = coarse.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)  # (2, H, W)
     image = mask.float().div(NUM_CLASSES - 1).unsqueeze(1).repeat(1, in_channels, 1, 1)  # (2, C, H, W)
     return image + 0.05 * torch.randn(image.shape, generator=gen), mask
-
-
-def final_logits(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    # Models with deep supervision return (final, auxiliary...) in train mode.
-    return out[0] if isinstance(out, tuple) else out
 
 
 class ModelContract:

@@ -44,7 +44,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model = build_model(cfg)
     row = {
-        "model": cfg.model.name,
+        "model": cfg.model.name if cfg.model.members == 1 else f"{cfg.model.name} x{cfg.model.members}",
         "seed": cfg.seed,
         "params": count_parameters(model),
         "gflops": round(gflops_per_image(model, cfg.data.in_channels), 3),

@@ -30,7 +30,8 @@ GRAPH_CONTRACT = (
     "marsseg.input_multiple. Outputs `logits` (N, 5, H, W) and `probabilities` (N, 5, H, W): the softmax with the "
     "big-rock probability multiplied by the run's big-rock scale, so that 1 + argmax over channels 1..4 of "
     "`probabilities` is marsseg's label (1 soil, 2 bedrock, 3 sand, 4 big rock; AI4Mars value: label - 1). "
-    "marsseg predict averages the probabilities over a horizontal flip when the config's tta is true."
+    "marsseg predict averages the probabilities over a horizontal flip when the config's tta is true. For an "
+    "ensemble (config model.members > 1) `logits` are the log of the members' mean probabilities."
 )
 INPUT, OUTPUTS = "pixels", ("logits", "probabilities")
 CONFIG_KEY, MULTIPLE_KEY = "marsseg.config", "marsseg.input_multiple"

@@ -71,7 +71,9 @@ class AugmentConfig:
     # training crops are pasted onto the crop (scaled 0.75..1.25, flipped half of the time).
     copy_paste: float = 0.0
     copy_paste_count: int = 2
-    cutmix: float = 0.0  # with this probability, a box (10-50 % of the crop) comes from another training crop
+    # with this probability, a box (10-50 % of the crop) comes from another training crop: +0.009 cross-validated
+    # over three seeds (README, Recipes), the one single-model lever whose paired interval clears zero
+    cutmix: float = 0.5
 
 
 @dataclass

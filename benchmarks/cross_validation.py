@@ -49,12 +49,10 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
     )
 
 
-def ensemble_fold(
-    member_dirs: list[str], run_dir: Path, prepared, split, plan: str, checkpoints: list[str] | None = None
-) -> None:
+def ensemble_fold(member_dirs: list[str], checkpoints: list[str], run_dir: Path, prepared, split, plan: str) -> None:
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
     the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
-    `checkpoints` says which of each member ("best" by default, or "last")."""
+    `checkpoints` says which of each member ("best" or "last")."""
     from marsseg.experiments import ensemble_scores
 
     scores = ensemble_scores(
@@ -62,8 +60,8 @@ def ensemble_fold(
     )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"members": member_dirs, "checkpoints": checkpoints or ["best"] * len(member_dirs)}
-    (run_dir / "members.json").write_text(json.dumps({**record, "big_rock_scale": scores["scale"]}))
+    record = {"members": member_dirs, "checkpoints": checkpoints, "big_rock_scale": scores["scale"]}
+    (run_dir / "members.json").write_text(json.dumps(record))
     matrices = scores["test_evaluation"].image_matrices
     np.savez(run_dir / "out_of_fold.npz", indices=split.test, matrices=matrices, train_seconds=seconds, plan=plan)
 
@@ -203,7 +201,7 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
                 if name in ensembles:
                     members = [member_seed(m, seed) for m in ensembles[name]]
                     member_dirs = [teacher_fold(out, variant, s, fold, plan) for variant, s, _ in members]
-                    ensemble_fold(member_dirs, run_dir, prepared, split, plan, [which for *_, which in members])
+                    ensemble_fold(member_dirs, [which for *_, which in members], run_dir, prepared, split, plan)
                     print(f"{name} seed {seed} fold {fold}: scored", flush=True)
                     continue
                 cfg = variant_config(args, name, seed)

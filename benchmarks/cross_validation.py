@@ -113,9 +113,11 @@ def pooled_matrices(
     return matrices, minutes
 
 
-def write_table(out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray, plan: str) -> None:
+def write_table(
+    out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray, plan: str, against: str = "default"
+) -> None:
     """cv.md: per row the pooled out-of-fold mIoU (mean ± std over seeds), per-class IoU, the 90 % interval over
-    frame groups (seeds summed) and the paired difference from "default" on the seeds both have."""
+    frame groups (seeds summed) and the paired difference from the row `against` on the seeds both have."""
     pooled = {}
     for name in names:
         runs = {s: pooled_matrices(out, name, s, folds, len(groups), plan) for s in seeds}
@@ -124,11 +126,11 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
         f"{folds}-fold cross-validation, pooled out of fold; interval: 90 % bootstrap over {len(np.unique(groups))} "
         "frame groups",
         "",
-        "| variant | seeds | CV mIoU | 90 % interval | soil | bedrock | sand | big rock | vs default (90 %) "
+        f"| variant | seeds | CV mIoU | 90 % interval | soil | bedrock | sand | big rock | vs {against} (90 %) "
         "| minutes per fold |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    differences = {}  # name -> (difference, low, high) against default, for the plot
+    differences = {}  # name -> (difference, low, high) against the row `against`, for the plot
     for name, runs in pooled.items():
         if not runs:
             continue
@@ -138,10 +140,10 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
         spread = f" ± {per_seed.std(ddof=1):.3f}" if len(per_seed) > 1 else ""
         ious = iou_per_class(summed.sum(axis=0))
         comparison = ""
-        shared = sorted(set(runs) & set(pooled.get("default", {})))
-        if name != "default" and shared:
+        shared = sorted(set(runs) & set(pooled.get(against, {})))
+        if name != against and shared:
             ours = sum(runs[s][0] for s in shared)
-            theirs = sum(pooled["default"][s][0] for s in shared)
+            theirs = sum(pooled[against][s][0] for s in shared)
             difference, d_low, d_high = bootstrap_miou_difference(ours, theirs, groups)
             differences[name] = (difference, d_low, d_high)
             comparison = f"{difference:+.3f} ({d_low:+.3f} to {d_high:+.3f})"
@@ -154,20 +156,22 @@ def write_table(out: Path, names: list[str], seeds: list[int], folds: int, group
     (out / "cv.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if differences:
-        plot_differences(differences, folds, out / "cv.png")
+        plot_differences(differences, folds, out / "cv.png", against)
 
 
-def plot_differences(differences: dict[str, tuple[float, float, float]], folds: int, path: Path) -> None:
-    """cv.png: each lever's pooled out-of-fold mIoU minus the default's, with its paired 90 % interval."""
+def plot_differences(
+    differences: dict[str, tuple[float, float, float]], folds: int, path: Path, against: str = "default"
+) -> None:
+    """cv.png: each lever's pooled out-of-fold mIoU minus the row `against`'s, with its paired 90 % interval."""
     plt = report.plt
     names = list(differences)
     values = np.array([differences[n] for n in names])  # (rows, 3): difference, low, high
     figure, axis = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
     errors = np.abs(values[:, 1:] - values[:, :1]).T
     axis.errorbar(values[:, 0], names, xerr=errors, fmt="o", color="#6a7fa8", capsize=4)
-    axis.axvline(0, color="orange", label="today's default")
+    axis.axvline(0, color="orange", label=against)
     axis.set(
-        xlabel="mIoU minus the default's, pooled out of fold (90 % paired bootstrap)",
+        xlabel=f"mIoU minus {against}'s, pooled out of fold (90 % paired bootstrap)",
         title=f"{folds}-fold cross-validation, same folds and seeds",
     )
     axis.invert_yaxis()
@@ -214,4 +218,7 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
     every_name = {name for name, _ in finished} | set(names)
     every_seed = {int(seed) for _, seed in finished if seed.isdigit()} | set(seeds)
     ordered = [n for n in known_names if n in every_name]
-    write_table(out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data), plan)
+    against = getattr(args, "against", "default")
+    if against not in every_name:
+        raise SystemExit(f"--against {against}: no finished row of that name in {out}")
+    write_table(out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data), plan, against)

@@ -104,6 +104,8 @@ ENSEMBLES: dict[str, list[str]] = {
     "ensemble_of_2": ["default", "cutmix"],
     "two_seeds_of_default": ["default", "default@1"],
     "three_seeds_of_default": ["default", "default@1", "default@2"],
+    "two_seeds_of_cutmix": ["cutmix", "cutmix@1"],
+    "three_seeds_of_cutmix": ["cutmix", "cutmix@1", "cutmix@2"],
     "default_last_epoch": ["default:last"],  # one member: the default's last epoch instead of its best on validation
     "members_2_last_epoch": ["members_2:last"],
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
@@ -213,6 +215,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=0, help="cross-validate each row over this many folds (>= 2)")
     parser.add_argument(
         "--only-folds", default="", help="with --folds, train only these folds (e.g. 0,1), to share them out"
+    )
+    parser.add_argument(
+        "--against", default="default", help="with --folds, the row every other is compared with, pair by pair"
     )
     args = parser.parse_args()
     known = [*VARIANTS, *ENSEMBLES] if args.folds else list(VARIANTS)

@@ -97,7 +97,7 @@ def fit_one_epoch(data: str, precision: str) -> None:
 
     from marsseg.engine import fit
 
-    cfg = load_config(None, {"data.path": data, "optim.epochs": 1, "precision": precision})
+    cfg = load_config(None, {"data.path": data, "optim.epochs": 1, "precision": precision, "model.members": 1})
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(cfg, run_dir, force=True, score_test=False)
     record = result.history[-1]
@@ -117,7 +117,7 @@ def main() -> None:
     if args.fit_child:
         fit_one_epoch(args.data, args.fit_child)
         return
-    cfg = load_config()
+    cfg = load_config(None, {"model.members": 1})  # one network (an ensemble's members train one at a time)
     if args.width:
         cfg.model.width = args.width
     configure_threads(cfg.threads)

@@ -31,7 +31,7 @@ FULL = 0  # the budget of the full default run: none
 def train_row(data: str, minutes: float, seed: int, run_dir: Path, prepared, epochs: int | None = None) -> dict:
     """Train (unless finished) and return the row of one run."""
     if not (run_dir / "metrics.json").is_file():
-        overrides = {"data.path": data, "seed": seed, "optim.minutes": minutes}
+        overrides = {"data.path": data, "seed": seed, "optim.minutes": minutes, "model.members": 1}  # one network
         if epochs:
             overrides["optim.epochs"] = epochs
         fit(load_config(None, overrides), run_dir, force=True, prepared=prepared)

@@ -12,6 +12,7 @@ from marsseg.engine import fit
 # No augmentation, no oversampling, a constant learning rate: the run is a pure function of the batches.
 CONFIG = {
     "model.width": 8,
+    "model.members": 1,
     "optim.batch_size": 32,
     "optim.epochs": 1,
     "optim.scheduler": "none",

@@ -4,8 +4,10 @@ the EMA model scored; bad input refused with one line."""
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
@@ -166,7 +168,6 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
         ),
         (["train", "--data", str(tiny_npz), "--out", str(run)], "not a directory"),
         (["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--members", "0"], "model.members"),
-        (["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--members", "2", "--semi", "1"], "members"),
         (["data", "split", str(tiny_npz), "--val-fraction", "1.5"], "val_fraction"),
         (["data", "synth", "--out", str(tmp_path / "s.npz"), "--seed", "-1"], "--seed"),
         (["predict", str(foreign), "--out", str(tmp_path / "p.csv")], "not a marsseg checkpoint"),
@@ -179,20 +180,32 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
     assert run.read_text() == "x"
 
 
-def test_an_ensemble_run_is_one_model_to_checkpoints_scoring_and_predict(tmp_path, tiny_npz, capsys):
-    from marsseg.models import Ensemble
-    from marsseg.predict import read_submission
-
-    run = tmp_path / "run"
-    flags = [*FAST, "--epochs", "2", "--set", "threads=1", "--members", "2"]
-    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags]) == 0
-    model, cfg = load_model(run)
-    assert isinstance(model, Ensemble) and cfg.model.members == 2
-    metrics = json.loads((run / "metrics.json").read_text())
+def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is_one_model(tmp_path, tiny_npz):
     from marsseg.data.prepare import prepare_data
     from marsseg.data.split import Split
     from marsseg.evaluation import evaluate
+    from marsseg.models import Ensemble
+    from marsseg.predict import read_submission
 
+    run, alone = tmp_path / "run", tmp_path / "alone"
+    flags = ["--data", str(tiny_npz), *FAST, "--epochs", "2", "--set", "threads=1", "--set", "big_rock_scale=1"]
+    assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3"]) == 0
+    # member 1 is the run a single network with seed 3 + 1 makes, on the same split
+    assert main(["train", "--out", str(alone), *flags, "--members", "1", "--seed", "4"]) == 0
+    member = np.genfromtxt(run / "member_1" / "metrics.csv", delimiter=",", names=True)
+    single = np.genfromtxt(alone / "metrics.csv", delimiter=",", names=True)
+    np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-5)
+    assert (run / "member_1" / "split.json").read_text() == (alone / "split.json").read_text()
+
+    model, cfg = load_model(run)
+    assert isinstance(model, Ensemble) and cfg.model.members == 2 and cfg.seed == 3
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # what "auto" resolved to, as a single run's says
+    assert saved["precision"] == cfg.precision != "auto" and saved["model"]["members"] == 2
+    for k, net in enumerate(model.members):  # each member's best epoch, as its own run kept it
+        own = load_model(run / f"member_{k}")[0]
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), own.state_dict().values(), strict=True))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["best_epoch"]) == 2 and metrics["epochs_run"] == 4
     prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
     val = prepared.split.val
     images, masks = prepared.data.images[val], prepared.data.masks[val]
@@ -201,6 +214,19 @@ def test_an_ensemble_run_is_one_model_to_checkpoints_scoring_and_predict(tmp_pat
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0
     ids, labels = read_submission(tmp_path / "sub.csv")
     assert len(ids) == len(prepared.data.test_images) and set(labels.ravel().tolist()) <= {0, 1, 2, 3, 4}
+
+    # interrupted before member 1 and the vote: --resume keeps member 0 and makes the same vote
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in ("best.pt", "metrics.json"):
+        (run / name).unlink()
+    import shutil
+
+    shutil.rmtree(run / "member_1")
+    member_0 = (run / "member_0" / "best.pt").stat().st_mtime_ns
+    assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3", "--resume"]) == 0
+    assert (run / "member_0" / "best.pt").stat().st_mtime_ns == member_0  # not trained again
+    after = load_model(run)[0].state_dict()
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
 
 
 def test_exponent_without_a_point_is_a_float(tmp_path):

@@ -27,6 +27,8 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
         "2",
         "--set",
         "threads=1",
+        "--set",
+        "model.members=1",
     ]
     assert main(args) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -53,6 +55,21 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
     assert main(args) == 0  # everything finished: nothing is trained again
     assert (out / "runs" / "deeplab_seed1" / "best.pt").stat().st_mtime_ns == stamp
     assert list(csv.DictReader(open(out / "results.csv")))[:4] == rows[:4]
+
+
+@pytest.mark.slow
+def test_experiments_of_ensemble_runs_vote_their_run_directories(tmp_path, tiny_npz):
+    out = tmp_path / "exp"
+    args = ["experiments", "--data", str(tiny_npz), "--out", str(out), "--models", "res_unet", "--seeds", "2"]
+    assert (
+        main([*args, "--epochs", "1", "--width", "8", "--batch-size", "32", "--members", "2", "--set", "threads=1"])
+        == 0
+    )
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["model"] for r in rows] == ["res_unet x2", "res_unet x2", "ensemble of 2"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["res_unet_seed0", "res_unet_seed1"]
+    assert (out / "runs" / "res_unet_seed1" / "member_1" / "best.pt").is_file()
+    assert 0 <= float(rows[2]["test_miou"]) <= 1
 
 
 def test_unknown_model_in_list_is_refused(tmp_path, tiny_npz, capsys):

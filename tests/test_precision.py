@@ -47,7 +47,8 @@ def test_unknown_precision_is_refused(capsys):
 
 def test_auto_saves_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path, tiny_npz):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    cfg = load_config(None, {"data.path": str(tiny_npz), "model.width": 8, "optim.epochs": 1, "device": "cpu"})
+    overrides = {"data.path": str(tiny_npz), "model.width": 8, "optim.epochs": 1, "device": "cpu", "model.members": 1}
+    cfg = load_config(None, overrides)
     assert cfg.precision == "auto"
     fit(cfg, tmp_path / "run", score_test=False)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["precision"] == "fp32"
@@ -56,7 +57,14 @@ def test_auto_saves_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path, tiny_npz):
 def test_bf16_run_trains_in_bf16_and_keeps_fp32_weights(tmp_path, tiny_npz):
     cfg = load_config(
         None,
-        {"data.path": str(tiny_npz), "model.width": 8, "optim.batch_size": 32, "optim.epochs": 2, "precision": "bf16"},
+        {
+            "data.path": str(tiny_npz),
+            "model.width": 8,
+            "optim.batch_size": 32,
+            "optim.epochs": 2,
+            "precision": "bf16",
+            "model.members": 1,
+        },
     )
     result = fit(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -76,6 +76,9 @@ def test_two_workers_finish_n_trials_between_them(tmp_path, tiny_npz):
     assert first["width"] == 8 and first["batch_size"] == 32 and first["lr"] == pytest.approx(load_config().optim.lr)
 
     assert load_config(str(out / "best.yaml")).model.width == 8
+    # a trial trains one network; best.yaml keeps the base's members (the default's 2)
+    assert not any((out / "trials").glob("*/member_*")) and (out / "trials" / "trial_0000" / "last.pt").is_file()
+    assert load_config(str(out / "best.yaml")).model.members == 2
 
 
 @pytest.mark.slow

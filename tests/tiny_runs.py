@@ -2,10 +2,18 @@
 
 from marsseg.config import Config, load_config
 
-FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0"]  # command-line flags
+# command-line flags; one network unless a test asks for the default's ensemble (--members after FAST overrides it)
+FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0", "--members", "1"]
 
 
 def tiny_config(tiny_npz, **overrides) -> Config:
-    values = {"data.path": str(tiny_npz), "model.width": 8, "optim.batch_size": 32, "optim.epochs": 2, "threads": 1}
+    values = {
+        "data.path": str(tiny_npz),
+        "model.width": 8,
+        "optim.batch_size": 32,
+        "optim.epochs": 2,
+        "threads": 1,
+        "model.members": 1,
+    }
     values.update(overrides)
     return load_config(None, values)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
-from marsseg.config import Config, from_dict, get_field, load_config, to_dict
+from marsseg.config import Config, from_dict, get_field, to_dict
 from marsseg.data.io import write_atomically
 from marsseg.errors import UserError
 from marsseg.precision import resolve_precision
@@ -148,6 +150,11 @@ RUN_FILES = (
 )
 
 
+def can_resume(run_dir: str | os.PathLike) -> bool:
+    """The run left a last.pt to continue from: its own, or its first member's (an ensemble run, members.py)."""
+    return any((Path(run_dir) / folder / "last.pt").is_file() for folder in (".", "member_0"))
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Path:
     """Refuse an existing run directory unless resuming or forced; forced, its run files are removed first
     (so no checkpoint or figure of the old run survives beside the new one)."""
@@ -156,30 +163,36 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Pa
         raise UserError(f"{run_dir}: exists and is not a directory; name a run directory")
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
         raise UserError(f"{run_dir}: run directory exists; pass --resume to continue it or --force to replace it")
-    if resume and not (run_dir / "last.pt").is_file():
+    if resume and not can_resume(run_dir):
         raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
     if force and not resume:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
+        for member in run_dir.glob("member_*"):  # an ensemble run's (members.py)
+            shutil.rmtree(member)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
+def saved_config(run_dir: str | os.PathLike) -> Config | None:
+    """The config.yaml a run wrote when it started (read as a checkpoint's is: fields added since keep their old
+    meaning), or None when there is none."""
+    saved = Path(run_dir) / "config.yaml"
+    return from_dict(yaml.safe_load(saved.read_text()), str(saved)) if saved.is_file() else None
+
+
 def run_device_name(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> str:
     """The device a run trains on: a resumed run keeps the one in its own config.yaml, not the defaults'."""
-    saved = Path(run_dir) / "config.yaml"
-    if resume and saved.is_file():
-        return load_config(str(saved)).device
-    return cfg.device
+    saved = saved_config(run_dir) if resume else None
+    return (saved or cfg).device
 
 
 def check_resume_matches_run(run_dir: str | os.PathLike, requested: Config, names: list[str]) -> None:
     """A run is resumed with the command that started it plus --resume: each of the fields `names` that the command
     sets must hold the run's own value. Raises UserError naming the first field that would change."""
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
+    run = saved_config(run_dir)
+    if run is None:
         return  # fit() says there is nothing to resume
-    run = load_config(str(saved))
     for name in names:
         theirs, mine = get_field(run, name), get_field(requested, name)
         if name == "data.path" and theirs and mine:

@@ -252,10 +252,21 @@ def cmd_train(args) -> int:
     result = fit(cfg, args.out, resume=args.resume, force=args.force, prepared=prepared)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    print(
-        f"best validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
-        f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
-    )
+    for k, member in enumerate(result.members):
+        print(
+            f"member {k + 1}: best validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch} "
+            f"({member.epochs_run} epochs, {member.train_seconds / 60:.1f} min)"
+        )
+    if result.members:
+        print(
+            f"soft vote of {len(result.members)} members: validation mIoU {result.best_val_miou:.4f} "
+            f"({result.train_seconds / 60:.1f} min in all)"
+        )
+    else:
+        print(
+            f"best validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
+            f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
+        )
     if result.test is not None:
         print(
             report.format_iou_table(
@@ -265,7 +276,12 @@ def cmd_train(args) -> int:
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
         low, high = metrics["test_miou_interval90"]
         print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {metrics['test_groups']} frame groups)")
-    print(f"run directory: {args.out} (metrics.json, metrics.csv, curves.png, confusion.png, best.pt)")
+    files = (
+        "metrics.json, confusion.png, best.pt; member_K/ with each member's curves"
+        if result.members
+        else ("metrics.json, metrics.csv, curves.png, confusion.png, best.pt")
+    )
+    print(f"run directory: {args.out} ({files})")
     return 0
 
 
@@ -488,8 +504,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--members",
         type=int,
-        help="train this many networks side by side and predict their soft vote (averaged probabilities); each "
-        "costs one network's training and prediction time",
+        help="train this many networks one after another (seeds seed, seed + 1, ...; each with its own early "
+        "stopping, in RUN/member_K) and predict their soft vote (averaged probabilities); each costs one network's "
+        "training and prediction time",
     )
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
     parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")

@@ -83,9 +83,10 @@ class ModelConfig:
     name: str = "res_unet"
     width: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
-    # members > 1 trains that many networks side by side on the same batches (models.Ensemble) and predicts their
-    # soft vote: members times the training and prediction time.
-    members: int = 1
+    # members > 1 trains that many networks one after another, from seeds seed, seed + 1, ..., each with its own
+    # early stopping (members.py), and predicts their soft vote (models.Ensemble): members times the training and
+    # prediction time.
+    members: int = 2
 
 
 @dataclass
@@ -310,8 +311,6 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: field 'semi.loss': 'recipe' needs loss.ignore_background (unsure pixels are 0)")
     if not all(isinstance(t, str) and t for t in config.semi.teachers):
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
-    if config.model.members > 1 and config.semi.weight > 0:
-        raise ConfigError(f"{source}: field 'model.members': found {config.model.members}, semi.weight > 0 needs 1")
     if config.semi.teachers and config.semi.weight <= 0:
         raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
     weights = config.loss.manual_weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from marsseg.checkpoints import (
     restore_training_state,
     run_device_name,
     save_epoch_checkpoints,
+    saved_config,
     write_history,
 )
 from marsseg.config import Config, from_dict, save_config
@@ -63,13 +64,14 @@ from marsseg.training import (
 class FitResult:
     run_dir: str
     best_val_miou: float
-    best_epoch: int
+    best_epoch: int | list[int]  # an ensemble run (members.py): each member's
     epochs_run: int
     train_seconds: float
     history: list[dict]
     test: Evaluation | None = None  # the local test part, scored once with the best checkpoint
     val: Evaluation | None = None
-    model: nn.Module | None = None  # the trained model as it ended (not the best checkpoint)
+    model: nn.Module | None = None  # the trained model as it ended (not the best checkpoint); an ensemble's vote
+    members: list[FitResult] = field(default_factory=list)  # an ensemble run's members, in order
 
 
 def fit(
@@ -90,7 +92,14 @@ def fit(
         prepared: data already cleaned and split (a search reuses one split for every trial).
         on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
         score_test: score the best checkpoint on the local test part at the end (the final figure only).
+
+    With model.members > 1 (in the run's own config.yaml when resuming), members.fit_members trains the members
+    one after another and makes their soft vote the run's model.
     """
+    if run_is_ensemble(cfg, run_dir, resume):
+        from marsseg.members import fit_members
+
+        return fit_members(cfg, run_dir, resume, force, prepared, on_epoch, score_test)
     ranks = init_distributed(run_device_name(cfg, run_dir, resume))
     if ranks.is_main:
         run_dir = prepare_run_dir(run_dir, resume, force)
@@ -105,7 +114,7 @@ def fit(
     device = process_device(cfg.device, ranks)
     cfg = with_resolved_precision(cfg, device)
     seed_everything(cfg.seed)
-    prepared = _run_data(cfg, run_dir, resume, prepared, ranks)
+    prepared = run_data(cfg, run_dir, resume, prepared, ranks)
     dataset, sampler, loader = _training_loader(cfg, prepared, ranks)
     unlabeled = build_unlabeled_stream(cfg, prepared, device, ranks.world, progress=ranks.is_main)
     memory_format = training_memory_format(cfg, device)
@@ -144,7 +153,13 @@ def fit(
     return _end_run(cfg, run_dir, prepared, device, state, ranks, score_test)
 
 
-def _run_data(cfg: Config, run_dir: Path, resume: bool, prepared: PreparedData | None, ranks: Ranks) -> PreparedData:
+def run_is_ensemble(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> bool:
+    """A resumed run is what its config.yaml says, whatever today's default number of members."""
+    saved = saved_config(run_dir) if resume else None
+    return (saved or cfg).model.members > 1
+
+
+def run_data(cfg: Config, run_dir: Path, resume: bool, prepared: PreparedData | None, ranks: Ranks) -> PreparedData:
     """The data cleaned and split; a new run records config, split and data in `run_dir`, a resumed one reads them."""
     if resume:  # the saved split, on the same data, whatever was passed in
         prepared = prepare_data(cfg.data, Split.load(run_dir / "split.json"), recorded_fingerprint(run_dir))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from marsseg.checkpoints import load_model
+from marsseg.checkpoints import can_resume, load_model
 from marsseg.config import Config, from_dict, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
@@ -40,7 +40,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     if saved.is_file() and to_dict(from_dict(yaml.safe_load(saved.read_text()), str(saved))) != wanted:
         raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
     if not (run_dir / "metrics.json").is_file():
-        fit(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), force=True, prepared=prepared)
+        fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model = build_model(cfg)
     row = {
@@ -159,14 +159,14 @@ def run_experiments(
     out_dir = Path(out_dir)
     configure_threads(base.threads)
     prepared = prepare_data(base.data)
-    rows = []
+    rows, run_dirs = [], []
     for name in models:
         for seed in range(seeds):
             cfg = config_for(base, name, seed)
-            rows.append(run_one(cfg, out_dir / "runs" / f"{name}_seed{cfg.seed}", prepared))
+            run_dirs.append(out_dir / "runs" / f"{name}_seed{cfg.seed}")
+            rows.append(run_one(cfg, run_dirs[-1], prepared))
             write_table(rows, out_dir, base)
     if ensemble and len(rows) > 1:
-        run_dirs = [out_dir / "runs" / f"{r['model']}_seed{r['seed']}" for r in rows]
         scores = ensemble_scores(run_dirs, prepared, base.tta, resolve_device(base.device), base.big_rock_scale)
         row = {
             "model": f"ensemble of {len(rows)}",

@@ -60,6 +60,24 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
     save_figure(figure, path)
 
 
+def plot_member_curves(histories: list[list[dict]], vote_miou: float, path: str | os.PathLike) -> None:
+    """An ensemble run's members (members.py): each one's training loss, validation mIoU and big-rock IoU by epoch,
+    and the soft vote's validation mIoU."""
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.6))
+    for k, history in enumerate(histories):
+        epochs = [h["epoch"] for h in history]
+        left.plot(epochs, [h["train_loss"] for h in history], label=f"member {k + 1}")
+        middle.plot(epochs, [h["val_miou"] for h in history], label=f"member {k + 1}")
+        right.plot(epochs, [h["iou_big_rock"] for h in history], label=f"member {k + 1}")
+    middle.axhline(vote_miou, color="k", linestyle="--", label="soft vote (best epochs)")
+    left.set(title="training loss", xlabel="epoch")
+    middle.set(title="validation mIoU (classes 1-4)", xlabel="epoch", ylim=(0, 1))
+    right.set(title="validation IoU of big rock", xlabel="epoch", ylim=(0, 1))
+    for axis in (left, middle, right):
+        axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
 def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
     """Row-normalised confusion matrix over true classes 1..4 (true background is never scored)."""
     rows = np.asarray(matrix, dtype=np.float64)[1:]

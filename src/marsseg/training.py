@@ -75,7 +75,8 @@ def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_fo
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The config's network, or an Ensemble of model.members of them (each with its own random initial weights)."""
+    """The config's network, or an Ensemble of model.members of them: the shape of an ensemble run's best.pt, whose
+    members train one at a time, each as one network (members.py)."""
     members = [
         create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
         for _ in range(cfg.model.members)
@@ -173,12 +174,8 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 # ---------------------------------------------------------------- one step, one epoch
 
 
-def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple | list, target: torch.Tensor) -> torch.Tensor:
-    """The loss in fp32, whatever precision the model ran in; an Ensemble's (a list of its members' outputs) is the
-    mean of its members' losses: each member gets its own loss's gradient, scaled by 1 / members (which Adam's step
-    all but ignores; with optim.optimizer "adam", whose weight decay joins the gradient, the decay weighs more)."""
-    if isinstance(output, list):
-        return sum(compute_loss(loss_fn, o, target) for o in output) / len(output)
+def compute_loss(loss_fn: nn.Module, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
+    """The loss in fp32, whatever precision the model ran in."""
     if isinstance(output, tuple):
         output = tuple(o.float() for o in output)
     else:
@@ -294,7 +291,7 @@ def overfit_one_batch(
     images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
     x = images_to_tensor(images, cfg.data.in_channels).to(device)
     y = torch.from_numpy(masks).long().to(device)
-    model = build_model(cfg).to(device)
+    model = build_model(replace(cfg, model=replace(cfg.model, members=1))).to(device)  # one network, as trained
     loss_fn = build_loss(cfg.loss, masks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     miou, step = 0.0, 0

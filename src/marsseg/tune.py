@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import fcntl
 import os
 import threading
@@ -214,7 +215,10 @@ def claim_trial(study, rdb, n_trials: int, out_dir: Path):
 
 def run_trial(study, trial, base: Config, prepared, out_dir: Path, space: dict) -> None:
     optuna = _optuna()
+    # A trial tunes one network: an ensemble's members train one after another with the same recipe (members.py),
+    # and best.yaml keeps the base's number of members.
     cfg = suggest_config(trial, base, **space)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, members=1))
 
     def report(epoch: int, val_miou: float) -> None:
         trial.report(val_miou, epoch)

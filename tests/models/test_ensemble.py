@@ -1,12 +1,12 @@
-"""The Ensemble model: a soft vote in eval mode, each member on its own loss in training."""
+"""The Ensemble model (a soft vote of networks trained apart) and its members' recipes."""
 
 import pytest
 import torch
 
 from marsseg.config import from_dict, load_config
-from marsseg.losses import build_loss
+from marsseg.members import member_config
 from marsseg.models import Ensemble, create_model
-from marsseg.training import build_model, compute_loss
+from marsseg.training import build_model
 
 
 def members(count: int, name: str = "res_unet", **kwargs) -> list[torch.nn.Module]:
@@ -27,33 +27,17 @@ def test_eval_output_is_the_log_of_the_members_mean_probabilities():
 
 def test_deep_supervised_members_vote_with_their_final_logits():
     nets = members(2, "dual_unet", deep_supervision=True)
-    ensemble = Ensemble(nets)
     x = torch.randn(1, 1, 64, 128)
-    outputs = ensemble.train()(x)
-    assert isinstance(outputs, list) and all(isinstance(o, tuple) and len(o) == 2 for o in outputs)
     with torch.no_grad():
         expected = torch.stack([net.eval()(x).softmax(dim=1) for net in nets]).mean(dim=0)
-        assert torch.allclose(ensemble.eval()(x).exp(), expected, atol=1e-6)
+        assert torch.allclose(Ensemble(nets).eval()(x).exp(), expected, atol=1e-6)
 
 
-def test_training_loss_is_the_mean_of_the_members_losses_and_each_learns_from_its_own():
-    cfg = load_config(None, {"model.width": 8})
-    loss_fn = build_loss(cfg.loss, torch.tensor([0.0, 1.0, 1.0, 1.0, 2.0]))
-    nets = members(2)
-    ensemble = Ensemble(nets).train()
-    x = torch.randn(4, 1, 64, 128)
-    target = torch.randint(0, 5, (4, 64, 128))
-    loss = compute_loss(loss_fn, ensemble(x), target)
-    alone = [compute_loss(loss_fn, net(x), target) for net in nets]
-    assert loss.item() == pytest.approx((alone[0].item() + alone[1].item()) / 2, rel=1e-5)
-    loss.backward()
-    first_grads = [p.grad.clone() for p in nets[0].parameters()]
-    for net in nets:
-        net.zero_grad()
-    alone = compute_loss(loss_fn, nets[0](x), target) / 2  # member 0's gradient is its own loss's, halved
-    alone.backward()
-    for got, own in zip(first_grads, (p.grad for p in nets[0].parameters()), strict=True):
-        assert torch.allclose(got, own, atol=1e-6)
+def test_member_k_trains_one_network_from_seed_plus_k_with_its_share_of_the_budget():
+    cfg = load_config(None, {"model.members": 3, "seed": 5, "optim.minutes": 30})
+    second = member_config(cfg, 1)
+    assert (second.seed, second.model.members, second.optim.minutes) == (6, 1, 10.0)
+    assert (cfg.seed, cfg.model.members, cfg.optim.minutes) == (5, 3, 30)  # the run's own config is unchanged
 
 
 def test_build_model_makes_an_ensemble_of_differently_initialised_members():
@@ -62,7 +46,7 @@ def test_build_model_makes_an_ensemble_of_differently_initialised_members():
     assert isinstance(model, Ensemble) and len(model.members) == 2
     first, second = (next(m.parameters()) for m in model.members)
     assert first.shape == second.shape and not torch.equal(first, second)
-    assert not isinstance(build_model(load_config(None, {"model.width": 8})), Ensemble)
+    assert not isinstance(build_model(load_config(None, {"model.width": 8, "model.members": 1})), Ensemble)
     with pytest.raises(ValueError, match="2 or more members"):
         Ensemble(members(1))
 

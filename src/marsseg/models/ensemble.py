@@ -1,5 +1,5 @@
-"""A soft-voting ensemble trained as one model: members side by side, each on its own loss, voting by averaged
-probabilities. To the rest of marsseg (checkpoints, resume, early stopping, predict, export) it is one network."""
+"""A soft-voting ensemble as one model: networks trained apart (members.py), voting by averaged probabilities. To
+predict, evaluate and export it is one network."""
 
 import math
 
@@ -13,12 +13,8 @@ def final_logits(output: torch.Tensor | tuple) -> torch.Tensor:
 
 
 class Ensemble(nn.Module):
-    """Independent members that see the same batches; their differing random initial weights make them disagree.
-
-    In training mode `forward` returns a list of the members' outputs, so that each is trained on its own loss
-    (training.compute_loss), as if trained alone. In eval mode it returns the log of the members' mean softmax
-    probabilities, so that a softmax of its output is their soft vote.
-    """
+    """Members trained one after another, from different seeds (members.py); their output is the log of the
+    members' mean softmax probabilities, so that a softmax of it is their soft vote."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
@@ -27,10 +23,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.input_multiple = members[0].input_multiple
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list:
-        outputs = [member(x) for member in self.members]
-        if self.training:
-            return outputs
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (members, B, C, H, W)
-        log_probabilities = torch.stack([final_logits(o).float().log_softmax(dim=1) for o in outputs])
-        return torch.logsumexp(log_probabilities, dim=0) - math.log(len(outputs))  # (B, C, H, W)
+        log_probabilities = torch.stack([final_logits(m(x)).float().log_softmax(dim=1) for m in self.members])
+        return torch.logsumexp(log_probabilities, dim=0) - math.log(len(self.members))  # (B, C, H, W)

@@ -1,0 +1,93 @@
+"""An ensemble run (model.members > 1): the members train one after another, each a whole run of its own in
+RUN/member_K (seed + K, its own early stopping and best epoch, 1 / members of a time budget), then their soft vote
+(models.Ensemble) is the run's best.pt: one model to scoring, predict, evaluate and export. Its big-rock scale is
+chosen on validation and it is scored once on the local test part, as a single network's run is (finish.py).
+An interrupted run resumes at the member it had reached."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from marsseg.checkpoints import load_model, prepare_run_dir, run_device_name, save_checkpoint, saved_config
+from marsseg.config import Config, to_dict
+from marsseg.data.prepare import PreparedData
+from marsseg.distributed import init_distributed, process_device
+from marsseg.evaluation import evaluate
+from marsseg.finish import finish_run
+from marsseg.models import Ensemble
+from marsseg.training import with_resolved_precision
+
+
+def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
+    return Path(run_dir) / f"member_{k}"
+
+
+def member_config(cfg: Config, k: int) -> Config:
+    """Member k's recipe: the run's, for one network, from seed + k, with its share of the time budget."""
+    return dataclasses.replace(
+        cfg,
+        seed=cfg.seed + k,
+        model=dataclasses.replace(cfg.model, members=1),
+        optim=dataclasses.replace(cfg.optim, minutes=cfg.optim.minutes / cfg.model.members),
+    )
+
+
+def fit_members(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    resume: bool,
+    force: bool,
+    prepared: PreparedData | None,
+    on_epoch=None,
+    score_test: bool = True,
+):
+    """engine.fit for model.members > 1 (engine.fit calls it): train the members, save and score their vote.
+
+    A resumed run reads its own config, split and data record from `run_dir`; each member that has a last.pt
+    continues from it (a finished one stops at once), the others start. `on_epoch` sees every member's epochs.
+    """
+    from marsseg.engine import FitResult, fit, run_data
+
+    ranks = init_distributed(run_device_name(cfg, run_dir, resume))
+    if ranks.is_main:
+        run_dir = prepare_run_dir(run_dir, resume, force)
+    if ranks.world > 1:
+        dist.barrier()
+    run_dir = Path(run_dir)
+    if resume:  # the run's own recipe, as a single network's resume reads it from last.pt
+        cfg = saved_config(run_dir)
+    device = process_device(cfg.device, ranks)
+    cfg = with_resolved_precision(cfg, device)  # config.yaml records what "auto" means here, as a single run's does
+    prepared = run_data(cfg, run_dir, resume, prepared, ranks)
+    members = []
+    for k in range(cfg.model.members):
+        path = member_dir(run_dir, k)
+        if ranks.is_main:
+            print(f"member {k + 1} of {cfg.model.members} (seed {cfg.seed + k}): {path}", flush=True)
+        member_resume = resume and (path / "last.pt").is_file()
+        members.append(fit(member_config(cfg, k), path, member_resume, True, prepared, on_epoch, score_test=False))
+    ensemble = Ensemble([load_model(result.run_dir)[0] for result in members]).to(device)
+    best_epochs = [result.best_epoch for result in members]
+    epochs_run = sum(result.epochs_run for result in members)
+    seconds = sum(result.train_seconds for result in members)
+    result = FitResult(str(run_dir), float("nan"), best_epochs, epochs_run, seconds, [], model=ensemble)
+    result.members = members
+    if ranks.is_main:
+        state = {"config": to_dict(cfg), "model": ensemble.state_dict(), "epoch": epochs_run, "best": best_epochs}
+        save_checkpoint(run_dir / "best.pt", state)
+        val = prepared.split.val
+        images, masks = prepared.data.images[val], prepared.data.masks[val]
+        vote = evaluate(ensemble, images, masks, cfg.data.in_channels, cfg.tta, device, precision=cfg.precision)
+        result.best_val_miou = vote.miou  # as a single run's: without the big-rock scale
+        from marsseg import report
+
+        report.plot_member_curves([m.history for m in members], vote.miou, run_dir / "curves.png")
+        if score_test:
+            result.val, result.test = finish_run(run_dir, cfg, prepared, device, best_epochs, epochs_run, seconds)
+    if ranks.world > 1:
+        dist.barrier()  # every rank returns once rank 0 has written the vote's files
+    return result

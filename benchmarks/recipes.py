@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from marsseg import report
+from marsseg.checkpoints import saved_config
 from marsseg.config import Config, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
@@ -88,7 +89,6 @@ VARIANTS: dict[str, dict] = {
     "cosine_40_no_early_stop": {"optim.epochs": 40, "optim.early_stopping_patience": 40},
     "width_48_cosine_40": {"model.width": 48, "optim.epochs": 40, "optim.early_stopping_patience": 40},
     "width_48": {"model.width": 48},
-    "members_2": {"model.members": 2},  # two networks trained side by side, predicting their soft vote
     "plateau": {"optim.scheduler": "plateau"},
     "onecycle": {"optim.scheduler": "onecycle"},
     "warm_restarts": {"optim.scheduler": "cosine_restarts"},
@@ -104,10 +104,9 @@ ENSEMBLES: dict[str, list[str]] = {
     "ensemble_of_2": ["default", "cutmix"],
     "two_seeds_of_default": ["default", "default@1"],
     "three_seeds_of_default": ["default", "default@1", "default@2"],
-    "two_seeds_of_cutmix": ["cutmix", "cutmix@1"],
+    "two_seeds_of_cutmix": ["cutmix", "cutmix@1"],  # today's default: model.members 2 trains exactly these two
     "three_seeds_of_cutmix": ["cutmix", "cutmix@1", "cutmix@2"],
     "default_last_epoch": ["default:last"],  # one member: the default's last epoch instead of its best on validation
-    "members_2_last_epoch": ["members_2:last"],
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
 }
 
@@ -122,7 +121,7 @@ def run_summary(run_dir: Path) -> dict:
         **{name: float(best[f"iou_{name}"]) for name in CLASSES},
         "val_miou_scaled": metrics["val_miou"],
         "best_epoch": metrics["best_epoch"],
-        "planned_epochs": load_config(str(run_dir / "config.yaml")).optim.epochs,
+        "planned_epochs": saved_config(run_dir).optim.epochs,
         "minutes": metrics["train_seconds"] / 60,
     }
 
@@ -186,8 +185,8 @@ def write_table_and_plot(out: Path) -> None:
 def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     """The default config with the variant's overrides and the command line's data, seed, threads and epochs. A row
     trains one network unless its variant sets model.members, and without CutMix unless it sets augment.cutmix:
-    "default" is the recipe every row was measured against, the default until CutMix's three seeds (variant "cutmix"
-    is today's default)."""
+    "default" is the recipe every row was measured against, the default until CutMix's three seeds. Variant "cutmix"
+    is one network of today's default; today's default, two such networks voting, is the row two_seeds_of_cutmix."""
     overrides = {
         "model.members": 1,
         "augment.cutmix": 0.0,

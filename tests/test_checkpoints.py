@@ -83,6 +83,13 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
     torch.save(state, run / "last.pt")
     with pytest.raises(UserError, match="differs"):  # the resumed run's data changed under it
         fit(cfg, run, resume=True)
+    # a run whose members an older marsseg trained side by side (one last.pt for both) is refused, not restarted
+    state["config"]["data"]["path"] = str(tiny_npz)
+    state["config"]["model"]["members"] = 2
+    torch.save(state, run / "last.pt")
+    with pytest.raises(UserError, match="side by side"):
+        fit(cfg, run, resume=True)
+    assert torch.load(run / "last.pt", weights_only=False)["config"]["model"]["members"] == 2  # nothing overwritten
 
 
 def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_path, tiny_npz):

@@ -228,6 +228,11 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     after = load_model(run)[0].state_dict()
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
 
+    # --force replaces the run: its members' folders go, anything else of the user's stays
+    (run / "member_notes").mkdir()
+    assert main(["train", "--out", str(run), *flags, "--epochs", "1", "--force"]) == 0
+    assert sorted(p.name for p in run.glob("member_*")) == ["member_notes"] and (run / "last.pt").is_file()
+
 
 def test_exponent_without_a_point_is_a_float(tmp_path):
     path = tmp_path / "c.yaml"

@@ -38,6 +38,8 @@ def tune_command(tiny_npz, out, trials, epochs=1):
         "threads=1",
         "--heartbeat",
         "1",
+        "--members",
+        "3",
     ]
 
 
@@ -76,9 +78,9 @@ def test_two_workers_finish_n_trials_between_them(tmp_path, tiny_npz):
     assert first["width"] == 8 and first["batch_size"] == 32 and first["lr"] == pytest.approx(load_config().optim.lr)
 
     assert load_config(str(out / "best.yaml")).model.width == 8
-    # a trial trains one network; best.yaml keeps the base's members (the default's 2)
+    # a trial trains one network; best.yaml keeps the base's members
     assert not any((out / "trials").glob("*/member_*")) and (out / "trials" / "trial_0000" / "last.pt").is_file()
-    assert load_config(str(out / "best.yaml")).model.members == 2
+    assert load_config(str(out / "best.yaml")).model.members == 3
 
 
 @pytest.mark.slow

@@ -169,7 +169,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Pa
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         for member in run_dir.glob("member_*"):  # an ensemble run's (members.py)
-            shutil.rmtree(member)
+            if member.is_dir() and member.name.removeprefix("member_").isdigit():
+                shutil.rmtree(member)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -254,13 +254,13 @@ def cmd_train(args) -> int:
         return 0
     for k, member in enumerate(result.members):
         print(
-            f"member {k + 1}: best validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch} "
+            f"member_{k}: best validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch} "
             f"({member.epochs_run} epochs, {member.train_seconds / 60:.1f} min)"
         )
     if result.members:
         print(
-            f"soft vote of {len(result.members)} members: validation mIoU {result.best_val_miou:.4f} "
-            f"({result.train_seconds / 60:.1f} min in all)"
+            f"soft vote of {len(result.members)} members: validation mIoU {result.best_val_miou:.4f} before the "
+            f"big-rock scale ({result.train_seconds / 60:.1f} min in all)"
         )
     else:
         print(
@@ -457,10 +457,17 @@ def parse_model_list(text: str) -> list[str]:
 
 
 def cmd_experiments(args) -> int:
-    from marsseg.config import load_config
+    from marsseg.config import dotted_names, load_config
     from marsseg.experiments import run_experiments
 
-    cfg = load_config(args.config, parse_overrides(args))
+    overrides = parse_overrides(args)
+    cfg = load_config(args.config, overrides)
+    named = list(overrides)
+    if args.config:
+        with open(args.config) as handle:
+            named += dotted_names(yaml.safe_load(handle) or {})
+    if "model.members" not in named:  # a row is one network unless asked: models compared at an equal budget
+        cfg = replace(cfg, model=replace(cfg.model, members=1))
     models = parse_model_list(args.models)
     if args.seeds < 1:
         raise UserError(f"--seeds: found {args.seeds}, expected >= 1")
@@ -509,7 +516,12 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "training and prediction time",
     )
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")
-    parser.add_argument("--minutes", type=float, help="wall-clock training budget (the schedule follows it)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-clock training budget (the schedule follows it); an ensemble's members share it, each taking an "
+        "even share of what the members before it left",
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument(
@@ -659,7 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = commands.add_parser(
-        "experiments", help="train several models with one recipe, budget and split; write a results table"
+        "experiments",
+        help="train several models with one recipe, budget and split (one network a row unless --members N); write "
+        "a results table",
     )
     p.add_argument("--out", required=True, help="directory for results.csv, results.md, results.png and runs/")
     _add_training_flags(p)

@@ -27,7 +27,6 @@ from marsseg.checkpoints import (
     restore_training_state,
     run_device_name,
     save_epoch_checkpoints,
-    saved_config,
     write_history,
 )
 from marsseg.config import Config, from_dict, save_config
@@ -44,6 +43,7 @@ from marsseg.distributed import (
     process_device,
     summed_evaluation,
 )
+from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation, evaluate
 from marsseg.finish import finish_run
 from marsseg.losses import build_loss
@@ -70,7 +70,8 @@ class FitResult:
     history: list[dict]
     test: Evaluation | None = None  # the local test part, scored once with the best checkpoint
     val: Evaluation | None = None
-    model: nn.Module | None = None  # the trained model as it ended (not the best checkpoint); an ensemble's vote
+    # the trained model as it ended (not the best checkpoint); an ensemble run's: the vote of its members' best
+    model: nn.Module | None = None
     members: list[FitResult] = field(default_factory=list)  # an ensemble run's members, in order
 
 
@@ -109,6 +110,11 @@ def fit(
     last = load_checkpoint(run_dir / "last.pt") if resume else None
     if last is not None:
         cfg = from_dict(last["config"], str(run_dir / "last.pt"))
+        if cfg.model.members > 1:  # marsseg before members.py trained an ensemble's members side by side
+            raise UserError(
+                f"{run_dir}: its {cfg.model.members} members were trained side by side by an older marsseg, which "
+                "cannot be resumed; evaluate, predict and export still read it; start a new run with --force"
+            )
     check_config_for_ranks(cfg, ranks)
     configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
     device = process_device(cfg.device, ranks)
@@ -154,9 +160,11 @@ def fit(
 
 
 def run_is_ensemble(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> bool:
-    """A resumed run is what its config.yaml says, whatever today's default number of members."""
-    saved = saved_config(run_dir) if resume else None
-    return (saved or cfg).model.members > 1
+    """A resumed run is what it was, whatever today's default number of members: one network's run has a last.pt
+    of its own, an ensemble run's are in its members' folders."""
+    if resume:
+        return not (Path(run_dir) / "last.pt").is_file() and (Path(run_dir) / "member_0").is_dir()
+    return cfg.model.members > 1
 
 
 def run_data(cfg: Config, run_dir: Path, resume: bool, prepared: PreparedData | None, ranks: Ranks) -> PreparedData:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from marsseg.checkpoints import can_resume, load_model
-from marsseg.config import Config, from_dict, to_dict
+from marsseg.checkpoints import can_resume, load_model, saved_config
+from marsseg.config import Config, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.engine import fit
@@ -34,10 +33,8 @@ FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_m
 
 def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     """Train (or resume, or skip) one (model, seed) and return its row."""
-    saved = run_dir / "config.yaml"
-    # read through from_dict, so that a config written before a field existed holds that field's old meaning
-    wanted = to_dict(with_resolved_precision(cfg))
-    if saved.is_file() and to_dict(from_dict(yaml.safe_load(saved.read_text()), str(saved))) != wanted:
+    saved = saved_config(run_dir)  # a config written before a field existed holds that field's old meaning
+    if saved is not None and to_dict(saved) != to_dict(with_resolved_precision(cfg)):
         raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)

@@ -21,12 +21,13 @@ def finish_run(
     cfg: Config,
     prepared: PreparedData,
     device: torch.device,
-    best_epoch: int,
+    best_epoch: int | list[int],
     epochs_run: int,
     train_seconds: float,
 ) -> tuple[Evaluation, Evaluation | None]:
     """Choose the big-rock scale on validation if asked, then score the best checkpoint on validation and, once,
-    on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty)."""
+    on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty).
+    An ensemble run (members.py) passes each member's best epoch and the epochs of all its members."""
     from marsseg import report
 
     model = load_model(run_dir)[0].to(device)

@@ -7,6 +7,7 @@ An interrupted run resumes at the member it had reached."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch.distributed as dist
 from marsseg.checkpoints import load_model, prepare_run_dir, run_device_name, save_checkpoint, saved_config
 from marsseg.config import Config, to_dict
 from marsseg.data.prepare import PreparedData
-from marsseg.distributed import init_distributed, process_device
+from marsseg.distributed import check_config_for_ranks, init_distributed, process_device
+from marsseg.errors import UserError
 from marsseg.evaluation import evaluate
 from marsseg.finish import finish_run
 from marsseg.models import Ensemble
@@ -26,13 +28,16 @@ def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
     return Path(run_dir) / f"member_{k}"
 
 
-def member_config(cfg: Config, k: int) -> Config:
-    """Member k's recipe: the run's, for one network, from seed + k, with its share of the time budget."""
+def member_config(cfg: Config, k: int, minutes_spent: float = 0.0) -> Config:
+    """Member k's recipe: the run's, for one network, from seed + k. With a time budget (optim.minutes), its share
+    is what the members before it left, split evenly among it and those after it (at least 0.01 minutes, one epoch:
+    0 would mean no budget)."""
+    minutes = cfg.optim.minutes and max((cfg.optim.minutes - minutes_spent) / (cfg.model.members - k), 0.01)
     return dataclasses.replace(
         cfg,
         seed=cfg.seed + k,
         model=dataclasses.replace(cfg.model, members=1),
-        optim=dataclasses.replace(cfg.optim, minutes=cfg.optim.minutes / cfg.model.members),
+        optim=dataclasses.replace(cfg.optim, minutes=minutes),
     )
 
 
@@ -48,18 +53,22 @@ def fit_members(
     """engine.fit for model.members > 1 (engine.fit calls it): train the members, save and score their vote.
 
     A resumed run reads its own config, split and data record from `run_dir`; each member that has a last.pt
-    continues from it (a finished one stops at once), the others start. `on_epoch` sees every member's epochs.
+    continues from it (a finished one stops at once; a member keeps the time share it started with), the others
+    start. `on_epoch(epoch, val_miou)` sees every member's epochs, member k's numbered from k * optim.epochs.
     """
     from marsseg.engine import FitResult, fit, run_data
 
     ranks = init_distributed(run_device_name(cfg, run_dir, resume))
+    if resume:  # the run's own recipe, as a single network's resume reads it from last.pt
+        cfg = saved_config(run_dir)
+        if cfg is None:
+            raise UserError(f"{run_dir}: nothing to resume (no config.yaml)")
+    check_config_for_ranks(cfg, ranks)  # before the run directory is written
     if ranks.is_main:
         run_dir = prepare_run_dir(run_dir, resume, force)
     if ranks.world > 1:
         dist.barrier()
     run_dir = Path(run_dir)
-    if resume:  # the run's own recipe, as a single network's resume reads it from last.pt
-        cfg = saved_config(run_dir)
     device = process_device(cfg.device, ranks)
     cfg = with_resolved_precision(cfg, device)  # config.yaml records what "auto" means here, as a single run's does
     prepared = run_data(cfg, run_dir, resume, prepared, ranks)
@@ -67,9 +76,11 @@ def fit_members(
     for k in range(cfg.model.members):
         path = member_dir(run_dir, k)
         if ranks.is_main:
-            print(f"member {k + 1} of {cfg.model.members} (seed {cfg.seed + k}): {path}", flush=True)
+            print(f"{path.name} ({k + 1} of {cfg.model.members}, seed {cfg.seed + k}): {path}", flush=True)
         member_resume = resume and (path / "last.pt").is_file()
-        members.append(fit(member_config(cfg, k), path, member_resume, True, prepared, on_epoch, score_test=False))
+        member_cfg = member_config(cfg, k, sum(m.train_seconds for m in members) / 60)
+        numbered = None if on_epoch is None else functools.partial(_numbered, on_epoch, k * cfg.optim.epochs)
+        members.append(fit(member_cfg, path, member_resume, True, prepared, numbered, score_test=False))
     ensemble = Ensemble([load_model(result.run_dir)[0] for result in members]).to(device)
     best_epochs = [result.best_epoch for result in members]
     epochs_run = sum(result.epochs_run for result in members)
@@ -77,8 +88,7 @@ def fit_members(
     result = FitResult(str(run_dir), float("nan"), best_epochs, epochs_run, seconds, [], model=ensemble)
     result.members = members
     if ranks.is_main:
-        state = {"config": to_dict(cfg), "model": ensemble.state_dict(), "epoch": epochs_run, "best": best_epochs}
-        save_checkpoint(run_dir / "best.pt", state)
+        save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
         val = prepared.split.val
         images, masks = prepared.data.images[val], prepared.data.masks[val]
         vote = evaluate(ensemble, images, masks, cfg.data.in_channels, cfg.tta, device, precision=cfg.precision)
@@ -91,3 +101,7 @@ def fit_members(
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written the vote's files
     return result
+
+
+def _numbered(on_epoch, offset: int, epoch: int, val_miou: float) -> None:
+    on_epoch(offset + epoch, val_miou)

@@ -35,9 +35,14 @@ def test_deep_supervised_members_vote_with_their_final_logits():
 
 def test_member_k_trains_one_network_from_seed_plus_k_with_its_share_of_the_budget():
     cfg = load_config(None, {"model.members": 3, "seed": 5, "optim.minutes": 30})
-    second = member_config(cfg, 1)
+    second = member_config(cfg, 1, minutes_spent=10.0)
     assert (second.seed, second.model.members, second.optim.minutes) == (6, 1, 10.0)
     assert (cfg.seed, cfg.model.members, cfg.optim.minutes) == (5, 3, 30)  # the run's own config is unchanged
+    # a member that stopped early leaves its time to the ones after it
+    assert member_config(cfg, 0).optim.minutes == 10.0
+    assert member_config(cfg, 1, minutes_spent=4.0).optim.minutes == 13.0
+    assert member_config(cfg, 2, minutes_spent=30.5).optim.minutes == 0.01  # nothing left: one epoch, not no limit
+    assert member_config(load_config(None, {"model.members": 2}), 1, 7.0).optim.minutes == 0  # no budget
 
 
 def test_build_model_makes_an_ensemble_of_differently_initialised_members():

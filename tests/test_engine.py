@@ -180,7 +180,7 @@ def test_more_bad_input_exits_2_with_one_line(tmp_path, tiny_npz, capsys):
     assert run.read_text() == "x"
 
 
-def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is_one_model(tmp_path, tiny_npz):
+def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is_one_model(tmp_path, tiny_npz, capsys):
     from marsseg.data.prepare import prepare_data
     from marsseg.data.split import Split
     from marsseg.evaluation import evaluate
@@ -190,6 +190,9 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     run, alone = tmp_path / "run", tmp_path / "alone"
     flags = ["--data", str(tiny_npz), *FAST, "--epochs", "2", "--set", "threads=1", "--set", "big_rock_scale=1"]
     assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "member_1 (2 of 2, seed 4)" in said and "member_1: best validation mIoU" in said
+    assert "soft vote of 2 members: validation mIoU" in said and "member_K/" in said
     # member 1 is the run a single network with seed 3 + 1 makes, on the same split
     assert main(["train", "--out", str(alone), *flags, "--members", "1", "--seed", "4"]) == 0
     member = np.genfromtxt(run / "member_1" / "metrics.csv", delimiter=",", names=True)

@@ -276,11 +276,9 @@ def cmd_train(args) -> int:
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
         low, high = metrics["test_miou_interval90"]
         print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {metrics['test_groups']} frame groups)")
-    files = (
-        "metrics.json, confusion.png, best.pt; member_K/ with each member's curves"
-        if result.members
-        else ("metrics.json, metrics.csv, curves.png, confusion.png, best.pt")
-    )
+    files = "metrics.json, metrics.csv, curves.png, confusion.png, best.pt"
+    if result.members:  # their metrics.csv and last.pt are in the members' folders
+        files = "metrics.json, curves.png, confusion.png, best.pt; member_K/: each member's run, with its metrics.csv"
     print(f"run directory: {args.out} ({files})")
     return 0
 

@@ -66,9 +66,9 @@ def plot_member_curves(histories: list[list[dict]], vote_miou: float, path: str 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.6))
     for k, history in enumerate(histories):
         epochs = [h["epoch"] for h in history]
-        left.plot(epochs, [h["train_loss"] for h in history], label=f"member {k + 1}")
-        middle.plot(epochs, [h["val_miou"] for h in history], label=f"member {k + 1}")
-        right.plot(epochs, [h["iou_big_rock"] for h in history], label=f"member {k + 1}")
+        left.plot(epochs, [h["train_loss"] for h in history], label=f"member_{k}")
+        middle.plot(epochs, [h["val_miou"] for h in history], label=f"member_{k}")
+        right.plot(epochs, [h["iou_big_rock"] for h in history], label=f"member_{k}")
     middle.axhline(vote_miou, color="k", linestyle="--", label="soft vote (best epochs)")
     left.set(title="training loss", xlabel="epoch")
     middle.set(title="validation mIoU (classes 1-4)", xlabel="epoch", ylim=(0, 1))

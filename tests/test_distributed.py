@@ -79,6 +79,22 @@ def test_two_processes_stay_identical_and_match_single_process_training(tmp_path
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
+def test_an_ensemble_run_trains_each_member_on_two_processes_and_votes_once(tmp_path, tiny_npz):
+    from marsseg.checkpoints import load_model
+    from marsseg.models import Ensemble
+
+    run = tmp_path / "run"
+    flags = ["--width", "8", "--batch-size", "32", "--epochs", "1", "--set", "threads=1", "--set", "device=cpu"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *flags, "--members", "2", "--nproc", "2"]) == 0
+    model, cfg = load_model(run)
+    assert isinstance(model, Ensemble) and cfg.model.members == 2
+    for k, net in enumerate(model.members):
+        own = load_model(run / f"member_{k}")[0]
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), own.state_dict().values(), strict=True))
+    assert (run / "metrics.json").is_file() and len((run / "member_1" / "metrics.csv").read_text().splitlines()) == 2
+
+
 def test_more_processes_than_gpus_is_a_one_line_error(tmp_path, tiny_npz, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

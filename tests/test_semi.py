@@ -154,6 +154,17 @@ def test_semi_supervised_run_trains_on_the_pool_and_repeats_from_its_seed(tiny_n
     assert 0 <= saved["test_miou"] <= 1
 
 
+def test_each_member_of_an_ensemble_run_trains_semi_supervised_as_a_run_of_its_own(tiny_npz, tmp_path):
+    semi = {"semi.weight": 1.0, "semi.threshold": 0.0, "semi.rare_threshold": 0.0, "semi.batch_size": 8}
+    semi["precision"] = "fp32"
+    alone = fit(tiny_config(tiny_npz, **semi, seed=1), tmp_path / "alone")
+    ensemble = fit(tiny_config(tiny_npz, **semi, **{"model.members": 2}), tmp_path / "vote")
+    second = ensemble.members[1]
+    assert load_model(second.run_dir)[1].semi.weight == 1.0
+    assert [r["train_loss"] for r in second.history] == [r["train_loss"] for r in alone.history]  # seed 0 + 1
+    assert 0 <= json.loads((tmp_path / "vote" / "metrics.json").read_text())["test_miou"] <= 1
+
+
 def test_semi_settings_are_checked(tiny_npz):
     from marsseg.config import ConfigError
 

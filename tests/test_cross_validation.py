@@ -41,6 +41,14 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     no_ema, _ = pooled_matrices(tmp_path, "no_ema", 0, 2, samples, plan)
     assert f"{mean_iou(no_ema.sum(axis=0)) - mean_iou(default.sum(axis=0)):+.3f}" in rows["no_ema"]
     assert (tmp_path / "cv.png").stat().st_size > 0  # the paired differences, plotted
+    # --against sets the row the others are paired with
+    cross_validate(Namespace(**vars(args), against="no_ema"), ["default", "no_ema"], variant_config)
+    table = (tmp_path / "cv.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "vs no_ema (90 %)" in table
+    assert f"{mean_iou(default.sum(axis=0)) - mean_iou(no_ema.sum(axis=0)):+.3f}" in rows["default"]
+    with pytest.raises(SystemExit, match="--against nothing"):
+        cross_validate(Namespace(**vars(args), against="nothing"), ["default", "no_ema"], variant_config)
     # a re-run trains nothing: every fold has finished
     before = (tmp_path / "default_seed0_fold0" / "out_of_fold.npz").stat().st_mtime
     cross_validate(args, ["default", "no_ema"], variant_config)

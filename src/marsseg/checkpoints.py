@@ -150,9 +150,14 @@ RUN_FILES = (
 )
 
 
+def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
+    """Member k's own run directory inside an ensemble run's (members.py)."""
+    return Path(run_dir) / f"member_{k}"
+
+
 def can_resume(run_dir: str | os.PathLike) -> bool:
     """The run left a last.pt to continue from: its own, or its first member's (an ensemble run, members.py)."""
-    return any((Path(run_dir) / folder / "last.pt").is_file() for folder in (".", "member_0"))
+    return any((folder / "last.pt").is_file() for folder in (Path(run_dir), member_dir(run_dir, 0)))
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Path:

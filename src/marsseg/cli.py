@@ -213,10 +213,22 @@ def relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
     return subprocess.call([*command, "-m", "marsseg", *rest])
 
 
+def fields_set(args, overrides: dict) -> list[str]:
+    """The dotted config fields a command sets: by its flags (`overrides`) and in its --config file (which
+    load_config has already read and checked)."""
+    from marsseg.config import dotted_names
+
+    names = list(overrides)
+    if args.config:
+        with open(args.config) as handle:
+            names += dotted_names(yaml.safe_load(handle) or {})
+    return names
+
+
 def cmd_train(args) -> int:
     from marsseg import report
     from marsseg.checkpoints import check_resume_matches_run, run_device_name
-    from marsseg.config import dotted_names, load_config
+    from marsseg.config import load_config
     from marsseg.distributed import check_processes_per_gpu
     from marsseg.engine import fit
 
@@ -226,11 +238,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.resume:
         # The command that started the run, plus --resume: its flags may repeat the run's values, not change them.
-        names = list(overrides)
-        if args.config:
-            with open(args.config) as handle:
-                names += dotted_names(yaml.safe_load(handle) or {})
-        check_resume_matches_run(args.out, cfg, names)
+        check_resume_matches_run(args.out, cfg, fields_set(args, overrides))
     if cfg.semi.weight > 0 and cfg.data.unlabeled:
         from marsseg.data.prepare import load_data
 
@@ -455,17 +463,15 @@ def parse_model_list(text: str) -> list[str]:
 
 
 def cmd_experiments(args) -> int:
-    from marsseg.config import dotted_names, load_config
+    from marsseg.config import load_config, one_network
     from marsseg.experiments import run_experiments
 
     overrides = parse_overrides(args)
     cfg = load_config(args.config, overrides)
-    named = list(overrides)
-    if args.config:
-        with open(args.config) as handle:
-            named += dotted_names(yaml.safe_load(handle) or {})
-    if "model.members" not in named:  # a row is one network unless asked: models compared at an equal budget
-        cfg = replace(cfg, model=replace(cfg.model, members=1))
+    if "model.members" not in fields_set(
+        args, overrides
+    ):  # a row is one network unless asked: models compared at an equal budget
+        cfg = one_network(cfg)
     models = parse_model_list(args.models)
     if args.seeds < 1:
         raise UserError(f"--seeds: found {args.seeds}, expected >= 1")

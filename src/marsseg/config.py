@@ -322,12 +322,17 @@ def validate(config: Config, source: str = "config") -> Config:
     return config
 
 
+def one_network(config: Config) -> Config:
+    """`config` for a single network (model.members 1): what each member of an ensemble run trains as."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, members=1))
+
+
 def _check_model(config: Config, source: str) -> None:
     """The model section names a model and arguments its class accepts (building it is the sure test)."""
     from marsseg.training import build_model
 
     try:
-        build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, members=1)))
+        build_model(one_network(config))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source}: field 'model': {error}") from None
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from marsseg.checkpoints import (
     HISTORY_FIELDS,
     load_checkpoint,
+    member_dir,
     prepare_run_dir,
     restore_training_state,
     run_device_name,
@@ -163,7 +164,7 @@ def run_is_ensemble(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> bo
     """A resumed run is what it was, whatever today's default number of members: one network's run has a last.pt
     of its own, an ensemble run's are in its members' folders."""
     if resume:
-        return not (Path(run_dir) / "last.pt").is_file() and (Path(run_dir) / "member_0").is_dir()
+        return not (Path(run_dir) / "last.pt").is_file() and member_dir(run_dir, 0).is_dir()
     return cfg.model.members > 1
 
 

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from marsseg.checkpoints import load_model, prepare_run_dir, run_device_name, save_checkpoint, saved_config
-from marsseg.config import Config, to_dict
+from marsseg.checkpoints import (
+    load_model,
+    member_dir,
+    prepare_run_dir,
+    run_device_name,
+    save_checkpoint,
+    saved_config,
+)
+from marsseg.config import Config, one_network, to_dict
 from marsseg.data.prepare import PreparedData
 from marsseg.distributed import check_config_for_ranks, init_distributed, process_device
 from marsseg.errors import UserError
@@ -24,20 +31,13 @@ from marsseg.models import Ensemble
 from marsseg.training import with_resolved_precision
 
 
-def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
-    return Path(run_dir) / f"member_{k}"
-
-
 def member_config(cfg: Config, k: int, minutes_spent: float = 0.0) -> Config:
     """Member k's recipe: the run's, for one network, from seed + k. With a time budget (optim.minutes), its share
     is what the members before it left, split evenly among it and those after it (at least 0.01 minutes, one epoch:
     0 would mean no budget)."""
     minutes = cfg.optim.minutes and max((cfg.optim.minutes - minutes_spent) / (cfg.model.members - k), 0.01)
     return dataclasses.replace(
-        cfg,
-        seed=cfg.seed + k,
-        model=dataclasses.replace(cfg.model, members=1),
-        optim=dataclasses.replace(cfg.optim, minutes=minutes),
+        one_network(cfg), seed=cfg.seed + k, optim=dataclasses.replace(cfg.optim, minutes=minutes)
     )
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config
+from marsseg.config import Config, one_network
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.io import NUM_CLASSES
 from marsseg.data.prepare import prepare_data
@@ -291,7 +291,7 @@ def overfit_one_batch(
     images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
     x = images_to_tensor(images, cfg.data.in_channels).to(device)
     y = torch.from_numpy(masks).long().to(device)
-    model = build_model(replace(cfg, model=replace(cfg.model, members=1))).to(device)  # one network, as trained
+    model = build_model(one_network(cfg)).to(device)  # one network, as each member trains
     loss_fn = build_loss(cfg.loss, masks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     miou, step = 0.0, 0

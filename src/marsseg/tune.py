@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import dataclasses
 import fcntl
 import os
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from marsseg.config import Config, get_field, save_config, set_field
+from marsseg.config import Config, get_field, one_network, save_config, set_field
 from marsseg.data.io import write_atomically
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
@@ -218,7 +217,7 @@ def run_trial(study, trial, base: Config, prepared, out_dir: Path, space: dict) 
     # A trial tunes one network: an ensemble's members train one after another with the same recipe (members.py),
     # and best.yaml keeps the base's number of members.
     cfg = suggest_config(trial, base, **space)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, members=1))
+    cfg = one_network(cfg)
 
     def report(epoch: int, val_miou: float) -> None:
         trial.report(val_miou, epoch)

@@ -49,18 +49,31 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
     )
 
 
-def ensemble_fold(member_dirs: list[str], checkpoints: list[str], run_dir: Path, prepared, split, plan: str) -> None:
+def ensemble_fold(
+    member_dirs: list[str], checkpoints: list[str], run_dir: Path, prepared, split, plan: str, whole_frames: bool
+) -> None:
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
     the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
-    `checkpoints` says which of each member ("best" or "last")."""
+    `checkpoints` says which of each member ("best" or "last"); `whole_frames`, whether halves of a frame are
+    predicted together (predict.predict_probabilities)."""
     from marsseg.experiments import ensemble_scores
 
     scores = ensemble_scores(
-        [Path(d) for d in member_dirs], replace(prepared, split=split), True, "cpu", checkpoints=checkpoints
+        [Path(d) for d in member_dirs],
+        replace(prepared, split=split),
+        True,
+        "cpu",
+        checkpoints=checkpoints,
+        whole_frames=whole_frames,
     )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"members": member_dirs, "checkpoints": checkpoints, "big_rock_scale": scores["scale"]}
+    record = {
+        "members": member_dirs,
+        "checkpoints": checkpoints,
+        "big_rock_scale": scores["scale"],
+        "whole_frames": whole_frames,
+    }
     (run_dir / "members.json").write_text(json.dumps(record))
     matrices = scores["test_evaluation"].image_matrices
     np.savez(run_dir / "out_of_fold.npz", indices=split.test, matrices=matrices, train_seconds=seconds, plan=plan)
@@ -179,10 +192,17 @@ def plot_differences(
     report.save_figure(figure, path)
 
 
-def cross_validate(args, known_names: list[str], variant_config, ensembles: dict[str, list[str]] | None = None) -> None:
+def cross_validate(
+    args,
+    known_names: list[str],
+    variant_config,
+    ensembles: dict[str, list[str]] | None = None,
+    whole_frame_rows: frozenset[str] = frozenset(),
+) -> None:
     """Train every (variant, seed, fold) of `args` that has not finished, then write cv.md (rows in the order of
     `known_names`). `variant_config(args, name, seed)` gives a row's config; a row named in `ensembles` trains
-    nothing: it is the soft vote of the variants listed there, fold by fold."""
+    nothing: it is the soft vote of the variants listed there, fold by fold, with the halves of a frame predicted
+    together where the row is in `whole_frame_rows`."""
     ensembles = ensembles or {}
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
@@ -205,7 +225,9 @@ def cross_validate(args, known_names: list[str], variant_config, ensembles: dict
                 if name in ensembles:
                     members = [member_seed(m, seed) for m in ensembles[name]]
                     member_dirs = [teacher_fold(out, variant, s, fold, plan) for variant, s, _ in members]
-                    ensemble_fold(member_dirs, [which for *_, which in members], run_dir, prepared, split, plan)
+                    checkpoints = [which for *_, which in members]
+                    whole_frames = name in whole_frame_rows
+                    ensemble_fold(member_dirs, checkpoints, run_dir, prepared, split, plan, whole_frames)
                     print(f"{name} seed {seed} fold {fold}: scored", flush=True)
                     continue
                 cfg = variant_config(args, name, seed)

@@ -95,6 +95,11 @@ VARIANTS: dict[str, dict] = {
     "batch_32": {"optim.batch_size": 32},
     "big_rock_scale_on_val": {"big_rock_scale": 0.0},
     "no_tta": {"tta": False},
+    "whole_frames": {"whole_frames": True},  # halves of a frame predicted together, in validation too
+    # ... and trained together (data.train_on_frames), on top of CutMix: against the row cutmix_whole_frames
+    "cutmix_frames": {"augment.cutmix": 0.5, "data.train_on_frames": True, "whole_frames": True},
+    # Lovasz-softmax (a surrogate of each class's IoU) instead of Dice, next to focal; against cutmix_whole_frames
+    "cutmix_lovasz": {"augment.cutmix": 0.5, "loss.name": "lovasz_focal", "whole_frames": True},
 }
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
@@ -108,7 +113,15 @@ ENSEMBLES: dict[str, list[str]] = {
     "three_seeds_of_cutmix": ["cutmix", "cutmix@1", "cutmix@2"],
     "default_last_epoch": ["default:last"],  # one member: the default's last epoch instead of its best on validation
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
+    # The same finished networks, predicting the two halves of a frame together (config whole_frames): rows below.
+    "cutmix_whole_frames": ["cutmix"],
+    "two_seeds_of_cutmix_whole_frames": ["cutmix", "cutmix@1"],
+    "three_seeds_of_cutmix_whole_frames": ["cutmix", "cutmix@1", "cutmix@2"],
 }
+# Ensemble rows scored with whole_frames on; every other ensemble row predicts each crop alone, as it was measured.
+WHOLE_FRAME_ROWS = frozenset(
+    {"cutmix_whole_frames", "two_seeds_of_cutmix_whole_frames", "three_seeds_of_cutmix_whole_frames"}
+)
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -190,6 +203,7 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     overrides = {
         "model.members": 1,
         "augment.cutmix": 0.0,
+        "whole_frames": False,  # every crop predicted alone, as the rows were measured before whole_frames existed
         "data.path": args.data,
         "seed": seed,
         "threads": args.threads,
@@ -226,7 +240,7 @@ def main() -> None:
     if args.folds:
         from cross_validation import cross_validate
 
-        cross_validate(args, known, variant_config, ENSEMBLES)
+        cross_validate(args, known, variant_config, ENSEMBLES, WHOLE_FRAME_ROWS)
         return
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row

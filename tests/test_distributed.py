@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,20 @@ def test_a_resumed_run_is_checked_against_its_own_device(tmp_path):
     save_config(load_config(None, {"device": "cpu"}), tmp_path / "config.yaml")
     assert run_device_name(load_config(), tmp_path, resume=True) == "cpu"  # the run's, not the default "auto"
     assert run_device_name(load_config(), tmp_path, resume=False) == "auto"
+
+
+def test_validation_shards_keep_the_halves_of_a_frame_on_one_rank():
+    from marsseg.data.split import frame_halves
+    from marsseg.distributed import Ranks, frame_shard
+    from tests.frames import shuffled_halves
+
+    images, frame_of = shuffled_halves(10, seed=6)
+    images = np.concatenate([images, np.random.default_rng(7).integers(0, 256, (3, 64, 128), dtype=np.uint8)])
+    shards = [frame_shard(images, Ranks(rank, 3)) for rank in range(3)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(23))  # every crop scored once
+    below = frame_halves(images)
+    tops = np.flatnonzero(below >= 0)
+    assert len(tops) >= 9
+    for shard in shards:
+        assert set(below[shard[np.isin(shard, tops)]].tolist()) <= set(shard.tolist())  # its bottoms with it
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 2  # units dealt out evenly

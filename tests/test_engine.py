@@ -130,6 +130,29 @@ def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, ca
     assert len(err.splitlines()) == 1 and "curriculum" in err and not (tmp_path / "r").exists()
 
 
+def test_training_on_frames_trains_on_units_of_two_crops_height(tmp_path, tiny_npz, capsys):
+    from marsseg.data.prepare import prepare_data
+    from marsseg.data.split import frame_halves
+    from marsseg.distributed import Ranks
+    from marsseg.engine import _training_loader
+
+    cfg = tiny_config(tiny_npz, **{"data.train_on_frames": True})
+    prepared = prepare_data(cfg.data)
+    dataset, _, loader = _training_loader(cfg, prepared, Ranks(0, 1))
+    images, masks = next(iter(loader))
+    assert images.shape[-2:] == (128, 128) and masks.shape[-2:] == (128, 128)
+    assert (masks[:, :32] == 0).float().mean() > 0.9  # the tiny set's crops come from no frame: mostly centred alone
+    below, train = frame_halves(prepared.data.images), set(prepared.split.train.tolist())
+    joined = sum(int(below[i]) in train for i in train if below[i] >= 0)
+    assert len(dataset.images) == len(train) - joined  # one unit a frame, one a lone crop
+    result = fit(cfg, tmp_path / "run", score_test=False)
+    assert result.epochs_run == cfg.optim.epochs and 0 < result.best_val_miou <= 1
+    flags = ["--set", "data.train_on_frames=true", "--semi", "1"]
+    assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), *FAST, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "semi.weight" in err and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_ema_model_is_scored_and_reasonable(tmp_path, tiny_npz):
     plain = fit(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from marsseg.config import LossConfig
-from marsseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, build_loss, class_weights
+from marsseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, build_loss, class_weights
 
 EQUAL = torch.tensor([0.0, 1, 1, 1, 1])
 
@@ -50,7 +50,7 @@ def test_background_pixels_do_not_change_any_loss():
     target, logits = target_and_uniform_logits()
     changed = logits.clone()
     changed[0, :, 1, :2] = torch.randn(5, 2) * 10  # the two background pixels
-    for loss in (DiceLoss(EQUAL), FocalLoss(EQUAL), CrossEntropyLoss(EQUAL)):
+    for loss in (DiceLoss(EQUAL), FocalLoss(EQUAL), CrossEntropyLoss(EQUAL), LovaszSoftmaxLoss()):
         assert loss(changed, target).item() == pytest.approx(loss(logits, target).item())
 
 
@@ -78,7 +78,7 @@ def test_class_weight_schemes():
         class_weights(masks, "bogus")
 
 
-@pytest.mark.parametrize("name", ["dice_focal", "dice", "focal", "cross_entropy", "ce_dice"])
+@pytest.mark.parametrize("name", ["dice_focal", "dice", "focal", "cross_entropy", "ce_dice", "lovasz_focal"])
 def test_every_loss_has_finite_gradients_even_without_labeled_pixels(name):
     masks = np.random.default_rng(0).integers(0, 5, (2, 8, 8)).astype(np.uint8)
     loss_fn = build_loss(LossConfig(name=name), masks)
@@ -97,3 +97,26 @@ def test_study_loss_is_dice_plus_focal():
         logits, target
     )
     assert total.item() == pytest.approx(parts.item())
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_the_iou_of_each_present_class():
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 8, 8))  # classes 0..3: big rock absent, so not averaged in
+    predicted = torch.randint(1, 5, (2, 8, 8))
+    logits = F.one_hot(predicted, 5).permute(0, 3, 1, 2).float() * 100  # softmax: 0 or 1
+    labeled = target != 0
+    misses = []
+    for c in (1, 2, 3):
+        truth, guess = (target == c) & labeled, (predicted == c) & labeled
+        misses.append(1 - (truth & guess).sum().item() / (truth | guess).sum().item())
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(np.mean(misses), rel=1e-5)
+    perfect = F.one_hot(target, 5).permute(0, 3, 1, 2).float() * 100
+    assert LovaszSoftmaxLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lovasz_gradient_raises_the_true_class_of_a_missed_pixel():
+    target = torch.tensor([[[1, 1, 2, 2]]])
+    logits = torch.zeros(1, 5, 1, 4, requires_grad=True)
+    LovaszSoftmaxLoss()(logits, target).backward()
+    assert (logits.grad[0, 1, 0, :2] < 0).all() and (logits.grad[0, 2, 0, 2:] < 0).all()  # descent raises them
+    assert (logits.grad[0, 2, 0, :2] > 0).all()  # and lowers the wrong class there

@@ -29,6 +29,9 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, tiny_npz, capsys
     assert main(["evaluate", str(run), "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and (run / "worst_test.png").is_file() and (run / "confusion_test.png").is_file()
+    assert "(flip TTA, halves of a frame together)" in out  # the config's default
+    assert main(["evaluate", str(run), "--split", "test", "--no-whole-frames", "--no-tta"]) == 0
+    assert "images (no TTA):" in capsys.readouterr().out
     csv_path = tmp_path / "submission.csv"
     assert main(["predict", str(run), "--out", str(csv_path)]) == 0
     ids, labels = read_submission(csv_path)
@@ -144,3 +147,31 @@ def test_existing_label_images_need_force(tmp_path, trained_run, capsys):
     assert not (out / "overlays").exists()
     assert main(["predict", str(trained_run), "--images", str(image), "--out", str(out), "--force"]) == 0
     assert np.array(Image.open(out / "labels" / "frame.png")).shape == (64, 128)
+
+
+def test_whole_frames_predicts_each_pair_of_halves_as_one_frame_across_batches():
+    from marsseg.data.split import frame_halves
+    from marsseg.predict import predict_probabilities
+    from tests.frames import shuffled_halves
+
+    halves, _ = shuffled_halves(12, seed=3)
+    noise = np.random.default_rng(4).integers(0, 256, (5, 64, 128), dtype=np.uint8)
+    images = np.concatenate([halves, noise])[np.random.default_rng(5).permutation(29)]
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 5, kernel_size=5, padding=2).eval()  # sees 2 rows across the seam
+    below = frame_halves(images)
+    tops = np.flatnonzero(below >= 0)
+    assert len(tops) >= 11
+
+    def alone(crops: np.ndarray) -> torch.Tensor:
+        return torch.cat(list(predict_probabilities(model, crops, tta=True)))
+
+    expected = alone(images)
+    frames = alone(np.concatenate([images[tops], images[below[tops]]], axis=1))  # (pairs, C, 128, 128)
+    expected[tops], expected[below[tops]] = frames[:, :, :64], frames[:, :, 64:]
+    batches = list(predict_probabilities(model, images, batch_size=4, tta=True, whole_frames=True))
+    assert [len(b) for b in batches] == [4] * 7 + [1]
+    together = torch.cat(batches)
+    assert torch.allclose(together, expected, atol=1e-6)
+    assert torch.allclose(together[tops, :, :62], alone(images)[tops, :, :62], atol=1e-6)  # away from the seam
+    assert not torch.allclose(together[tops, :, 62:], alone(images)[tops, :, 62:], atol=1e-3)  # at the seam

@@ -278,7 +278,7 @@ def cmd_train(args) -> int:
     if result.test is not None:
         print(
             report.format_iou_table(
-                result.test.ious, result.test.miou, f"local test part ({'flip TTA' if cfg.tta else 'no TTA'}):"
+                result.test.ious, result.test.miou, f"local test part ({_inference_words(cfg.tta, cfg.whole_frames)}):"
             )
         )
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
@@ -289,6 +289,10 @@ def cmd_train(args) -> int:
         files = "metrics.json, curves.png, confusion.png, best.pt; member_K/: each member's run, with its metrics.csv"
     print(f"run directory: {args.out} ({files})")
     return 0
+
+
+def _inference_words(tta: bool, whole_frames: bool) -> str:
+    return ("flip TTA" if tta else "no TTA") + (", halves of a frame together" if whole_frames else "")
 
 
 def _prepared_for_run(run_dir: str, data_path: str | None):
@@ -322,6 +326,7 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{args.run_dir}: the {args.split} part of this run is empty; choose another --split")
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     tta = cfg.tta if args.tta is None else args.tta
+    whole_frames = cfg.whole_frames if args.whole_frames is None else args.whole_frames
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
     result = evaluate(
         model.to(device),
@@ -333,11 +338,12 @@ def cmd_evaluate(args) -> int:
         keep_predictions=True,
         big_rock_scale=scale,
         precision=args.precision or cfg.precision,
+        whole_frames=whole_frames,
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
         report.format_iou_table(
-            result.ious, result.miou, f"{name}, {len(indices)} images ({'flip TTA' if tta else 'no TTA'}):"
+            result.ious, result.miou, f"{name}, {len(indices)} images ({_inference_words(tta, whole_frames)}):"
         )
     )
     low, high, groups = miou_interval(result, prepared.data.subset(indices))
@@ -405,6 +411,7 @@ def cmd_predict(args) -> int:
         )
         return 0
     data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
+    whole_frames = cfg.whole_frames if args.whole_frames is None else args.whole_frames
     labels = predict_labels(
         model,
         data.test_images,
@@ -414,10 +421,11 @@ def cmd_predict(args) -> int:
         progress=True,
         big_rock_scale=scale,
         precision=precision,
+        whole_frames=whole_frames,
     )
     write_submission(labels, args.out)
     print(
-        f"wrote {args.out}: {len(labels)} images ({'flip TTA' if tta else 'no TTA'}); predicted shares "
+        f"wrote {args.out}: {len(labels)} images ({_inference_words(tta, whole_frames)}); predicted shares "
         + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
     return 0
@@ -644,6 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
         tta = p.add_mutually_exclusive_group()
         tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")
         tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
+        halves = p.add_mutually_exclusive_group()
+        halves.add_argument(
+            "--whole-frames",
+            dest="whole_frames",
+            action="store_true",
+            default=None,
+            help="predict crops that are the two halves of one frame together (default: the run's whole_frames, on)",
+        )
+        halves.add_argument("--no-whole-frames", dest="whole_frames", action="store_false", help="every crop alone")
         p.set_defaults(run=function)
     commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
     p = commands.choices["predict"]

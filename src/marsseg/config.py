@@ -40,6 +40,9 @@ class DataConfig:
     # frame_size / its longer side, so the model sees the scale it was trained at.
     frame_size: int = 128
     num_workers: int = 0  # DataLoader worker processes; 0 augments in the training process
+    # Train on units of two crops' height: the two halves of a frame (data.split.frame_halves) joined, every other crop
+    # in the middle of a unit of its own with mirrored, unscored rows around it (data.frames.whole_frame_units).
+    train_on_frames: bool = False
     # The unlabeled pool of semi-supervised training (semi.weight > 0): "" means this file's test_set plus the images
     # (never the masks) of the validation and local-test parts; else another .npz, whose images are all used.
     unlabeled: str = ""
@@ -91,8 +94,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "dice_focal"  # "dice_focal" (the study's), "dice", "focal", "cross_entropy", "ce_dice"
-    # dice_weight scales the Dice term; focal_weight the second term (focal, or cross-entropy in "ce_dice")
+    # "dice_focal" (the study's), "dice", "focal", "cross_entropy", "ce_dice", "lovasz_focal" (Lovasz-softmax + focal)
+    name: str = "dice_focal"
+    # dice_weight scales the first term (Dice, or Lovasz-softmax in "lovasz_focal"); focal_weight the second (focal, or
+    # cross-entropy in "ce_dice")
     dice_weight: float = 1.0
     focal_weight: float = 1.0
     focal_gamma: float = 2.0
@@ -145,6 +150,9 @@ class Config:
     # "bf16" force one (precision.py). A run saves the precision it resolved to, so a resume keeps it.
     precision: str = "auto"
     tta: bool = True  # flip test-time augmentation when scoring the local test part and predicting
+    # Crops that are the two halves of one camera frame (data.split.frame_halves) are predicted together, each seeing
+    # the other across the seam: +0.006 cross-validated on mars64 for the same trained networks (README, Recipes).
+    whole_frames: bool = True
     # Multiplies the big-rock probability before the argmax (predict.labels_from_probabilities). 0 (the default)
     # means: choose it on the validation part after training (from evaluation.BIG_ROCK_SCALES); the choice is stored
     # in best.pt. The models predict big rock too rarely; on mars64, a scale chosen on one half of the validation
@@ -166,7 +174,7 @@ CHOICES = {
     "data.in_channels": (1, 3),
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16"),
-    "loss.name": ("dice_focal", "dice", "focal", "cross_entropy", "ce_dice"),
+    "loss.name": ("dice_focal", "dice", "focal", "cross_entropy", "ce_dice", "lovasz_focal"),
     "loss.class_weights": ("none", "inverse", "inverse_sqrt", "manual"),
     "optim.optimizer": ("adam", "adamw"),
     "optim.scheduler": ("cosine", "cosine_restarts", "plateau", "onecycle", "none"),
@@ -293,6 +301,11 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
     if config.data.curriculum_epochs and config.data.sampler != "repeat":
         raise ConfigError(f"{source}: field 'data.curriculum_epochs' needs data.sampler 'repeat'")
+    for dotted in ("data.curriculum_epochs", "semi.weight"):  # both draw crops of the file, not training units
+        if config.data.train_on_frames and get_field(config, dotted):
+            raise ConfigError(
+                f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected 0 with data.train_on_frames"
+            )
     if not 0 < config.augment.rare_crop_min_scale <= 1:
         raise ConfigError(
             f"{source}: field 'augment.rare_crop_min_scale': found {config.augment.rare_crop_min_scale}, "

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from marsseg.config import Config
+from marsseg.data.split import frame_halves
 from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation
 from marsseg.metrics import iou_per_class, mean_iou
@@ -87,3 +89,12 @@ def summed_evaluation(evaluation: Evaluation, ranks: Ranks) -> Evaluation:
     matrix = torch.from_numpy(evaluation.matrix).clone()
     dist.all_reduce(matrix)
     return Evaluation(matrix.numpy(), mean_iou(matrix), iou_per_class(matrix))
+
+
+def frame_shard(images: np.ndarray, ranks: Ranks) -> np.ndarray:
+    """Positions in `images` that this rank scores: every `world`-th unit, a unit being the two halves of a frame
+    (data.split.frame_halves) or a crop alone, so that a rank predicts both halves of its frames together."""
+    below = frame_halves(images)
+    bottoms = set(below.tolist())
+    units = [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(images)) if i not in bottoms]
+    return np.array(sorted(i for unit in units[ranks.rank :: ranks.world] for i in unit), dtype=np.int64)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -33,13 +34,15 @@ from marsseg.checkpoints import (
 from marsseg.config import Config, from_dict, save_config
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, make_loader
+from marsseg.data.frames import whole_frame_units
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
-from marsseg.data.split import Split
+from marsseg.data.split import Split, frame_halves
 from marsseg.distributed import (
     Ranks,
     check_config_for_ranks,
     decided_by_main,
+    frame_shard,
     init_distributed,
     process_device,
     summed_evaluation,
@@ -186,16 +189,19 @@ def _training_loader(
 ) -> tuple[SegmentationDataset, Sampler | None, DataLoader]:
     """The training part, oversampled and augmented, in this process's share of every batch."""
     data, split = prepared.data, prepared.split
+    images, masks, train_indices = data.images, data.masks, split.train
+    if cfg.data.train_on_frames:  # units of two crops' height: frames, and single crops in the middle of one
+        images, masks = whole_frame_units(images, masks, split.train, frame_halves(images))
+        train_indices = np.arange(len(images))
     # Oversampling happens here, on the training part only, after the split.
-    train_indices = split.train
     sampler = None
     if cfg.data.sampler == "repeat":
-        train_indices = oversample_rare_class(split.train, data.masks, cfg.data.oversample_factor)
+        train_indices = oversample_rare_class(train_indices, masks, cfg.data.oversample_factor)
     else:
-        sampler = rare_class_sampler(split.train, data.masks, cfg.data.oversample_factor, cfg.seed)
+        sampler = rare_class_sampler(train_indices, masks, cfg.data.oversample_factor, cfg.seed)
     dataset = SegmentationDataset(
-        data.images,
-        data.masks,
+        images,
+        masks,
         train_indices,
         build_augmentation(cfg.augment, cfg.seed),
         cfg.data.in_channels,
@@ -289,7 +295,10 @@ def _validate(
     """The scored model on the validation part: each rank scores its shard, the matrices are summed."""
     if state.ema is not None:
         state.scored_model.to(memory_format=memory_format)
-    shard = prepared.split.val[ranks.rank :: ranks.world]
+    val = prepared.split.val
+    shard = val[ranks.rank :: ranks.world]
+    if cfg.whole_frames and ranks.world > 1:  # the two halves of a frame go to one rank, to be predicted together
+        shard = val[frame_shard(prepared.data.images[val], ranks)]
     # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
     val = evaluate(
         state.scored_model,
@@ -299,6 +308,7 @@ def _validate(
         cfg.tta,
         device,
         precision=cfg.precision,
+        whole_frames=cfg.whole_frames,
     )
     return summed_evaluation(val, ranks)
 

@@ -65,9 +65,12 @@ def evaluate(
     batch_size: int = 128,
     big_rock_scale: float = 1.0,
     precision: str = "fp32",
+    whole_frames: bool = False,
 ) -> Evaluation:
-    """Score `model` on (images, masks)."""
-    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, precision=precision)
+    """Score `model` on (images, masks) (`tta`, `whole_frames`: see predict.predict_probabilities)."""
+    batches = predict_probabilities(
+        model, images, in_channels, batch_size, tta, device, precision=precision, whole_frames=whole_frames
+    )
     return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
 
 
@@ -92,9 +95,12 @@ def choose_big_rock_scale(
     tta: bool,
     device,
     precision: str = "fp32",
+    whole_frames: bool = False,
 ) -> tuple[float, dict[float, float]]:
     """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
-    batches = predict_probabilities(model, images, in_channels, tta=tta, device=device, precision=precision)
+    batches = predict_probabilities(
+        model, images, in_channels, tta=tta, device=device, precision=precision, whole_frames=whole_frames
+    )
     probabilities = torch.cat(list(batches))
     return best_big_rock_scale(probabilities, masks)
 

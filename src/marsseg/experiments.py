@@ -61,6 +61,7 @@ def ensemble_scores(
     device,
     big_rock_scale: float = 0.0,
     checkpoints: list[str] | None = None,
+    whole_frames: bool = False,
 ) -> dict[str, tuple]:
     """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best" or "last" for each):
     (mIoU, per-class IoU) on val and test.
@@ -76,7 +77,13 @@ def ensemble_scores(
         images, masks = prepared.data.images[indices], prepared.data.masks[indices]
         streams = [
             predict_probabilities(
-                m.to(device), images, c.data.in_channels, tta=tta, device=device, precision=c.precision
+                m.to(device),
+                images,
+                c.data.in_channels,
+                tta=tta,
+                device=device,
+                precision=c.precision,
+                whole_frames=whole_frames,
             )
             for m, c in models
         ]
@@ -164,7 +171,10 @@ def run_experiments(
             rows.append(run_one(cfg, run_dirs[-1], prepared))
             write_table(rows, out_dir, base)
     if ensemble and len(rows) > 1:
-        scores = ensemble_scores(run_dirs, prepared, base.tta, resolve_device(base.device), base.big_rock_scale)
+        device = resolve_device(base.device)
+        scores = ensemble_scores(
+            run_dirs, prepared, base.tta, device, base.big_rock_scale, whole_frames=base.whole_frames
+        )
         row = {
             "model": f"ensemble of {len(rows)}",
             "seed": "-",

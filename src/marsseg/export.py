@@ -30,7 +30,8 @@ GRAPH_CONTRACT = (
     "marsseg.input_multiple. Outputs `logits` (N, 5, H, W) and `probabilities` (N, 5, H, W): the softmax with the "
     "big-rock probability multiplied by the run's big-rock scale, so that 1 + argmax over channels 1..4 of "
     "`probabilities` is marsseg's label (1 soil, 2 bedrock, 3 sand, 4 big rock; AI4Mars value: label - 1). "
-    "marsseg predict averages the probabilities over a horizontal flip when the config's tta is true. For an "
+    "marsseg predict averages the probabilities over a horizontal flip when the config's tta is true, and with "
+    "whole_frames true predicts two crops that are the halves of one frame as one (2H, W) image. For an "
     "ensemble (config model.members > 1) `logits` are the log of the members' mean probabilities."
 )
 INPUT, OUTPUTS = "pixels", ("logits", "probabilities")

@@ -37,13 +37,14 @@ def finish_run(
         "epochs_run": epochs_run,
         "train_seconds": round(train_seconds, 1),
         "tta": cfg.tta,
+        "whole_frames": cfg.whole_frames,
         "precision": cfg.precision,
     }
     scale = cfg.big_rock_scale
     if scale == 0:
         val_images, val_masks = data.images[split.val], data.masks[split.val]
         scale, scores = choose_big_rock_scale(
-            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision
+            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision, cfg.whole_frames
         )
         metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
         _store_big_rock_scale(run_dir / "best.pt", scale)
@@ -52,7 +53,15 @@ def finish_run(
     def score(indices: np.ndarray) -> Evaluation:
         images, masks = data.images[indices], data.masks[indices]
         return evaluate(
-            model, images, masks, cfg.data.in_channels, cfg.tta, device, big_rock_scale=scale, precision=cfg.precision
+            model,
+            images,
+            masks,
+            cfg.data.in_channels,
+            cfg.tta,
+            device,
+            big_rock_scale=scale,
+            precision=cfg.precision,
+            whole_frames=cfg.whole_frames,
         )
 
     val = score(split.val)

@@ -1,4 +1,4 @@
-"""Losses: class-weighted Dice, categorical focal, their sum (the study's), and cross-entropy.
+"""Losses: class-weighted Dice, categorical focal, their sum (the study's), cross-entropy, and Lovasz-softmax.
 
 All take logits (B, C, H, W) and labels (B, H, W). With `ignore_background`, pixels whose true label is 0
 take no part, as in the metric.
@@ -112,6 +112,42 @@ class CrossEntropyLoss(nn.Module):
         return F.cross_entropy(logits.float(), target, weight=self.weights, ignore_index=self.ignore_index)
 
 
+def lovasz_gradient(sorted_truth: torch.Tensor) -> torch.Tensor:
+    """(P,) 0/1 truth of pixels sorted by decreasing error -> the gradient of the Lovasz extension of the Jaccard
+    loss at that order (Berman et al. 2018, Alg. 1): how much each pixel's error adds to 1 - IoU."""
+    total = sorted_truth.sum()
+    intersection = total - sorted_truth.cumsum(0)
+    union = total + (1 - sorted_truth).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-softmax (Berman et al. 2018): the mean over the classes present in the batch of a convex surrogate of
+    each class's 1 - IoU, over the batch's valid pixels: it optimises the measure mean IoU scores, each class
+    counting as much as any other (no class weights)."""
+
+    def __init__(self, ignore_background: bool = True):
+        super().__init__()
+        self.ignore_background = ignore_background
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)  # (B, C, H, W)
+        valid = _valid_pixels(target, self.ignore_background)  # (B, H, W)
+        probs = probs.permute(0, 2, 3, 1)[valid]  # (P, C)
+        labels = target[valid]  # (P,)
+        first = 1 if self.ignore_background else 0
+        losses = []
+        for c in range(first, probs.shape[1]):
+            truth = (labels == c).float()
+            if truth.sum() == 0:
+                continue  # absent from the batch: its IoU is undefined
+            errors = (truth - probs[:, c]).abs()
+            errors, order = errors.sort(descending=True)
+            losses.append(torch.dot(errors, lovasz_gradient(truth[order])))
+        return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+
+
 class SumOfLosses(nn.Module):
     """weight_a * loss_a + weight_b * loss_b."""
 
@@ -135,6 +171,9 @@ def build_loss(cfg: LossConfig, train_masks: np.ndarray) -> nn.Module:
     losses = {
         "dice_focal": lambda: SumOfLosses(dice, focal, cfg.dice_weight, cfg.focal_weight),
         "ce_dice": lambda: SumOfLosses(dice, cross_entropy, cfg.dice_weight, cfg.focal_weight),
+        "lovasz_focal": lambda: SumOfLosses(
+            LovaszSoftmaxLoss(cfg.ignore_background), focal, cfg.dice_weight, cfg.focal_weight
+        ),
         "dice": lambda: dice,
         "focal": lambda: focal,
         "cross_entropy": lambda: cross_entropy,

@@ -91,7 +91,16 @@ def fit_members(
         save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
         val = prepared.split.val
         images, masks = prepared.data.images[val], prepared.data.masks[val]
-        vote = evaluate(ensemble, images, masks, cfg.data.in_channels, cfg.tta, device, precision=cfg.precision)
+        vote = evaluate(
+            ensemble,
+            images,
+            masks,
+            cfg.data.in_channels,
+            cfg.tta,
+            device,
+            precision=cfg.precision,
+            whole_frames=cfg.whole_frames,
+        )
         result.best_val_miou = vote.miou  # as a single run's: without the big-rock scale
         from marsseg import report
 

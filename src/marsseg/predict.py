@@ -18,7 +18,7 @@ from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.frames import find_image_files, read_gray_image, resize_image, resized_shape
 from marsseg.data.io import NUM_CLASSES, refuse_to_overwrite, staged_directory, write_atomically
-from marsseg.data.split import RARE_CLASS
+from marsseg.data.split import RARE_CLASS, frame_halves
 from marsseg.errors import UserError
 from marsseg.models import final_logits
 from marsseg.models.blocks import resize
@@ -63,24 +63,49 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     progress: bool = False,
     precision: str = "fp32",
+    whole_frames: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
-    training also uses; an upside-down crop is not a rover view). `precision` is the run's (precision.py; an
-    exported model has its own).
+    training also uses; an upside-down crop is not a rover view). With `whole_frames`, crops that are the two
+    halves of one camera frame (data.split.frame_halves, found among `images`) are predicted together as one
+    (2H, W) image, so that each sees the other across the seam; the rest alone. `precision` is the run's
+    (precision.py; an exported model has its own).
     """
     if isinstance(model, nn.Module):
         probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
     else:
         probabilities = model
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
-        batch = images[start : start + batch_size]
+
+    def predict(batch: np.ndarray) -> torch.Tensor:
         probs = probabilities(batch)
         if tta:
             probs = (probs + probabilities(batch[:, :, ::-1]).flip(-1)) / 2
-        yield probs
+        return probs
+
+    below = frame_halves(images) if whole_frames else np.full(len(images), -1)
+    above = np.full(len(images), -1)
+    above[below[below >= 0]] = np.flatnonzero(below >= 0)
+    height = images.shape[1]
+    waiting: dict[int, torch.Tensor] = {}  # halves predicted with a partner in an earlier batch
+    for start in tqdm(range(0, len(images), batch_size), desc="predict", disable=not progress, leave=False):
+        indices = np.arange(start, min(start + batch_size, len(images)))
+        done = {i: waiting.pop(i) for i in indices.tolist() if i in waiting}
+        alone = [i for i in indices.tolist() if below[i] < 0 and above[i] < 0]
+        if alone:
+            done.update(zip(alone, predict(images[alone]), strict=True))
+        tops = sorted({i if below[i] >= 0 else int(above[i]) for i in indices.tolist() if i not in done})
+        for first in range(0, len(tops), max(1, batch_size // 2)):  # a frame is two crops' worth of pixels
+            chunk = tops[first : first + max(1, batch_size // 2)]
+            frames = np.concatenate([images[chunk], images[below[chunk]]], axis=1)  # (b, 2H, W)
+            for top, probs in zip(chunk, predict(frames), strict=True):
+                for index, half in ((top, probs[:, :height]), (int(below[top]), probs[:, height:])):
+                    if index > indices[-1]:
+                        waiting[index] = half.clone()  # its own batch comes later; the clone frees the frame's
+                    else:
+                        done[index] = half
+        yield torch.stack([done[i] for i in indices.tolist()])
 
 
 def scale_big_rock(probs: torch.Tensor, big_rock_scale: float) -> torch.Tensor:
@@ -112,9 +137,12 @@ def predict_labels(
     progress: bool = False,
     big_rock_scale: float = 1.0,
     precision: str = "fp32",
+    whole_frames: bool = False,
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
-    batches = predict_probabilities(model, images, in_channels, batch_size, tta, device, progress, precision)
+    batches = predict_probabilities(
+        model, images, in_channels, batch_size, tta, device, progress, precision, whole_frames
+    )
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
 
 

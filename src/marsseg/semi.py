@@ -120,7 +120,14 @@ def label_pool(
         models = [load_model(run_dir) for run_dir in teachers]
     streams = [
         predict_probabilities(
-            model.to(device), images, cfg.data.in_channels, PREDICT_BATCH, cfg.tta, device, precision=cfg.precision
+            model.to(device),
+            images,
+            cfg.data.in_channels,
+            PREDICT_BATCH,
+            cfg.tta,
+            device,
+            precision=cfg.precision,
+            whole_frames=cfg.whole_frames,
         )
         for model, cfg in models
     ]

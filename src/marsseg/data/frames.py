@@ -109,3 +109,29 @@ def cut_tiles(frame: np.ndarray, tile_shape: tuple[int, int]) -> np.ndarray:
     rows, columns = frame.shape[0] // tile_shape[0], frame.shape[1] // tile_shape[1]
     tiles = frame.reshape(rows, tile_shape[0], columns, tile_shape[1]).swapaxes(1, 2)
     return tiles.reshape(rows * columns, *tile_shape)
+
+
+def whole_frame_units(
+    images: np.ndarray, masks: np.ndarray, indices: np.ndarray, below: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training units of twice a crop's height (data.train_on_frames): (U, 2H, W) images and masks.
+
+    Each pair of `indices` that are the two halves of one frame (`below`, from data.split.frame_halves: the crop
+    under each, or -1) becomes that frame; every other crop of `indices` sits in the middle of a unit of its own,
+    the image mirrored into the rows above and below it and the mask 0 there (background: never scored, no loss).
+    Only pairs whose halves are both in `indices` are joined, so that a training unit never holds a held-out crop.
+    """
+    inside = np.zeros(len(images), dtype=bool)
+    inside[indices] = True
+    tops = [int(i) for i in indices if below[i] >= 0 and inside[below[i]]]
+    paired = set(tops) | {int(below[i]) for i in tops}
+    singles = [int(i) for i in indices if int(i) not in paired]
+    height = images.shape[1]
+    pad = ((0, 0), (height // 2, height - height // 2), (0, 0))
+    unit_images = np.concatenate(
+        [np.concatenate([images[tops], images[below[tops]]], axis=1), np.pad(images[singles], pad, mode="reflect")]
+    )
+    unit_masks = np.concatenate(
+        [np.concatenate([masks[tops], masks[below[tops]]], axis=1), np.pad(masks[singles], pad, constant_values=0)]
+    )
+    return unit_images, unit_masks

@@ -117,10 +117,16 @@ ENSEMBLES: dict[str, list[str]] = {
     "cutmix_whole_frames": ["cutmix"],
     "two_seeds_of_cutmix_whole_frames": ["cutmix", "cutmix@1"],
     "three_seeds_of_cutmix_whole_frames": ["cutmix", "cutmix@1", "cutmix@2"],
+    "two_seeds_of_cutmix_lovasz_whole_frames": ["cutmix_lovasz", "cutmix_lovasz@1"],
 }
 # Ensemble rows scored with whole_frames on; every other ensemble row predicts each crop alone, as it was measured.
 WHOLE_FRAME_ROWS = frozenset(
-    {"cutmix_whole_frames", "two_seeds_of_cutmix_whole_frames", "three_seeds_of_cutmix_whole_frames"}
+    {
+        "cutmix_whole_frames",
+        "two_seeds_of_cutmix_whole_frames",
+        "three_seeds_of_cutmix_whole_frames",
+        "two_seeds_of_cutmix_lovasz_whole_frames",
+    }
 )
 
 

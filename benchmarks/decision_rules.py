@@ -86,7 +86,11 @@ def main() -> None:
         images = prepared.data.images[val]
         tta = cfg.tta if args.tta == "run" else args.tta == "on"
         probs = torch.cat(
-            list(predict_probabilities(model, images, cfg.data.in_channels, tta=tta, precision=cfg.precision))
+            list(
+                predict_probabilities(
+                    model, images, cfg.data.in_channels, tta=tta, precision=cfg.precision, whole_frames=cfg.whole_frames
+                )
+            )
         )
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)

@@ -53,6 +53,7 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
         tta=cfg.tta,
         device=device,
         precision=cfg.precision,
+        whole_frames=cfg.whole_frames,
     )
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)
     # the epoch was chosen on the same figure that is reported (same TTA, same decision rule)
@@ -142,9 +143,8 @@ def test_training_on_frames_trains_on_units_of_two_crops_height(tmp_path, tiny_n
     images, masks = next(iter(loader))
     assert images.shape[-2:] == (128, 128) and masks.shape[-2:] == (128, 128)
     assert (masks[:, :32] == 0).float().mean() > 0.9  # the tiny set's crops come from no frame: mostly centred alone
-    below, train = frame_halves(prepared.data.images), set(prepared.split.train.tolist())
-    joined = sum(int(below[i]) in train for i in train if below[i] >= 0)
-    assert len(dataset.images) == len(train) - joined  # one unit a frame, one a lone crop
+    below = frame_halves(prepared.data.images[prepared.split.train])  # pairs among the training crops only
+    assert len(dataset.images) == len(prepared.split.train) - (below >= 0).sum()  # one unit a frame, one a lone crop
     result = fit(cfg, tmp_path / "run", score_test=False)
     assert result.epochs_run == cfg.optim.epochs and 0 < result.best_val_miou <= 1
     flags = ["--set", "data.train_on_frames=true", "--semi", "1"]
@@ -235,7 +235,7 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
     val = prepared.split.val
     images, masks = prepared.data.images[val], prepared.data.masks[val]
-    rescored = evaluate(model, images, masks, tta=cfg.tta, precision=cfg.precision)
+    rescored = evaluate(model, images, masks, tta=cfg.tta, precision=cfg.precision, whole_frames=cfg.whole_frames)
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0
     ids, labels = read_submission(tmp_path / "sub.csv")

@@ -352,12 +352,13 @@ def _check_model(config: Config, source: str) -> None:
 
 def from_dict(values: dict, source: str = "config") -> Config:
     """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU), one
-    written before model.members holds a single network."""
+    written before model.members holds a single network, and one written before whole_frames predicted (and was
+    scored with) each crop alone: its stored big-rock scale and metrics were chosen and measured that way."""
     values = dict(values or {})
     if isinstance(values.get("model", {}), dict):  # anything else is refused by _merge with its own message
         values["model"] = {"members": 1, **values.get("model", {})}
     config = Config()
-    _merge(config, {"precision": "fp32", **values}, source)
+    _merge(config, {"precision": "fp32", "whole_frames": False, **values}, source)
     return config
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from marsseg.config import Config
-from marsseg.data.split import frame_halves
+from marsseg.data.split import frame_units
 from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation
 from marsseg.metrics import iou_per_class, mean_iou
@@ -91,10 +91,13 @@ def summed_evaluation(evaluation: Evaluation, ranks: Ranks) -> Evaluation:
     return Evaluation(matrix.numpy(), mean_iou(matrix), iou_per_class(matrix))
 
 
-def frame_shard(images: np.ndarray, ranks: Ranks) -> np.ndarray:
-    """Positions in `images` that this rank scores: every `world`-th unit, a unit being the two halves of a frame
-    (data.split.frame_halves) or a crop alone, so that a rank predicts both halves of its frames together."""
-    below = frame_halves(images)
-    bottoms = set(below.tolist())
-    units = [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(images)) if i not in bottoms]
-    return np.array(sorted(i for unit in units[ranks.rank :: ranks.world] for i in unit), dtype=np.int64)
+def frame_shard(below: np.ndarray, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's share of a set whose frames are `below` (data.split.frame_halves over the whole set): every
+    `world`-th unit, a unit being the two halves of a frame or a crop alone. Returns the positions in the set and
+    their `below` within the shard, so that each rank predicts the pairs the whole set has, and only those."""
+    positions = np.array(
+        sorted(i for unit in frame_units(below)[ranks.rank :: ranks.world] for i in unit), dtype=np.int64
+    )
+    place = np.full(len(below) + 1, -1, dtype=np.int64)  # place[-1] stays -1: "no crop below"
+    place[positions] = np.arange(len(positions))
+    return positions, place[below[positions]]

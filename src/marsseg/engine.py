@@ -190,8 +190,9 @@ def _training_loader(
     """The training part, oversampled and augmented, in this process's share of every batch."""
     data, split = prepared.data, prepared.split
     images, masks, train_indices = data.images, data.masks, split.train
-    if cfg.data.train_on_frames:  # units of two crops' height: frames, and single crops in the middle of one
-        images, masks = whole_frame_units(images, masks, split.train, frame_halves(images))
+    if cfg.data.train_on_frames:  # units of two crops' height: frames (found among training crops), and lone crops
+        images, masks = data.images[split.train], data.masks[split.train]
+        images, masks = whole_frame_units(images, masks, frame_halves(images))
         train_indices = np.arange(len(images))
     # Oversampling happens here, on the training part only, after the split.
     sampler = None
@@ -296,9 +297,10 @@ def _validate(
     if state.ema is not None:
         state.scored_model.to(memory_format=memory_format)
     val = prepared.split.val
-    shard = val[ranks.rank :: ranks.world]
+    shard, frames = val[ranks.rank :: ranks.world], None
     if cfg.whole_frames and ranks.world > 1:  # the two halves of a frame go to one rank, to be predicted together
-        shard = val[frame_shard(prepared.data.images[val], ranks)]
+        positions, frames = frame_shard(frame_halves(prepared.data.images[val]), ranks)
+        shard = val[positions]
     # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
     val = evaluate(
         state.scored_model,
@@ -309,6 +311,7 @@ def _validate(
         device,
         precision=cfg.precision,
         whole_frames=cfg.whole_frames,
+        frames=frames,
     )
     return summed_evaluation(val, ranks)
 

@@ -66,10 +66,19 @@ def evaluate(
     big_rock_scale: float = 1.0,
     precision: str = "fp32",
     whole_frames: bool = False,
+    frames: np.ndarray | None = None,
 ) -> Evaluation:
-    """Score `model` on (images, masks) (`tta`, `whole_frames`: see predict.predict_probabilities)."""
+    """Score `model` on (images, masks) (`tta`, `whole_frames`, `frames`: see predict.predict_probabilities)."""
     batches = predict_probabilities(
-        model, images, in_channels, batch_size, tta, device, precision=precision, whole_frames=whole_frames
+        model,
+        images,
+        in_channels,
+        batch_size,
+        tta,
+        device,
+        precision=precision,
+        whole_frames=whole_frames,
+        frames=frames,
     )
     return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
 

@@ -64,14 +64,16 @@ def predict_probabilities(
     progress: bool = False,
     precision: str = "fp32",
     whole_frames: bool = False,
+    frames: np.ndarray | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
     training also uses; an upside-down crop is not a rover view). With `whole_frames`, crops that are the two
     halves of one camera frame (data.split.frame_halves, found among `images`) are predicted together as one
-    (2H, W) image, so that each sees the other across the seam; the rest alone. `precision` is the run's
-    (precision.py; an exported model has its own).
+    (2H, W) image, so that each sees the other across the seam; the rest alone. `frames`, frame_halves' result when
+    it is already known (a shard of a larger set), replaces finding them. `precision` is the run's (precision.py; an
+    exported model has its own).
     """
     if isinstance(model, nn.Module):
         probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
@@ -84,7 +86,10 @@ def predict_probabilities(
             probs = (probs + probabilities(batch[:, :, ::-1]).flip(-1)) / 2
         return probs
 
-    below = frame_halves(images) if whole_frames else np.full(len(images), -1)
+    if frames is not None:
+        below = frames
+    else:
+        below = frame_halves(images) if whole_frames else np.full(len(images), -1)
     above = np.full(len(images), -1)
     above[below[below >= 0]] = np.flatnonzero(below >= 0)
     height = images.shape[1]

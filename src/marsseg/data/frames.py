@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from marsseg.data.split import frame_units
 from marsseg.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # compared in lower case: the AI4Mars release writes .JPG
@@ -111,21 +112,16 @@ def cut_tiles(frame: np.ndarray, tile_shape: tuple[int, int]) -> np.ndarray:
     return tiles.reshape(rows * columns, *tile_shape)
 
 
-def whole_frame_units(
-    images: np.ndarray, masks: np.ndarray, indices: np.ndarray, below: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def whole_frame_units(images: np.ndarray, masks: np.ndarray, below: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Training units of twice a crop's height (data.train_on_frames): (U, 2H, W) images and masks.
 
-    Each pair of `indices` that are the two halves of one frame (`below`, from data.split.frame_halves: the crop
-    under each, or -1) becomes that frame; every other crop of `indices` sits in the middle of a unit of its own,
-    the image mirrored into the rows above and below it and the mask 0 there (background: never scored, no loss).
-    Only pairs whose halves are both in `indices` are joined, so that a training unit never holds a held-out crop.
+    Each pair of `below` (data.split.frame_halves over these crops, the training part's, so that no unit holds a
+    held-out crop) becomes its frame; every other crop sits in the middle of a unit of its own, the image mirrored
+    into the rows above and below it and the mask 0 there (background: never scored, no loss).
     """
-    inside = np.zeros(len(images), dtype=bool)
-    inside[indices] = True
-    tops = [int(i) for i in indices if below[i] >= 0 and inside[below[i]]]
-    paired = set(tops) | {int(below[i]) for i in tops}
-    singles = [int(i) for i in indices if int(i) not in paired]
+    units = frame_units(below)
+    tops = [unit[0] for unit in units if len(unit) == 2]
+    singles = [unit[0] for unit in units if len(unit) == 1]
     height = images.shape[1]
     pad = ((0, 0), (height // 2, height - height // 2), (0, 0))
     unit_images = np.concatenate(

@@ -95,11 +95,12 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
 
     For prediction (predict.predict_probabilities with `whole_frames`): the two halves of a frame, predicted as one
     image, see each other across the seam. A pair is each other's closest seam match by the L1 distance from the top
-    half's last row to the bottom half's first row, with exact ties dropped and a seam no rougher than the halves'
-    own rows (SEAM_STEP_RATIO); where matches chain (i above j above k)
-    the closer seam wins, so a crop is in at most one pair. On mars64's training crops this finds 870 pairs whose
-    masks agree along the seam at 97 % of pixels (random pairs: 48 %), 182 more than seam_pairs' squared distance
-    and ratio test, which the split keeps so that its groups, and every fold measured with them, stay the same.
+    half's last row to the bottom half's first row, with exact ties dropped on either side (a duplicated crop pairs
+    with nothing) and a seam no rougher than the halves' own rows (SEAM_STEP_RATIO); where matches chain (i above j
+    above k) the closer seam wins, so a crop is in at most one pair. On mars64's cleaned training crops this finds 869
+    pairs whose masks agree along the seam at 96.5 % of pixels (random pairs: 48 %), 181 more than seam_pairs'
+    squared distance and ratio test, which the split keeps so that its groups, and every fold measured with them, stay
+    the same.
     """
     n, _, width = images.shape
     below = np.full(n, -1, dtype=np.int64)
@@ -108,7 +109,7 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
     last_rows = images[:, -1, :].astype(np.int16)  # (N, W)
     first_rows = images[:, 0, :].astype(np.int16)
     best_below, below_distance, tied = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, dtype=bool)
-    best_above, above_distance = np.zeros(n, np.int64), np.full(n, np.inf)
+    best_above, above_two = np.zeros(n, np.int64), np.full((2, n), np.inf)  # each bottom's two closest tops
     chunk = max(1, 4_000_000 // (n * width))  # (chunk, N, W) differences at a time: memory stays bounded
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
@@ -119,12 +120,13 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
         below_distance[start:stop] = two_closest[:, 0]
         tied[start:stop] = two_closest[:, 0] == two_closest[:, 1]
         column_best = distance.argmin(axis=0)
-        column_distance = distance[column_best, np.arange(n)]
-        closer = column_distance < above_distance
-        best_above[closer], above_distance[closer] = column_best[closer] + start, column_distance[closer]
+        closer = distance[column_best, np.arange(n)] < above_two[0]
+        best_above[closer] = column_best[closer] + start
+        above_two = np.partition(np.vstack([above_two, distance]), 1, axis=0)[:2]
     top_step = np.abs(last_rows - images[:, -2, :].astype(np.int16)).sum(axis=1)  # (N,) the rows' own step
     bottom_step = np.abs(first_rows - images[:, 1, :].astype(np.int16)).sum(axis=1)
     smooth = below_distance <= SEAM_STEP_RATIO * (top_step + bottom_step[best_below]) / 2
+    tied |= (above_two[0] == above_two[1])[best_below]  # the bottom has two equally close tops
     mutual = [i for i in range(n) if best_above[best_below[i]] == i and not tied[i] and smooth[i]]
     paired = np.zeros(n, dtype=bool)
     for top in sorted(mutual, key=lambda i: below_distance[i]):
@@ -133,6 +135,13 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
             below[top] = bottom
             paired[[top, bottom]] = True
     return below
+
+
+def frame_units(below: np.ndarray) -> list[list[int]]:
+    """[top, bottom] for each pair of `below` (frame_halves' result) and [i] for every other crop, in the order of
+    their first crop."""
+    bottoms = set(below[below >= 0].tolist())
+    return [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(below)) if i not in bottoms]
 
 
 def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:

@@ -476,9 +476,8 @@ def cmd_experiments(args) -> int:
 
     overrides = parse_overrides(args)
     cfg = load_config(args.config, overrides)
-    if "model.members" not in fields_set(
-        args, overrides
-    ):  # a row is one network unless asked: models compared at an equal budget
+    # A row is one network unless asked: models compared at an equal budget.
+    if "model.members" not in fields_set(args, overrides):
         cfg = one_network(cfg)
     models = parse_model_list(args.models)
     if args.seeds < 1:

@@ -94,6 +94,7 @@ def predict_probabilities(
     above[below[below >= 0]] = np.flatnonzero(below >= 0)
     height = images.shape[1]
     waiting: dict[int, torch.Tensor] = {}  # halves predicted with a partner in an earlier batch
+    frames_a_pass = max(1, batch_size // 2)  # a frame is two crops' worth of pixels
     for start in tqdm(range(0, len(images), batch_size), desc="predict", disable=not progress, leave=False):
         indices = np.arange(start, min(start + batch_size, len(images)))
         done = {i: waiting.pop(i) for i in indices.tolist() if i in waiting}
@@ -101,10 +102,10 @@ def predict_probabilities(
         if alone:
             done.update(zip(alone, predict(images[alone]), strict=True))
         tops = sorted({i if below[i] >= 0 else int(above[i]) for i in indices.tolist() if i not in done})
-        for first in range(0, len(tops), max(1, batch_size // 2)):  # a frame is two crops' worth of pixels
-            chunk = tops[first : first + max(1, batch_size // 2)]
-            frames = np.concatenate([images[chunk], images[below[chunk]]], axis=1)  # (b, 2H, W)
-            for top, probs in zip(chunk, predict(frames), strict=True):
+        for first in range(0, len(tops), frames_a_pass):
+            chunk = tops[first : first + frames_a_pass]
+            stitched = np.concatenate([images[chunk], images[below[chunk]]], axis=1)  # (b, 2H, W)
+            for top, probs in zip(chunk, predict(stitched), strict=True):
                 for index, half in ((top, probs[:, :height]), (int(below[top]), probs[:, height:])):
                     if index > indices[-1]:
                         waiting[index] = half.clone()  # its own batch comes later; the clone frees the frame's

@@ -114,6 +114,24 @@ def test_lovasz_of_hard_predictions_is_one_minus_the_iou_of_each_present_class()
     assert LovaszSoftmaxLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lovasz_of_soft_predictions_follows_its_definition_over_the_sorted_errors():
+    torch.manual_seed(1)
+    target = torch.randint(0, 5, (3, 6, 10))
+    logits = torch.randn(3, 5, 6, 10) * 2
+    probs = logits.softmax(dim=1).permute(0, 2, 3, 1).double().numpy()
+    labels = target.numpy()
+    labeled = labels != 0
+    per_class = []
+    for c in range(1, 5):
+        truth = (labels[labeled] == c).astype(float)
+        errors = np.abs(truth - probs[labeled][:, c])
+        order = np.argsort(-errors, kind="stable")
+        found, extra = truth.sum() - np.cumsum(truth[order]), truth.sum() + np.cumsum(1 - truth[order])
+        jaccard = np.concatenate([[0.0], 1 - found / extra])  # 1 - IoU once the first k pixels are wrong
+        per_class.append(np.dot(errors[order], np.diff(jaccard)))
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(np.mean(per_class), rel=1e-5)
+
+
 def test_lovasz_gradient_raises_the_true_class_of_a_missed_pixel():
     target = torch.tensor([[[1, 1, 2, 2]]])
     logits = torch.zeros(1, 5, 1, 4, requires_grad=True)

@@ -32,9 +32,11 @@ def fold_dir(out: Path, name: str, seed: int, fold: int) -> Path:
     return out / f"{name}_seed{seed}_fold{fold}"
 
 
-def fold_plan(folds: int, cfg: DataConfig, prepared) -> str:
-    """What a fold's held-out crops depend on; a finished fold made under another plan is never reused."""
-    return f"{folds} folds, split seed {cfg.split_seed}, val {cfg.val_fraction}, data {prepared.fingerprint}"
+def fold_plan(folds: int, cfg: DataConfig, prepared, seams_only: bool = False) -> str:
+    """What a fold's held-out crops depend on; a finished fold made under another plan is never reused. Folds
+    grouped by seam_pairs alone (`seams_only`, those of the tables measured before 2026-11-29) keep their plan."""
+    plan = f"{folds} folds, split seed {cfg.split_seed}, val {cfg.val_fraction}, data {prepared.fingerprint}"
+    return plan if seams_only else f"{plan}, frames by seam_pairs and frame_halves"
 
 
 def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
@@ -207,8 +209,11 @@ def cross_validate(
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)
-    splits = kfold_splits(prepared.data, args.folds, base.data.val_fraction, base.data.split_seed)
-    plan = fold_plan(args.folds, base.data, prepared)
+    seams_only = getattr(args, "seams_only", False)
+    splits = kfold_splits(
+        prepared.data, args.folds, base.data.val_fraction, base.data.split_seed, seams_only=seams_only
+    )
+    plan = fold_plan(args.folds, base.data, prepared, seams_only)
     names = args.variants.split(",")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     only_folds = {int(f) for f in args.only_folds.split(",") if f} if getattr(args, "only_folds", "") else None
@@ -243,4 +248,6 @@ def cross_validate(
     against = getattr(args, "against", "default")
     if against not in every_name:
         raise SystemExit(f"--against {against}: no finished row of that name in {out}")
-    write_table(out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data), plan, against)
+    write_table(
+        out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data, seams_only=seams_only), plan, against
+    )

@@ -236,6 +236,11 @@ def main() -> None:
         "--only-folds", default="", help="with --folds, train only these folds (e.g. 0,1), to share them out"
     )
     parser.add_argument(
+        "--seams-only",
+        action="store_true",
+        help="with --folds, group frames by seam_pairs alone: the folds of the tables measured before 2026-11-29",
+    )
+    parser.add_argument(
         "--against", default="default", help="with --folds, the row every other is compared with, pair by pair"
     )
     args = parser.parse_args()

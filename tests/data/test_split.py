@@ -97,6 +97,44 @@ def test_frame_halves_on_mars64_pairs_crops_whose_masks_continue_across_the_seam
     assert len(tops) >= 850 and agreement > 0.95  # measured: 869 pairs, 0.965 (random pairs: 0.48)
 
 
+def test_a_frame_that_only_frame_halves_pairs_is_still_kept_on_one_side():
+    images, frame_of = shuffled_halves(10, seed=0)
+    first, second = np.flatnonzero(frame_of == 0)
+
+    def seam(top, bottom):
+        return np.abs(images[top, -1].astype(int) - images[bottom, 0]).sum()
+
+    top, bottom = (first, second) if seam(first, second) < seam(second, first) else (second, first)
+    last_row, first_row = images[top, -1].astype(int), images[bottom, 0].astype(int)
+    decoy = images[np.flatnonzero(frame_of == 1)[0]].copy()  # another frame's crop, whose first row becomes ...
+    decoy[0] = np.clip(first_row + np.where(first_row >= last_row, 1, -1), 0, 255)  # ... a close rival seam
+    images = np.concatenate([images, decoy[None]])
+    data = MarsData(images, np.ones_like(images), None, None)
+    assert frame_halves(images)[top] == bottom  # still the closest seam, mutually
+    assert group_ids(data)[top] == group_ids(data)[bottom]
+    assert group_ids(data, seams_only=True)[top] != group_ids(data, seams_only=True)[bottom]  # its ratio test fails
+
+
+def test_no_frame_of_mars64_straddles_the_default_split_or_a_fold(real_npz):
+    from marsseg.data.clean import find_contaminated, remove_contaminated
+    from marsseg.data.io import load_npz
+
+    data = load_npz(real_npz)
+    data = remove_contaminated(data, find_contaminated(data))
+    below = frame_halves(data.images)
+    tops = np.flatnonzero(below >= 0)
+    seam_groups = group_ids(data, seams_only=True)
+    assert (seam_groups[tops] != seam_groups[below[tops]]).sum() >= 150  # measured 210: seam_pairs alone split them
+    split = split_data(data, 0.1, 0.1, seed=0)
+    part = np.zeros(len(data), dtype=np.int64)
+    part[split.val], part[split.test] = 1, 2
+    assert (part[tops] == part[below[tops]]).all()
+    fold_of = np.zeros(len(data), dtype=np.int64)
+    for k, fold in enumerate(kfold_splits(data, 3, 0.1, seed=0)):
+        fold_of[fold.test] = k
+    assert (fold_of[tops] == fold_of[below[tops]]).all()
+
+
 def test_kfold_test_parts_cover_every_sample_once_and_keep_frames_whole():
     frames = np.arange(300) // 2
     data = synthetic_set(frame_ids=frames)

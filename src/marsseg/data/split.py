@@ -99,8 +99,7 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
     with nothing) and a seam no rougher than the halves' own rows (SEAM_STEP_RATIO); where matches chain (i above j
     above k) the closer seam wins, so a crop is in at most one pair. On mars64's cleaned training crops this finds 868
     pairs whose masks agree along the seam at 96.5 % of pixels (random pairs: 48 %), 180 more than seam_pairs'
-    squared distance and ratio test, which the split keeps so that its groups, and every fold measured with them, stay
-    the same.
+    squared distance and ratio test; the split groups by both (group_ids).
     """
     n, _, width = images.shape
     below = np.full(n, -1, dtype=np.int64)
@@ -144,10 +143,14 @@ def frame_units(below: np.ndarray) -> list[list[int]]:
     return [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(below)) if i not in bottoms]
 
 
-def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
+def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
     """(N,) group id: samples that share an exact image, a near-duplicate key or a frame share a group.
 
-    Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from `seam_pairs`.
+    Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from the pairs of both
+    seam matchers: `seam_pairs` and `frame_halves`, which finds 868 pairs in mars64's cleaned training crops to
+    seam_pairs' 688 (seam_pairs alone left 83 of them with a half on each side of the default split).
+    `seams_only` groups by seam_pairs alone, as every split and fold did before 2026-11-29: only for reproducing
+    the cross-validated tables measured on those folds (benchmarks/recipes.py --seams-only).
     """
     parent = list(range(len(data)))
 
@@ -170,12 +173,15 @@ def group_ids(data: MarsData, infer_frames: bool = True) -> np.ndarray:
     linked = near_duplicate_pairs(data.images)
     if data.frame_ids is None and infer_frames:
         linked += seam_pairs(data.images)
+        if not seams_only:
+            below = frame_halves(data.images)
+            linked += [(top, int(below[top])) for top in np.flatnonzero(below >= 0).tolist()]
     for first, second in linked:
         parent[find(second)] = find(first)
     return np.array([find(i) for i in range(len(data))], dtype=np.int64)
 
 
-def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True) -> np.ndarray:
+def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
     """(N,) each sample's place in 0..1 when whole groups are dealt out, stratified on whether a group has big rock.
 
     Within each stratum (groups with big rock, groups without) the groups are shuffled and laid end to end by
@@ -183,7 +189,7 @@ def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True) ->
     part its share of the big-rock images, as closely as whole groups allow, and never splits a group.
     """
     rng = np.random.default_rng(seed)
-    groups = group_ids(data, infer_frames)
+    groups = group_ids(data, infer_frames, seams_only)
     has_rare = (data.masks == RARE_CLASS).any(axis=(1, 2))
     members: dict[int, list[int]] = {}
     for index, group in enumerate(groups.tolist()):
@@ -221,17 +227,22 @@ def split_data(
 
 
 def kfold_splits(
-    data: MarsData, folds: int, val_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
+    data: MarsData,
+    folds: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    infer_frames: bool = True,
+    seams_only: bool = False,
 ) -> list[Split]:
     """`folds` group-aware splits whose test parts cover every sample exactly once (cross-validation).
 
     Fold k holds out the k-th of `folds` equal stretches of group_positions as its test part and the next
     `val_fraction` of the line (wrapping round) as its validation part, for early stopping and the big-rock scale;
-    it trains on the rest. No group is ever on two sides of a fold.
+    it trains on the rest. No group is ever on two sides of a fold. `seams_only`: group_ids'.
     """
     if folds < 2 or not 0 < val_fraction < 1 - 1 / folds:
         raise ValueError(f"need folds >= 2 and 0 < val_fraction < 1 - 1/folds, got {folds} and {val_fraction}")
-    positions = group_positions(data, seed, infer_frames)
+    positions = group_positions(data, seed, infer_frames, seams_only)
     splits = []
     for fold in range(folds):
         start, end = fold / folds, (fold + 1) / folds

@@ -340,6 +340,18 @@ def one_network(config: Config) -> Config:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, members=1))
 
 
+def inference_settings(config: Config) -> dict:
+    """How a run predicts, as keyword arguments of predict.predict_probabilities and evaluation.evaluate: its input
+    channels, flip TTA, precision and whole frames. Every figure a run reports is predicted as `marsseg predict`
+    would."""
+    return {
+        "in_channels": config.data.in_channels,
+        "tta": config.tta,
+        "precision": config.precision,
+        "whole_frames": config.whole_frames,
+    }
+
+
 def _check_model(config: Config, source: str) -> None:
     """The model section names a model and arguments its class accepts (building it is the sure test)."""
     from marsseg.training import build_model

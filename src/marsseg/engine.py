@@ -31,7 +31,7 @@ from marsseg.checkpoints import (
     save_epoch_checkpoints,
     write_history,
 )
-from marsseg.config import Config, from_dict, save_config
+from marsseg.config import Config, from_dict, inference_settings, save_config
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, make_loader
 from marsseg.data.frames import whole_frame_units
@@ -302,17 +302,8 @@ def _validate(
         positions, frames = frame_shard(frame_halves(prepared.data.images[val]), ranks)
         shard = val[positions]
     # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
-    val = evaluate(
-        state.scored_model,
-        prepared.data.images[shard],
-        prepared.data.masks[shard],
-        cfg.data.in_channels,
-        cfg.tta,
-        device,
-        precision=cfg.precision,
-        whole_frames=cfg.whole_frames,
-        frames=frames,
-    )
+    images, masks = prepared.data.images[shard], prepared.data.masks[shard]
+    val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **inference_settings(cfg))
     return summed_evaluation(val, ranks)
 
 

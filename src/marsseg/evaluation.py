@@ -96,24 +96,6 @@ def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.
 BIG_ROCK_SCALES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
-def choose_big_rock_scale(
-    model: nn.Module,
-    images: np.ndarray,
-    masks: np.ndarray,
-    in_channels: int,
-    tta: bool,
-    device,
-    precision: str = "fp32",
-    whole_frames: bool = False,
-) -> tuple[float, dict[float, float]]:
-    """The scale of BIG_ROCK_SCALES with the best validation mIoU, and every scale's mIoU."""
-    batches = predict_probabilities(
-        model, images, in_channels, tta=tta, device=device, precision=precision, whole_frames=whole_frames
-    )
-    probabilities = torch.cat(list(batches))
-    return best_big_rock_scale(probabilities, masks)
-
-
 def best_big_rock_scale(probabilities: torch.Tensor, masks: np.ndarray) -> tuple[float, dict[float, float]]:
     """For probabilities (N, C, H, W) of the images whose masks are `masks`: the best scale and every scale's mIoU."""
     scores = {s: evaluate_probabilities([probabilities], masks, big_rock_scale=s).miou for s in BIG_ROCK_SCALES}

@@ -6,14 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from marsseg.checkpoints import load_checkpoint, load_model, save_checkpoint
-from marsseg.config import Config
+from marsseg.config import Config, inference_settings
 from marsseg.data.io import write_text_atomically
 from marsseg.data.prepare import PreparedData
-from marsseg.evaluation import CLASS_KEYS, Evaluation, choose_big_rock_scale, evaluate, miou_interval
+from marsseg.evaluation import (
+    CLASS_KEYS,
+    Evaluation,
+    best_big_rock_scale,
+    evaluate,
+    evaluate_probabilities,
+    miou_interval,
+)
+from marsseg.predict import predict_probabilities
 
 
 def finish_run(
@@ -40,35 +47,21 @@ def finish_run(
         "whole_frames": cfg.whole_frames,
         "precision": cfg.precision,
     }
+    val_masks = data.masks[split.val]
+    batches = predict_probabilities(model, data.images[split.val], device=device, **inference_settings(cfg))
+    val_probabilities = torch.cat(list(batches))  # predicted once: for the scale, then scored with it
     scale = cfg.big_rock_scale
     if scale == 0:
-        val_images, val_masks = data.images[split.val], data.masks[split.val]
-        scale, scores = choose_big_rock_scale(
-            model, val_images, val_masks, cfg.data.in_channels, cfg.tta, device, cfg.precision, cfg.whole_frames
-        )
+        scale, scores = best_big_rock_scale(val_probabilities, val_masks)
         metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
         _store_big_rock_scale(run_dir / "best.pt", scale)
     metrics["big_rock_scale"] = scale
-
-    def score(indices: np.ndarray) -> Evaluation:
-        images, masks = data.images[indices], data.masks[indices]
-        return evaluate(
-            model,
-            images,
-            masks,
-            cfg.data.in_channels,
-            cfg.tta,
-            device,
-            big_rock_scale=scale,
-            precision=cfg.precision,
-            whole_frames=cfg.whole_frames,
-        )
-
-    val = score(split.val)
+    val = evaluate_probabilities([val_probabilities], val_masks, big_rock_scale=scale)
     metrics.update(val_miou=val.miou, val_iou=dict(zip(CLASS_KEYS, val.ious.tolist(), strict=True)))
     test = None
     if len(split.test):
-        test = score(split.test)
+        test_images, test_masks = data.images[split.test], data.masks[split.test]
+        test = evaluate(model, test_images, test_masks, device=device, big_rock_scale=scale, **inference_settings(cfg))
         low, high, groups = miou_interval(test, data.subset(split.test))
         metrics.update(
             test_miou=test.miou,

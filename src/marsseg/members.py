@@ -21,7 +21,7 @@ from marsseg.checkpoints import (
     save_checkpoint,
     saved_config,
 )
-from marsseg.config import Config, one_network, to_dict
+from marsseg.config import Config, inference_settings, one_network, to_dict
 from marsseg.data.prepare import PreparedData
 from marsseg.distributed import check_config_for_ranks, init_distributed, process_device
 from marsseg.errors import UserError
@@ -91,16 +91,7 @@ def fit_members(
         save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
         val = prepared.split.val
         images, masks = prepared.data.images[val], prepared.data.masks[val]
-        vote = evaluate(
-            ensemble,
-            images,
-            masks,
-            cfg.data.in_channels,
-            cfg.tta,
-            device,
-            precision=cfg.precision,
-            whole_frames=cfg.whole_frames,
-        )
+        vote = evaluate(ensemble, images, masks, device=device, **inference_settings(cfg))
         result.best_val_miou = vote.miou  # as a single run's: without the big-rock scale
         from marsseg import report
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config
+from marsseg.config import Config, inference_settings
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.prepare import PreparedData, load_data, recorded_fingerprint
 from marsseg.data.split import RARE_CLASS, Split
@@ -120,14 +120,7 @@ def label_pool(
         models = [load_model(run_dir) for run_dir in teachers]
     streams = [
         predict_probabilities(
-            model.to(device),
-            images,
-            cfg.data.in_channels,
-            PREDICT_BATCH,
-            cfg.tta,
-            device,
-            precision=cfg.precision,
-            whole_frames=cfg.whole_frames,
+            model.to(device), images, batch_size=PREDICT_BATCH, device=device, **inference_settings(cfg)
         )
         for model, cfg in models
     ]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from marsseg.checkpoints import load_model
+from marsseg.config import inference_settings
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import Split
 from marsseg.evaluation import BIG_ROCK_SCALES
@@ -85,13 +86,7 @@ def main() -> None:
         val = prepared.split.val
         images = prepared.data.images[val]
         tta = cfg.tta if args.tta == "run" else args.tta == "on"
-        probs = torch.cat(
-            list(
-                predict_probabilities(
-                    model, images, cfg.data.in_channels, tta=tta, precision=cfg.precision, whole_frames=cfg.whole_frames
-                )
-            )
-        )
+        probs = torch.cat(list(predict_probabilities(model, images, **(inference_settings(cfg) | {"tta": tta}))))
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)
         results: dict[str, list] = {}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from marsseg import report
-from marsseg.checkpoints import saved_config
+from marsseg.checkpoints import check_same_split, saved_config
 from marsseg.config import Config, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
@@ -248,6 +248,8 @@ def main() -> None:
     unknown = [name for name in args.variants.split(",") if name not in known]
     if unknown:
         parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.seams_only and not args.folds:
+        parser.error("--seams-only groups the folds of --folds; the single split of a run has no such option")
     if args.folds:
         from cross_validation import cross_validate
 
@@ -259,6 +261,7 @@ def main() -> None:
     for name in args.variants.split(","):
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             run_dir = Path(args.out) / f"{name}_seed{seed}"
+            check_same_split(run_dir, prepared.split)
             if not (run_dir / "metrics.json").is_file():
                 cfg = variant_config(args, name, seed)
                 cfg.semi.teachers = [str(Path(args.out) / f"{t}_seed{seed}") for t in cfg.semi.teachers]

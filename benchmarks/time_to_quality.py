@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from marsseg import report
+from marsseg.checkpoints import check_same_split
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
@@ -30,6 +31,7 @@ FULL = 0  # the budget of the full default run: none
 
 def train_row(data: str, minutes: float, seed: int, run_dir: Path, prepared, epochs: int | None = None) -> dict:
     """Train (unless finished) and return the row of one run."""
+    check_same_split(run_dir, prepared.split)
     if not (run_dir / "metrics.json").is_file():
         overrides = {"data.path": data, "seed": seed, "optim.minutes": minutes, "model.members": 1}  # one network
         if epochs:

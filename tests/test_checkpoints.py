@@ -103,3 +103,17 @@ def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_p
     best_state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     if best_state["epoch"] == state["epoch"]:  # the last epoch was the best: both files hold one scored model
         assert all(torch.equal(best_state["model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_of_another_split_is_not_reused(tmp_path):
+    from marsseg.checkpoints import check_same_split
+    from marsseg.data.split import Split
+
+    split = Split(np.arange(0, 8), np.arange(8, 10), np.arange(10, 12))
+    split.save(tmp_path / "split.json")
+    check_same_split(tmp_path, split)  # the same split: reused
+    check_same_split(tmp_path / "absent", split)  # nothing recorded yet: a new run
+    moved = Split(np.arange(1, 9), np.array([0, 9]), np.arange(10, 12))  # one crop from training to validation
+    with pytest.raises(UserError, match="another split"):
+        check_same_split(tmp_path, moved)
+    assert split.digest() != moved.digest() and split.digest() == Split.load(tmp_path / "split.json").digest()

@@ -78,3 +78,11 @@ def test_an_ensemble_member_may_name_a_seed_offset():
     assert member_seed("default@1", 3) == ("default", 4, "best")
     assert member_seed("cutmix@2:last", 0) == ("cutmix", 2, "last")
     assert member_seed("default:last", 1) == ("default", 1, "last")
+
+
+def test_folds_grouped_by_seam_pairs_alone_keep_the_plan_their_finished_folds_were_saved_under(tiny_npz):
+    data_cfg = tiny_config(tiny_npz).data
+    prepared = prepare_data(data_cfg)
+    old = f"2 folds, split seed {data_cfg.split_seed}, val {data_cfg.val_fraction}, data {prepared.fingerprint}"
+    assert fold_plan(2, data_cfg, prepared, seams_only=True) == old  # the plan string of before 2026-11-29
+    assert fold_plan(2, data_cfg, prepared) != old  # folds of today's grouping are never taken for those

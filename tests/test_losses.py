@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from marsseg.config import LossConfig
-from marsseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, build_loss, class_weights
+from marsseg.losses import (
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszSoftmaxLoss,
+    build_loss,
+    class_weights,
+    lovasz_gradient,
+)
 
 EQUAL = torch.tensor([0.0, 1, 1, 1, 1])
 
@@ -130,6 +138,37 @@ def test_lovasz_of_soft_predictions_follows_its_definition_over_the_sorted_error
         jaccard = np.concatenate([[0.0], 1 - found / extra])  # 1 - IoU once the first k pixels are wrong
         per_class.append(np.dot(errors[order], np.diff(jaccard)))
     assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(np.mean(per_class), rel=1e-5)
+
+
+def _lovasz_sorted_through_autograd(logits, target):
+    """The loss as Berman et al. write it: errors sorted with their gradient, background ignored."""
+    probs = logits.softmax(dim=1).permute(0, 2, 3, 1)[target != 0]
+    labels = target[target != 0]
+    per_class = []
+    for c in range(1, 5):
+        truth = (labels == c).float()
+        errors, order = (truth - probs[:, c]).abs().sort(descending=True)
+        per_class.append(torch.dot(errors, lovasz_gradient(truth[order])))
+    return torch.stack(per_class).mean()
+
+
+def test_lovasz_value_and_gradient_are_those_of_its_errors_sorted_through_autograd():
+    torch.manual_seed(2)
+    target = torch.randint(1, 5, (2, 6, 10))
+    for tied in (False, True):
+        logits = torch.randn(2, 5, 6, 10)
+        if tied:
+            logits[:, :, :3] = logits[:, :, :1]  # rows 0-2 alike: equal errors, whose order is arbitrary
+        ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        value = LovaszSoftmaxLoss()(ours, target)
+        reference = _lovasz_sorted_through_autograd(theirs, target)
+        value.backward()
+        reference.backward()
+        assert value.item() == pytest.approx(reference.item(), rel=1e-6)  # ties do not move the value
+        if not tied:  # nor, without ties, the gradient, pixel by pixel
+            assert torch.allclose(ours.grad, theirs.grad, atol=1e-8)
+        else:  # with ties, which of two equal errors comes first is a choice of subgradient
+            assert torch.allclose(ours.grad.sum(dim=(2, 3)), theirs.grad.sum(dim=(2, 3)), atol=1e-6)
 
 
 def test_lovasz_gradient_raises_the_true_class_of_a_missed_pixel():

@@ -169,3 +169,24 @@ def test_a_trial_asked_by_a_worker_killed_before_its_first_heartbeat_is_failed_a
     replacement = claim_trial(study, rdb, 2, tmp_path)
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states[orphan.number] == "FAIL" and states[replacement.number] == "RUNNING"
+
+
+def test_a_study_continues_only_on_the_split_it_started_with(tmp_path):
+    import numpy as np
+
+    from marsseg.data.split import Split
+    from marsseg.errors import UserError
+    from marsseg.tune import check_same_split_for_study, open_study
+
+    first = Split(np.arange(0, 8), np.arange(8, 10), np.arange(10, 12))
+    other = Split(np.arange(1, 9), np.array([0, 9]), np.arange(10, 12))
+    study, _ = open_study(tmp_path, None, "s", seed=0, heartbeat=1)
+    check_same_split_for_study(study, first)  # a new study records it
+    study.enqueue_trial({"lr": 1e-3})
+    check_same_split_for_study(study, first)
+    with pytest.raises(UserError, match="another split"):
+        check_same_split_for_study(study, other)
+    old, _ = open_study(tmp_path, None, "old", seed=0, heartbeat=1)
+    old.enqueue_trial({"lr": 1e-3})  # trials, but no split recorded: started before studies recorded it
+    with pytest.raises(UserError, match="before studies recorded their split"):
+        check_same_split_for_study(old, first)

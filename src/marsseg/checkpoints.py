@@ -17,6 +17,7 @@ from torch import nn
 
 from marsseg.config import Config, from_dict, get_field, to_dict
 from marsseg.data.io import write_atomically
+from marsseg.data.split import Split
 from marsseg.errors import UserError
 from marsseg.precision import resolve_precision
 from marsseg.training import TrainingState, build_model, resolve_device
@@ -153,6 +154,17 @@ RUN_FILES = (
 def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
     """Member k's own run directory inside an ensemble run's (members.py)."""
     return Path(run_dir) / f"member_{k}"
+
+
+def check_same_split(run_dir: str | os.PathLike, split: Split) -> None:
+    """Refuse to reuse a run (its figures, its models, or its last.pt) that recorded another split than `split`:
+    scored on this split's validation or local-test crops it would be scored on crops it trained on."""
+    path = Path(run_dir) / "split.json"
+    if path.is_file() and Split.load(path).digest() != split.digest():
+        raise UserError(
+            f"{run_dir}: trained on another split than this data's today (its split.json differs; since 2026-11-29 "
+            "the split keeps the pairs of both seam matchers together); use a new --out"
+        )
 
 
 def can_resume(run_dir: str | os.PathLike) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from marsseg.config import DataConfig
+from marsseg.config import DataConfig, inference_settings
 from marsseg.errors import UserError
 
 DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
@@ -328,17 +328,13 @@ def cmd_evaluate(args) -> int:
     tta = cfg.tta if args.tta is None else args.tta
     whole_frames = cfg.whole_frames if args.whole_frames is None else args.whole_frames
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
+    settings = inference_settings(cfg) | {
+        "tta": tta,
+        "whole_frames": whole_frames,
+        "precision": args.precision or cfg.precision,
+    }
     result = evaluate(
-        model.to(device),
-        images,
-        masks,
-        cfg.data.in_channels,
-        tta,
-        device,
-        keep_predictions=True,
-        big_rock_scale=scale,
-        precision=args.precision or cfg.precision,
-        whole_frames=whole_frames,
+        model.to(device), images, masks, device=device, keep_predictions=True, big_rock_scale=scale, **settings
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marsseg.checkpoints import can_resume, load_model, saved_config
+from marsseg.checkpoints import can_resume, check_same_split, load_model, saved_config
 from marsseg.config import Config, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
@@ -36,6 +36,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     saved = saved_config(run_dir)  # a config written before a field existed holds that field's old meaning
     if saved is not None and to_dict(saved) != to_dict(with_resolved_precision(cfg)):
         raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
+    check_same_split(run_dir, prepared.split)
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -49,14 +49,15 @@ def finish_run(
     }
     val_masks = data.masks[split.val]
     batches = predict_probabilities(model, data.images[split.val], device=device, **inference_settings(cfg))
-    val_probabilities = torch.cat(list(batches))  # predicted once: for the scale, then scored with it
+    val_probabilities = list(batches)  # predicted once: for the scale, then scored with it
     scale = cfg.big_rock_scale
     if scale == 0:
-        scale, scores = best_big_rock_scale(val_probabilities, val_masks)
+        scale, scores = best_big_rock_scale(torch.cat(val_probabilities), val_masks)
         metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
         _store_big_rock_scale(run_dir / "best.pt", scale)
     metrics["big_rock_scale"] = scale
-    val = evaluate_probabilities([val_probabilities], val_masks, big_rock_scale=scale)
+    val = evaluate_probabilities(val_probabilities, val_masks, big_rock_scale=scale)
+    del val_probabilities
     metrics.update(val_miou=val.miou, val_iou=dict(zip(CLASS_KEYS, val.ious.tolist(), strict=True)))
     test = None
     if len(split.test):

@@ -102,7 +102,8 @@ def check_teachers(teachers: list[str], prepared: PreparedData) -> None:
         if len(seen):
             raise UserError(
                 f"teacher {run_dir} trained on {len(seen)} of this run's validation and local-test crops; "
-                "use a teacher with this run's split (data.split_seed, data.val_fraction, data.test_fraction)"
+                "use a teacher with this run's split (data.split_seed, data.val_fraction, data.test_fraction; "
+                "a run trained before 2026-11-29 grouped frames otherwise and has another split)"
             )
 
 

@@ -109,6 +109,25 @@ def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> d
     return params
 
 
+def check_same_split_for_study(study, split) -> None:
+    """Trials are compared on one validation part: a study records its split's digest and refuses to go on with
+    another (other data, split settings, or the split's grouping of frames since 2026-11-29). A study with trials
+    but no digest was started before it was recorded, and so on the split of before."""
+    recorded = study.user_attrs.get("split_digest")
+    if recorded is None and study.get_trials(deepcopy=False):
+        raise UserError(
+            f"study '{study.study_name}' was started before studies recorded their split, and the split has changed "
+            "since (2026-11-29); start a new study (--study NAME or a new --out)"
+        )
+    if recorded is None:
+        study.set_user_attr("split_digest", split.digest())
+    elif recorded != split.digest():
+        raise UserError(
+            f"study '{study.study_name}' was run on another split (digest {recorded}, now {split.digest()}); "
+            "start a new study (--study NAME or a new --out)"
+        )
+
+
 def check_same_choices(study, models, widths) -> None:
     """A study's categorical choices are fixed when it starts (Optuna refuses others): say so in one line."""
     for trial in study.get_trials(deepcopy=False):
@@ -256,13 +275,14 @@ def tune(
     """Run trials until the study holds `n_trials` (counting other workers') or `timeout` seconds pass."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_data(base.data)  # one split for every trial
     with _claim_lock(out_dir):  # two workers creating one SQLite schema at once collide
         study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
         check_same_choices(study, models, widths)
+        check_same_split_for_study(study, prepared.split)
         start_point = base_params(base, models, widths)
         if start_point is not None and not study.get_trials(deepcopy=False):
             study.enqueue_trial(start_point)
-    prepared = prepare_data(base.data)  # one split for every trial
     start = time.monotonic()
     space = {"models": tuple(models), "widths": tuple(widths)}
     done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))

@@ -8,6 +8,7 @@ the usual cause.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,13 @@ class Split:
     def save(self, path: str | os.PathLike) -> None:
         parts = {name: getattr(self, name).tolist() for name in ("train", "val", "test")}
         write_text_atomically(path, json.dumps(parts))
+
+    def digest(self) -> str:
+        """A short hash of the three parts' indices: runs or trials compared with each other must share it."""
+        digest = hashlib.blake2b(digest_size=8)
+        for name in ("train", "val", "test"):
+            digest.update(name.encode() + getattr(self, name).astype(np.int64).tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:

@@ -10,6 +10,7 @@ real `fit` epoch on the data file (each in a child process).
 Targets (issue 12): the default recipe's training images/s in bf16 >= 1.8x fp32 where the CPU has native bf16;
 data < 10 % of step time; peak RSS < 2 GB on ../shared/data/mars64.npz. Prints tables; asserts nothing.
 Run: .venv/bin/python benchmarks/throughput.py [--models unet,deeplab] [--data FILE] [--skip-fit]
+         [--losses lovasz_focal]
 """
 
 from __future__ import annotations
@@ -91,6 +92,24 @@ def model_rows(cfg: Config, peaks: dict[str, float]) -> list[str]:
     return rows
 
 
+def loss_rows(cfg: Config, names: list[str], rounds: int = 3) -> None:
+    """The default model's training step (batch 64, the precision `auto` resolves to) with each loss of `names` and
+    with the recipe's, timed in turn `rounds` times; prints each loss's median step time and its ratio."""
+    base = load_config(None, {"model.members": 1})
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    seconds: dict[str, list[float]] = {name: [] for name in [base.loss.name, *names]}
+    for _ in range(rounds):
+        for name in seconds:
+            variant = load_config(None, {"model.members": 1, "loss.name": name})
+            variant.threads = cfg.threads
+            seconds[name].append(time_model(variant, precision)[0])
+    recipe = sorted(seconds[base.loss.name])[rounds // 2]
+    print(f"training step of {base.model.name} w{base.model.width}, {precision}, batch {BATCH}, by loss:")
+    for name, values in seconds.items():
+        median = sorted(values)[rounds // 2]
+        print(f"  {name:<16}{median:>8.3f} s/step {median / recipe:>6.2f}x the recipe's loss ({base.loss.name})")
+
+
 def fit_one_epoch(data: str, precision: str) -> None:
     """Child process: one real epoch of the default recipe; prints data share, seconds and peak RSS."""
     import tempfile
@@ -112,6 +131,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="width for every model (default: the recipe's)")
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
     parser.add_argument("--skip-fit", action="store_true", help="skip the one-epoch data-share and RSS runs")
+    parser.add_argument(
+        "--losses",
+        default="",
+        help="also time the default model's training step with these losses (e.g. lovasz_focal), in turn with the "
+        "recipe's, and print each one's step time as a ratio to the recipe loss's",
+    )
     parser.add_argument("--fit-child", choices=PRECISIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fit_child:
@@ -136,6 +161,8 @@ def main() -> None:
         cfg.model.name = name
         for row in model_rows(cfg, peaks):
             print(row, flush=True)
+    if args.losses:
+        loss_rows(cfg, args.losses.split(","))
     if args.skip_fit:
         return
     source = args.data or "<synthetic>"

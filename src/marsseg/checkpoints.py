@@ -162,7 +162,7 @@ def check_same_split(run_dir: str | os.PathLike, split: Split) -> None:
     path = Path(run_dir) / "split.json"
     if path.is_file() and Split.load(path).digest() != split.digest():
         raise UserError(
-            f"{run_dir}: trained on another split than this data's today (its split.json differs; since 2026-11-29 "
+            f"{run_dir}: trained on another split than the one made now (its split.json differs; since 2026-11-29 "
             "the split keeps the pairs of both seam matchers together); use a new --out"
         )
 

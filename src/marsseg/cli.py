@@ -291,8 +291,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _inference_words(tta: bool, whole_frames: bool) -> str:
+def _inference_words(tta: bool, whole_frames: bool, **_other_settings) -> str:
     return ("flip TTA" if tta else "no TTA") + (", halves of a frame together" if whole_frames else "")
+
+
+def _inference_settings(cfg, args) -> dict:
+    """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
+    --whole-frames/--no-whole-frames and --precision where given."""
+    settings = inference_settings(cfg)
+    if args.tta is not None:
+        settings["tta"] = args.tta
+    if args.whole_frames is not None:
+        settings["whole_frames"] = args.whole_frames
+    if args.precision:
+        settings["precision"] = args.precision
+    return settings
 
 
 def _prepared_for_run(run_dir: str, data_path: str | None):
@@ -325,21 +338,15 @@ def cmd_evaluate(args) -> int:
     if len(indices) == 0:
         raise UserError(f"{args.run_dir}: the {args.split} part of this run is empty; choose another --split")
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
-    tta = cfg.tta if args.tta is None else args.tta
-    whole_frames = cfg.whole_frames if args.whole_frames is None else args.whole_frames
+    settings = _inference_settings(cfg, args)
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
-    settings = inference_settings(cfg) | {
-        "tta": tta,
-        "whole_frames": whole_frames,
-        "precision": args.precision or cfg.precision,
-    }
     result = evaluate(
         model.to(device), images, masks, device=device, keep_predictions=True, big_rock_scale=scale, **settings
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
     print(
         report.format_iou_table(
-            result.ious, result.miou, f"{name}, {len(indices)} images ({_inference_words(tta, whole_frames)}):"
+            result.ious, result.miou, f"{name}, {len(indices)} images ({_inference_words(**settings)}):"
         )
     )
     low, high, groups = miou_interval(result, prepared.data.subset(indices))
@@ -381,9 +388,8 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)
-    tta = cfg.tta if args.tta is None else args.tta
-    precision = args.precision or cfg.precision
-    if precision == "bf16" and not isinstance(model, nn.Module):
+    settings = _inference_settings(cfg, args)
+    if settings["precision"] == "bf16" and not isinstance(model, nn.Module):
         raise UserError(f"--precision bf16: {args.run_dir} is an .onnx file, which computes in fp32")
     scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
@@ -392,36 +398,26 @@ def cmd_predict(args) -> int:
             args.images,
             args.out,
             cfg.data.frame_size,
-            cfg.data.in_channels,
-            tta=tta,
+            settings["in_channels"],
+            tta=settings["tta"],
             device=device,
             big_rock_scale=scale,
             max_pixels=max_pixels,
             force=args.force,
             progress=True,
-            precision=precision,
+            precision=settings["precision"],
         )
         print(
-            f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images ({'flip TTA' if tta else 'no TTA'}, "
+            f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images "
+            f"({'flip TTA' if settings['tta'] else 'no TTA'}, "
             f"resized by {cfg.data.frame_size} / their longer side); predicted shares {_predicted_shares(counts)}"
         )
         return 0
     data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
-    whole_frames = cfg.whole_frames if args.whole_frames is None else args.whole_frames
-    labels = predict_labels(
-        model,
-        data.test_images,
-        cfg.data.in_channels,
-        tta=tta,
-        device=device,
-        progress=True,
-        big_rock_scale=scale,
-        precision=precision,
-        whole_frames=whole_frames,
-    )
+    labels = predict_labels(model, data.test_images, device=device, progress=True, big_rock_scale=scale, **settings)
     write_submission(labels, args.out)
     print(
-        f"wrote {args.out}: {len(labels)} images ({_inference_words(tta, whole_frames)}); predicted shares "
+        f"wrote {args.out}: {len(labels)} images ({_inference_words(**settings)}); predicted shares "
         + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
     return 0

@@ -134,6 +134,7 @@ def fit(
         restore_training_state(state, last)
     model = torch.nn.parallel.DistributedDataParallel(state.model) if ranks.world > 1 else state.model
     total_steps = len(loader) * cfg.optim.epochs
+    val_shard = _validation_shard(cfg, prepared, ranks)
     for epoch in range(state.epoch + 1, cfg.optim.epochs):
         if _time_to_stop(cfg, state, ranks):
             break
@@ -155,7 +156,7 @@ def fit(
             precision=cfg.precision,
             unlabeled=unlabeled,
         )
-        val = _validate(cfg, state, prepared, device, memory_format, ranks)
+        val = _validate(cfg, state, prepared, val_shard, device, memory_format, ranks)
         _end_epoch(cfg, run_dir, state, epoch, stats, val, epoch_start, ranks)
         if on_epoch is not None:
             on_epoch(epoch, val.miou)
@@ -285,24 +286,31 @@ def _lr_schedule(
     return on_step
 
 
+def _validation_shard(cfg: Config, prepared: PreparedData, ranks: Ranks) -> tuple[np.ndarray, np.ndarray | None]:
+    """This rank's share of the validation part, found once a run: its indices, and with whole_frames the pairs of
+    halves among them (the two halves of a frame go to one rank, to be predicted together)."""
+    val = prepared.split.val
+    if not cfg.whole_frames:
+        return val[ranks.rank :: ranks.world], None
+    positions, frames = frame_shard(frame_halves(prepared.data.images[val]), ranks)
+    return val[positions], frames
+
+
 def _validate(
     cfg: Config,
     state: TrainingState,
     prepared: PreparedData,
+    shard: tuple[np.ndarray, np.ndarray | None],
     device: torch.device,
     memory_format: torch.memory_format,
     ranks: Ranks,
 ) -> Evaluation:
-    """The scored model on the validation part: each rank scores its shard, the matrices are summed."""
+    """The scored model on this rank's `shard` of the validation part (_validation_shard); the matrices are summed."""
     if state.ema is not None:
         state.scored_model.to(memory_format=memory_format)
-    val = prepared.split.val
-    shard, frames = val[ranks.rank :: ranks.world], None
-    if cfg.whole_frames and ranks.world > 1:  # the two halves of a frame go to one rank, to be predicted together
-        positions, frames = frame_shard(frame_halves(prepared.data.images[val]), ranks)
-        shard = val[positions]
+    indices, frames = shard
     # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
-    images, masks = prepared.data.images[shard], prepared.data.masks[shard]
+    images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **inference_settings(cfg))
     return summed_evaluation(val, ranks)
 

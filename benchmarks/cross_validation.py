@@ -52,12 +52,12 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
 
 
 def ensemble_fold(
-    member_dirs: list[str], checkpoints: list[str], run_dir: Path, prepared, split, plan: str, whole_frames: bool
+    member_dirs: list[str], checkpoints: list[str], run_dir: Path, prepared, split, plan: str, inference: dict
 ) -> None:
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
     the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
-    `checkpoints` says which of each member ("best" or "last"); `whole_frames`, whether halves of a frame are
-    predicted together (predict.predict_probabilities)."""
+    `checkpoints` says which of each member ("best" or "last"); `inference`, how they predict: whole_frames (halves
+    of a frame together) and scales, as keyword arguments of predict.predict_probabilities."""
     from marsseg.experiments import ensemble_scores
 
     scores = ensemble_scores(
@@ -66,7 +66,7 @@ def ensemble_fold(
         True,
         "cpu",
         checkpoints=checkpoints,
-        whole_frames=whole_frames,
+        **inference,
     )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def ensemble_fold(
         "members": member_dirs,
         "checkpoints": checkpoints,
         "big_rock_scale": scores["scale"],
-        "whole_frames": whole_frames,
+        **{key: list(value) if isinstance(value, tuple) else value for key, value in inference.items()},
     }
     (run_dir / "members.json").write_text(json.dumps(record))
     matrices = scores["test_evaluation"].image_matrices
@@ -199,12 +199,12 @@ def cross_validate(
     known_names: list[str],
     variant_config,
     ensembles: dict[str, list[str]] | None = None,
-    whole_frame_rows: frozenset[str] = frozenset(),
+    row_inference: dict[str, dict] | None = None,
 ) -> None:
     """Train every (variant, seed, fold) of `args` that has not finished, then write cv.md (rows in the order of
     `known_names`). `variant_config(args, name, seed)` gives a row's config; a row named in `ensembles` trains
-    nothing: it is the soft vote of the variants listed there, fold by fold, with the halves of a frame predicted
-    together where the row is in `whole_frame_rows`."""
+    nothing: it is the soft vote of the variants listed there, fold by fold, predicting as `row_inference` says for
+    that row (whole_frames, scales; by default each crop alone, at its own scale)."""
     ensembles = ensembles or {}
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
@@ -231,8 +231,8 @@ def cross_validate(
                     members = [member_seed(m, seed) for m in ensembles[name]]
                     member_dirs = [teacher_fold(out, variant, s, fold, plan) for variant, s, _ in members]
                     checkpoints = [which for *_, which in members]
-                    whole_frames = name in whole_frame_rows
-                    ensemble_fold(member_dirs, checkpoints, run_dir, prepared, split, plan, whole_frames)
+                    inference = (row_inference or {}).get(name, {})
+                    ensemble_fold(member_dirs, checkpoints, run_dir, prepared, split, plan, inference)
                     print(f"{name} seed {seed} fold {fold}: scored", flush=True)
                     continue
                 cfg = variant_config(args, name, seed)

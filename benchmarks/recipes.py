@@ -123,18 +123,24 @@ ENSEMBLES: dict[str, list[str]] = {
     # The same training time as today's default (3 x 27 epochs against 2 x 40), spent on three members
     "cutmix_27_epochs_whole_frames": ["cutmix_27_epochs"],
     "three_seeds_of_cutmix_27_epochs_whole_frames": ["cutmix_27_epochs", "cutmix_27_epochs@1", "cutmix_27_epochs@2"],
+    # Today's default's networks, predicting at 0.875 of the size too (config tta_scales [1.0, 0.875])
+    "cutmix_scales_1_0875": ["cutmix"],
+    "two_seeds_of_cutmix_scales_1_0875": ["cutmix", "cutmix@1"],
 }
-# Ensemble rows scored with whole_frames on; every other ensemble row predicts each crop alone, as it was measured.
-WHOLE_FRAME_ROWS = frozenset(
-    {
-        "cutmix_whole_frames",
-        "two_seeds_of_cutmix_whole_frames",
-        "three_seeds_of_cutmix_whole_frames",
-        "two_seeds_of_cutmix_lovasz_whole_frames",
-        "cutmix_27_epochs_whole_frames",
-        "three_seeds_of_cutmix_27_epochs_whole_frames",
-    }
-)
+# How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
+# each crop alone at its own scale, as it was measured before whole_frames existed.
+WHOLE_FRAMES = {"whole_frames": True}
+SCALES_1_0875 = {"whole_frames": True, "scales": (1.0, 0.875)}  # also at 0.875 of the size (config tta_scales)
+ROW_INFERENCE: dict[str, dict] = {
+    "cutmix_whole_frames": WHOLE_FRAMES,
+    "two_seeds_of_cutmix_whole_frames": WHOLE_FRAMES,
+    "three_seeds_of_cutmix_whole_frames": WHOLE_FRAMES,
+    "two_seeds_of_cutmix_lovasz_whole_frames": WHOLE_FRAMES,
+    "cutmix_27_epochs_whole_frames": WHOLE_FRAMES,
+    "three_seeds_of_cutmix_27_epochs_whole_frames": WHOLE_FRAMES,
+    "cutmix_scales_1_0875": SCALES_1_0875,
+    "two_seeds_of_cutmix_scales_1_0875": SCALES_1_0875,
+}
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -260,7 +266,7 @@ def main() -> None:
     if args.folds:
         from cross_validation import cross_validate
 
-        cross_validate(args, known, variant_config, ENSEMBLES, WHOLE_FRAME_ROWS)
+        cross_validate(args, known, variant_config, ENSEMBLES, ROW_INFERENCE)
         return
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row

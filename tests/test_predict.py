@@ -175,3 +175,71 @@ def test_whole_frames_predicts_each_pair_of_halves_as_one_frame_across_batches()
     assert torch.allclose(together, expected, atol=1e-6)
     assert torch.allclose(together[tops, :, :62], alone(images)[tops, :, :62], atol=1e-6)  # away from the seam
     assert not torch.allclose(together[tops, :, 62:], alone(images)[tops, :, 62:], atol=1e-3)  # at the seam
+
+
+def pixelwise_probabilities(images: np.ndarray) -> torch.Tensor:
+    """A "model" with no spatial extent: soil where a pixel is dark, sand where it is bright; it records the sizes
+    it was given."""
+    pixelwise_probabilities.sizes.append(images.shape[1:])
+    bright = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None] / 255
+    probs = torch.zeros(len(images), 5, *images.shape[1:])
+    probs[:, 1:2], probs[:, 3:4] = 1 - bright, bright
+    return probs
+
+
+def test_rescaled_probabilities_pad_to_the_multiple_and_come_back_at_the_images_size():
+    from marsseg.predict import rescaled_probabilities
+
+    images = np.zeros((2, 64, 128), np.uint8)
+    images[:, :, 64:] = 255  # dark left half, bright right half
+    pixelwise_probabilities.sizes = []
+    same = rescaled_probabilities(pixelwise_probabilities, images, 1.0, multiple=16)
+    assert torch.equal(same, pixelwise_probabilities(images))
+    assert pixelwise_probabilities.sizes[0] == (64, 128)
+    pixelwise_probabilities.sizes = []
+    small = rescaled_probabilities(pixelwise_probabilities, images, 0.875, multiple=16)
+    assert pixelwise_probabilities.sizes == [(64, 112)]  # 56 x 112, padded to the model's multiple of 16
+    assert small.shape == (2, 5, 64, 128)
+    assert torch.allclose(small.sum(dim=1), torch.ones(2, 64, 128), atol=1e-5)  # still probabilities
+    labels = small.argmax(dim=1)
+    assert (labels[:, :, :60] == 1).all() and (labels[:, :, 68:] == 3).all()  # away from the edge, as at scale 1
+    assert torch.allclose(small[:, :, :, :56], same[:, :, :, :56], atol=1e-5)
+    assert not torch.allclose(small[:, :, :, 56:72], same[:, :, :, 56:72], atol=1e-2)  # the edge blurs
+
+
+def test_several_scales_average_each_scales_flip_averaged_probabilities():
+    from marsseg.predict import predict_probabilities, rescaled_probabilities, torch_probabilities
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 5, kernel_size=5, padding=2).eval()
+    model.input_multiple = 8
+    images = np.random.default_rng(1).integers(0, 256, (3, 64, 128), dtype=np.uint8)
+    one = torch.cat(list(predict_probabilities(model, images, tta=True)))
+    both = torch.cat(list(predict_probabilities(model, images, tta=True, scales=(1.0, 0.75))))
+
+    softmax = torch_probabilities(model, 1, torch.device("cpu"))
+    with torch.no_grad():
+        at_075 = rescaled_probabilities(softmax, images, 0.75, 8)
+        flipped = rescaled_probabilities(softmax, images[:, :, ::-1], 0.75, 8).flip(-1)
+    assert torch.allclose(both, (one + (at_075 + flipped) / 2) / 2, atol=1e-5)
+    assert not torch.allclose(both, one, atol=1e-3)
+
+
+def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, capsys):
+    from marsseg.config import ConfigError, inference_settings, load_config
+
+    assert inference_settings(load_config(None, {}))["scales"] == (1.0,)
+    assert inference_settings(load_config(None, {"tta_scales": [1.0, 0.875]}))["scales"] == (1.0, 0.875)
+    for bad in ([], [0.1], [1.0, float("nan")]):
+        try:
+            load_config(None, {"tta_scales": bad})
+        except ConfigError as error:
+            assert "tta_scales" in str(error)
+        else:
+            raise AssertionError(f"tta_scales {bad} was accepted")
+    assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875"]) == 0
+    assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(trained_run), "--out", str(out), "--tta-scales", "1,x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tta-scales" in err and not out.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import replace
@@ -278,7 +279,7 @@ def cmd_train(args) -> int:
     if result.test is not None:
         print(
             report.format_iou_table(
-                result.test.ious, result.test.miou, f"local test part ({_inference_words(cfg.tta, cfg.whole_frames)}):"
+                result.test.ious, result.test.miou, f"local test part ({_inference_words(**inference_settings(cfg))}):"
             )
         )
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
@@ -291,16 +292,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _inference_words(tta: bool, whole_frames: bool, **_other_settings) -> str:
-    return ("flip TTA" if tta else "no TTA") + (", halves of a frame together" if whole_frames else "")
+def _inference_words(tta: bool, whole_frames: bool, scales: tuple[float, ...] = (1.0,), **_other_settings) -> str:
+    words = "flip TTA" if tta else "no TTA"
+    if tuple(scales) != (1.0,):
+        words += " at scales " + ", ".join(f"{s:g}" for s in scales)
+    return words + (", halves of a frame together" if whole_frames else "")
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(math.isfinite(s) and 0.25 <= s <= 4 for s in scales):
+        raise UserError(f"--tta-scales: found {text!r}, expected numbers in 0.25..4 separated by commas, e.g. 1,0.875")
+    return scales
 
 
 def _inference_settings(cfg, args) -> dict:
     """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
-    --whole-frames/--no-whole-frames and --precision where given."""
+    --tta-scales, --whole-frames/--no-whole-frames and --precision where given."""
     settings = inference_settings(cfg)
     if args.tta is not None:
         settings["tta"] = args.tta
+    if args.tta_scales is not None:
+        settings["scales"] = _parse_scales(args.tta_scales)
     if args.whole_frames is not None:
         settings["whole_frames"] = args.whole_frames
     if args.precision:
@@ -400,6 +416,7 @@ def cmd_predict(args) -> int:
             cfg.data.frame_size,
             settings["in_channels"],
             tta=settings["tta"],
+            scales=settings["scales"],
             device=device,
             big_rock_scale=scale,
             max_pixels=max_pixels,
@@ -643,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
         tta = p.add_mutually_exclusive_group()
         tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")
         tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
+        p.add_argument(
+            "--tta-scales",
+            metavar="S,S,...",
+            help="also predict every image resized by these factors and average (default: the run's tta_scales)",
+        )
         halves = p.add_mutually_exclusive_group()
         halves.add_argument(
             "--whole-frames",

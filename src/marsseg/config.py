@@ -153,6 +153,9 @@ class Config:
     # Crops that are the two halves of one camera frame (data.split.frame_halves) are predicted together, each seeing
     # the other across the seam: +0.006 cross-validated on mars64 for the same trained networks (README, Recipes).
     whole_frames: bool = True
+    # Scales at which each image is also predicted (resized, padded to the model's input multiple, its probabilities
+    # resized back) and averaged, flips included; [1.0] predicts at the data's own scale only (README, Recipes).
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])
     # Multiplies the big-rock probability before the argmax (predict.labels_from_probabilities). 0 (the default)
     # means: choose it on the validation part after training (from evaluation.BIG_ROCK_SCALES); the choice is stored
     # in best.pt. The models predict big rock too rarely; on mars64, a scale chosen on one half of the validation
@@ -326,6 +329,9 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
     if config.semi.teachers and config.semi.weight <= 0:
         raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
+    scales = config.tta_scales
+    if not scales or not all(isinstance(s, int | float) and math.isfinite(s) and 0.25 <= s <= 4 for s in scales):
+        raise ConfigError(f"{source}: field 'tta_scales': found {scales}, expected one or more numbers in 0.25..4")
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")
@@ -342,11 +348,12 @@ def one_network(config: Config) -> Config:
 
 def inference_settings(config: Config) -> dict:
     """How a run predicts, as keyword arguments of predict.predict_probabilities and evaluation.evaluate: its input
-    channels, flip TTA, precision and whole frames. Every figure a run reports is predicted as `marsseg predict`
-    would."""
+    channels, flip TTA, its scales, precision and whole frames. Every figure a run reports is predicted as `marsseg
+    predict` would."""
     return {
         "in_channels": config.data.in_channels,
         "tta": config.tta,
+        "scales": tuple(config.tta_scales),
         "precision": config.precision,
         "whole_frames": config.whole_frames,
     }

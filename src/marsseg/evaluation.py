@@ -67,8 +67,10 @@ def evaluate(
     precision: str = "fp32",
     whole_frames: bool = False,
     frames: np.ndarray | None = None,
+    scales: tuple[float, ...] = (1.0,),
 ) -> Evaluation:
-    """Score `model` on (images, masks) (`tta`, `whole_frames`, `frames`: see predict.predict_probabilities)."""
+    """Score `model` on (images, masks) (`tta`, `whole_frames`, `frames`, `scales`: see
+    predict.predict_probabilities)."""
     batches = predict_probabilities(
         model,
         images,
@@ -79,6 +81,7 @@ def evaluate(
         precision=precision,
         whole_frames=whole_frames,
         frames=frames,
+        scales=scales,
     )
     return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
 

@@ -63,6 +63,7 @@ def ensemble_scores(
     big_rock_scale: float = 0.0,
     checkpoints: list[str] | None = None,
     whole_frames: bool = False,
+    scales: tuple[float, ...] = (1.0,),
 ) -> dict[str, tuple]:
     """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best" or "last" for each):
     (mIoU, per-class IoU) on val and test.
@@ -85,6 +86,7 @@ def ensemble_scores(
                 device=device,
                 precision=c.precision,
                 whole_frames=whole_frames,
+                scales=scales,
             )
             for m, c in models
         ]
@@ -174,7 +176,13 @@ def run_experiments(
     if ensemble and len(rows) > 1:
         device = resolve_device(base.device)
         scores = ensemble_scores(
-            run_dirs, prepared, base.tta, device, base.big_rock_scale, whole_frames=base.whole_frames
+            run_dirs,
+            prepared,
+            base.tta,
+            device,
+            base.big_rock_scale,
+            whole_frames=base.whole_frames,
+            scales=tuple(base.tta_scales),
         )
         row = {
             "model": f"ensemble of {len(rows)}",

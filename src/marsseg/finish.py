@@ -45,6 +45,7 @@ def finish_run(
         "train_seconds": round(train_seconds, 1),
         "tta": cfg.tta,
         "whole_frames": cfg.whole_frames,
+        "tta_scales": list(cfg.tta_scales),
         "precision": cfg.precision,
     }
     val_masks = data.masks[split.val]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -65,6 +66,7 @@ def predict_probabilities(
     precision: str = "fp32",
     whole_frames: bool = False,
     frames: np.ndarray | None = None,
+    scales: tuple[float, ...] = (1.0,),
 ) -> Iterator[torch.Tensor]:
     """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
 
@@ -72,19 +74,25 @@ def predict_probabilities(
     training also uses; an upside-down crop is not a rover view). With `whole_frames`, crops that are the two
     halves of one camera frame (data.split.frame_halves, found among `images`) are predicted together as one
     (2H, W) image, so that each sees the other across the seam; the rest alone. `frames`, frame_halves' result when
-    it is already known (a shard of a larger set), replaces finding them. `precision` is the run's (precision.py; an
-    exported model has its own).
+    it is already known (a shard of a larger set), replaces finding them. With several `scales`, every image (or
+    frame) is also predicted resized by each (rescaled_probabilities) and the probabilities are averaged, flips
+    included. `precision` is the run's (precision.py; an exported model has its own).
     """
     if isinstance(model, nn.Module):
         probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
     else:
         probabilities = model
 
-    def predict(batch: np.ndarray) -> torch.Tensor:
-        probs = probabilities(batch)
+    multiple = getattr(model, "input_multiple", 1)
+
+    def predict_at(batch: np.ndarray, scale: float) -> torch.Tensor:
+        probs = rescaled_probabilities(probabilities, batch, scale, multiple)
         if tta:
-            probs = (probs + probabilities(batch[:, :, ::-1]).flip(-1)) / 2
+            probs = (probs + rescaled_probabilities(probabilities, batch[:, :, ::-1], scale, multiple).flip(-1)) / 2
         return probs
+
+    def predict(batch: np.ndarray) -> torch.Tensor:
+        return sum(predict_at(batch, scale) for scale in scales) / len(scales)
 
     if frames is not None:
         below = frames
@@ -112,6 +120,23 @@ def predict_probabilities(
                     else:
                         done[index] = half
         yield torch.stack([done[i] for i in indices.tolist()])
+
+
+def rescaled_probabilities(
+    probabilities: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, scale: float, multiple: int = 1
+) -> torch.Tensor:
+    """(B, C, H, W) probabilities of uint8 images (B, H, W) predicted at `scale`: the images resized to (H, W) x
+    `scale` (antialiased when shrinking), reflect-padded at the bottom and right up to `multiple` (the model's
+    input_multiple), predicted, cropped, and the probabilities resized back to (H, W) bilinearly."""
+    if scale == 1.0:
+        return probabilities(images)
+    height, width = images.shape[1:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None]
+    pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    resized = pixels[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+    padded = np.pad(resized, ((0, 0), (0, -size[0] % multiple), (0, -size[1] % multiple)), mode="reflect")
+    return resize(probabilities(padded)[:, :, : size[0], : size[1]], (height, width))
 
 
 def scale_big_rock(probs: torch.Tensor, big_rock_scale: float) -> torch.Tensor:
@@ -144,10 +169,11 @@ def predict_labels(
     big_rock_scale: float = 1.0,
     precision: str = "fp32",
     whole_frames: bool = False,
+    scales: tuple[float, ...] = (1.0,),
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
     batches = predict_probabilities(
-        model, images, in_channels, batch_size, tta, device, progress, precision, whole_frames
+        model, images, in_channels, batch_size, tta, device, progress, precision, whole_frames, scales=scales
     )
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
 
@@ -176,15 +202,19 @@ def frame_probabilities(
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
     precision: str = "fp32",
+    scales: tuple[float, ...] = (1.0,),
 ) -> torch.Tensor:
     """(C, H, W) probabilities for a uint8 frame (H, W) of any size: in one pass, reflect-padded at the bottom and
     right up to the model's `input_multiple` and cropped back, or, when the padded frame has more than
-    `max_pixels` pixels, in overlapping tiles whose probabilities are averaged."""
+    `max_pixels` pixels, in overlapping tiles whose probabilities are averaged (`scales`: see
+    predict_probabilities)."""
     multiple = model.input_multiple
     height, width = frame.shape
     padded = np.pad(frame, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")  # (H', W')
     if padded.size <= max_pixels:
-        whole = predict_probabilities(model, padded[None], in_channels, 1, tta, device, precision=precision)
+        whole = predict_probabilities(
+            model, padded[None], in_channels, 1, tta, device, precision=precision, scales=scales
+        )
         return next(whole)[0, :, :height, :width]
     side = max(multiple, math.isqrt(max_pixels) // multiple * multiple)
     tile_height, tile_width = min(side, padded.shape[0]), min(side, padded.shape[1])
@@ -195,7 +225,7 @@ def frame_probabilities(
     ]
     tiles = np.stack([padded[top : top + tile_height, left : left + tile_width] for top, left in origins])
     total, count = None, torch.zeros(padded.shape)
-    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device, precision=precision)
+    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device, precision=precision, scales=scales)
     for (top, left), probs in zip(origins, batches, strict=True):
         if total is None:
             total = torch.zeros(probs.shape[1], *padded.shape)  # (C, H', W')
@@ -214,6 +244,7 @@ def predict_frame(
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
     precision: str = "fp32",
+    scales: tuple[float, ...] = (1.0,),
 ) -> np.ndarray:
     """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size.
 
@@ -222,7 +253,7 @@ def predict_frame(
     """
     shape = resized_shape(image.shape, frame_size)
     frame = resize_image(image, shape)
-    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision)[None]  # (1, C, h, w)
+    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision, scales)[None]
     if shape != image.shape:
         probs = resize(probs, image.shape)  # (1, C, H, W)
     return labels_from_probabilities(probs, big_rock_scale)[0].numpy().astype(np.uint8)
@@ -241,6 +272,7 @@ def predict_image_files(
     force: bool = False,
     progress: bool = False,
     precision: str = "fp32",
+    scales: tuple[float, ...] = (1.0,),
 ) -> tuple[list[Path], np.ndarray]:
     """Predict image files (or folders of them) of any size; write per image `out_dir/labels/NAME.png` (AI4Mars
     values: 0 soil, 1 bedrock, 2 sand, 3 big rock, 255 no label) and `out_dir/overlays/NAME.png` (colours over the
@@ -276,7 +308,7 @@ def predict_image_files(
             for path in bar:
                 image = read_gray_image(path)
                 labels = predict_frame(
-                    model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision
+                    model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision, scales
                 )
                 Image.fromarray(TO_AI4MARS[labels]).save(staging / "labels" / f"{path.stem}.png")
                 Image.fromarray(overlay_labels(image, labels)).save(staging / "overlays" / f"{path.stem}.png")

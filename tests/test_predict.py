@@ -239,6 +239,12 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             raise AssertionError(f"tta_scales {bad} was accepted")
     assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875"]) == 0
     assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
+    image, labels = tmp_path / "frame.png", tmp_path / "labels"
+    save_image(image, np.full((64, 128), 90, np.uint8))
+    assert (
+        main(["predict", str(trained_run), "--images", str(image), "--out", str(labels), "--tta-scales", "1,0.5"]) == 0
+    )
+    assert "1 images (flip TTA at scales 1, 0.5, resized by" in capsys.readouterr().out
     out = tmp_path / "sub.csv"
     assert main(["predict", str(trained_run), "--out", str(out), "--tta-scales", "1,x"]) == 2
     err = capsys.readouterr().err.strip()

@@ -426,7 +426,7 @@ def cmd_predict(args) -> int:
         )
         print(
             f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images "
-            f"({'flip TTA' if settings['tta'] else 'no TTA'}, "
+            f"({_inference_words(settings['tta'], False, settings['scales'])}, "
             f"resized by {cfg.data.frame_size} / their longer side); predicted shares {_predicted_shares(counts)}"
         )
         return 0

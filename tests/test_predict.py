@@ -225,12 +225,22 @@ def test_several_scales_average_each_scales_flip_averaged_probabilities():
     assert not torch.allclose(both, one, atol=1e-3)
 
 
-def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, capsys):
+def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, capsys, monkeypatch):
+    import marsseg.predict
     from marsseg.config import ConfigError, inference_settings, load_config
 
+    seen = []
+    real = marsseg.predict.rescaled_probabilities
+    monkeypatch.setattr(
+        marsseg.predict,
+        "rescaled_probabilities",
+        lambda probabilities, images, scale, multiple=1: (
+            seen.append(scale) or real(probabilities, images, scale, multiple)
+        ),
+    )
     assert inference_settings(load_config(None, {}))["scales"] == (1.0,)
     assert inference_settings(load_config(None, {"tta_scales": [1.0, 0.875]}))["scales"] == (1.0, 0.875)
-    for bad in ([], [0.1], [1.0, float("nan")]):
+    for bad in ([], [0.1], [1.0, float("nan")], [True]):
         try:
             load_config(None, {"tta_scales": bad})
         except ConfigError as error:
@@ -239,13 +249,38 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             raise AssertionError(f"tta_scales {bad} was accepted")
     assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875"]) == 0
     assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
+    assert set(seen) == {1.0, 0.875}
+    seen.clear()
+    assert main(["predict", str(trained_run), "--out", str(tmp_path / "scaled.csv"), "--tta-scales", "0.75"]) == 0
+    assert set(seen) == {0.75}
+    seen.clear()
     image, labels = tmp_path / "frame.png", tmp_path / "labels"
     save_image(image, np.full((64, 128), 90, np.uint8))
     assert (
         main(["predict", str(trained_run), "--images", str(image), "--out", str(labels), "--tta-scales", "1,0.5"]) == 0
     )
     assert "1 images (flip TTA at scales 1, 0.5, resized by" in capsys.readouterr().out
+    assert set(seen) == {1.0, 0.5}
     out = tmp_path / "sub.csv"
     assert main(["predict", str(trained_run), "--out", str(out), "--tta-scales", "1,x"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--tta-scales" in err and not out.exists()
+
+
+def test_a_scale_above_one_keeps_every_pass_within_max_pixels(trained_run, tiny_arrays, monkeypatch):
+    import marsseg.predict
+
+    model, _ = load_model(trained_run)
+    frame = np.concatenate([np.hstack(tiny_arrays["test_set"][0:2]), np.hstack(tiny_arrays["test_set"][2:4])])
+    pixels = []
+    real = marsseg.predict.rescaled_probabilities
+
+    def recording(probabilities, images, scale, multiple=1):
+        pixels.append(round(images.shape[1] * scale) * round(images.shape[2] * scale))
+        return real(probabilities, images, scale, multiple)
+
+    monkeypatch.setattr(marsseg.predict, "rescaled_probabilities", recording)
+    probs = frame_probabilities(model, frame, max_pixels=128 * 256, scales=(1.0, 2.0))  # the frame is 128 x 256
+    assert probs.shape == (5, 128, 256) and torch.allclose(probs.sum(0), torch.ones(128, 256), atol=1e-4)
+    assert max(pixels) <= 128 * 256 < 4 * 128 * 256  # tiled: one whole pass at scale 2 would be 4x the budget
+    assert len(pixels) > 2

@@ -330,7 +330,9 @@ def validate(config: Config, source: str = "config") -> Config:
     if config.semi.teachers and config.semi.weight <= 0:
         raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
     scales = config.tta_scales
-    if not scales or not all(isinstance(s, int | float) and math.isfinite(s) and 0.25 <= s <= 4 for s in scales):
+    if not scales or not all(
+        isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and 0.25 <= s <= 4 for s in scales
+    ):
         raise ConfigError(f"{source}: field 'tta_scales': found {scales}, expected one or more numbers in 0.25..4")
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):

@@ -31,7 +31,9 @@ GRAPH_CONTRACT = (
     "big-rock probability multiplied by the run's big-rock scale, so that 1 + argmax over channels 1..4 of "
     "`probabilities` is marsseg's label (1 soil, 2 bedrock, 3 sand, 4 big rock; AI4Mars value: label - 1). "
     "marsseg predict averages the probabilities over a horizontal flip when the config's tta is true, and with "
-    "whole_frames true predicts two crops that are the halves of one frame as one (2H, W) image. For an "
+    "whole_frames true predicts two crops that are the halves of one frame as one (2H, W) image; with tta_scales "
+    "other than [1.0] it also predicts each image resized by each factor (padded to the multiple, probabilities "
+    "resized back) and averages. For an "
     "ensemble (config model.members > 1) `logits` are the log of the members' mean probabilities."
 )
 INPUT, OUTPUTS = "pixels", ("logits", "probabilities")

@@ -207,8 +207,9 @@ def frame_probabilities(
     """(C, H, W) probabilities for a uint8 frame (H, W) of any size: in one pass, reflect-padded at the bottom and
     right up to the model's `input_multiple` and cropped back, or, when the padded frame has more than
     `max_pixels` pixels, in overlapping tiles whose probabilities are averaged (`scales`: see
-    predict_probabilities)."""
+    predict_probabilities; a scale above 1 shrinks the budget, so that no pass exceeds `max_pixels`)."""
     multiple = model.input_multiple
+    max_pixels = max(1, int(max_pixels / max(1.0, *scales) ** 2))
     height, width = frame.shape
     padded = np.pad(frame, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")  # (H', W')
     if padded.size <= max_pixels:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from dataclasses import replace
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from marsseg.config import DataConfig, inference_settings
+from marsseg.config import DataConfig, inference_settings, valid_tta_scales
 from marsseg.errors import UserError
 
 DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
@@ -304,7 +303,7 @@ def _parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
         scales = ()
-    if not scales or not all(math.isfinite(s) and 0.25 <= s <= 4 for s in scales):
+    if not valid_tta_scales(scales):
         raise UserError(f"--tta-scales: found {text!r}, expected numbers in 0.25..4 separated by commas, e.g. 1,0.875")
     return scales
 

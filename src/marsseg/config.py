@@ -277,6 +277,13 @@ def dotted_names(values: dict, section: Any = None, prefix: str = "") -> list[st
     return names
 
 
+def valid_tta_scales(scales) -> bool:
+    """One or more finite numbers in 0.25..4: the factors predict.rescaled_probabilities resizes by."""
+    return bool(scales) and all(
+        isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and 0.25 <= s <= 4 for s in scales
+    )
+
+
 def validate(config: Config, source: str = "config") -> Config:
     """Raise ConfigError for values out of range; return the config otherwise."""
     for dotted, allowed in CHOICES.items():
@@ -329,11 +336,10 @@ def validate(config: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
     if config.semi.teachers and config.semi.weight <= 0:
         raise ConfigError(f"{source}: field 'semi.teachers' needs semi.weight > 0 (--semi W), found 0")
-    scales = config.tta_scales
-    if not scales or not all(
-        isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and 0.25 <= s <= 4 for s in scales
-    ):
-        raise ConfigError(f"{source}: field 'tta_scales': found {scales}, expected one or more numbers in 0.25..4")
+    if not valid_tta_scales(config.tta_scales):
+        raise ConfigError(
+            f"{source}: field 'tta_scales': found {config.tta_scales}, expected one or more numbers in 0.25..4"
+        )
     weights = config.loss.manual_weights
     if len(weights) != 5 or not all(isinstance(w, int | float) and math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"{source}: field 'loss.manual_weights': found {weights}, expected 5 numbers >= 0")

@@ -122,6 +122,14 @@ def predict_probabilities(
         yield torch.stack([done[i] for i in indices.tolist()])
 
 
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """Images (..., H, W) reflect-padded at the bottom and right until H and W are multiples of `multiple` (a
+    model's input_multiple); crop the predictions back to (H, W)."""
+    height, width = images.shape[-2:]
+    pad = [(0, 0)] * (images.ndim - 2) + [(0, -height % multiple), (0, -width % multiple)]
+    return np.pad(images, pad, mode="reflect")
+
+
 def rescaled_probabilities(
     probabilities: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, scale: float, multiple: int = 1
 ) -> torch.Tensor:
@@ -135,7 +143,7 @@ def rescaled_probabilities(
     pixels = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None]
     pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
     resized = pixels[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-    padded = np.pad(resized, ((0, 0), (0, -size[0] % multiple), (0, -size[1] % multiple)), mode="reflect")
+    padded = pad_to_multiple(resized, multiple)
     return resize(probabilities(padded)[:, :, : size[0], : size[1]], (height, width))
 
 
@@ -211,7 +219,7 @@ def frame_probabilities(
     multiple = model.input_multiple
     max_pixels = max(1, int(max_pixels / max(1.0, *scales) ** 2))
     height, width = frame.shape
-    padded = np.pad(frame, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")  # (H', W')
+    padded = pad_to_multiple(frame, multiple)  # (H', W')
     if padded.size <= max_pixels:
         whole = predict_probabilities(
             model, padded[None], in_channels, 1, tta, device, precision=precision, scales=scales

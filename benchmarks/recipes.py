@@ -239,7 +239,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs for every row")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override the recipe's epochs for every row (not with a variant that sets its own)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per row")
     parser.add_argument("--first-seed", type=int, default=0, help="rows use seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = physical cores")
@@ -261,6 +266,9 @@ def main() -> None:
     unknown = [name for name in args.variants.split(",") if name not in known]
     if unknown:
         parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(known)}")
+    own_epochs = [name for name in args.variants.split(",") if "optim.epochs" in VARIANTS.get(name, {})]
+    if args.epochs and own_epochs:
+        parser.error(f"--epochs would replace the epochs that {', '.join(own_epochs)} set; run them without it")
     if args.seams_only and not args.folds:
         parser.error("--seams-only groups the folds of --folds; the single split of a run has no such option")
     if args.folds:

@@ -86,3 +86,14 @@ def test_folds_grouped_by_seam_pairs_alone_keep_the_plan_their_finished_folds_we
     old = f"2 folds, split seed {data_cfg.split_seed}, val {data_cfg.val_fraction}, data {prepared.fingerprint}"
     assert fold_plan(2, data_cfg, prepared, seams_only=True) == old  # the plan string of before 2026-11-29
     assert fold_plan(2, data_cfg, prepared) != old  # folds of today's grouping are never taken for those
+
+
+def test_recipes_refuses_epochs_that_would_replace_a_variants_own(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes.py"
+    argv = [sys.executable, str(script), "--out", str(tmp_path / "out"), "--epochs", "5"]
+    refused = subprocess.run([*argv, "--variants", "default,cutmix_27_epochs"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "cutmix_27_epochs" in refused.stderr and "--epochs would replace" in refused.stderr
+    assert not (tmp_path / "out").exists()

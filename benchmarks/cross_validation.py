@@ -13,13 +13,15 @@ Writes cv.md and cv.png in --out from every finished fold there; finished folds 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from marsseg import report
-from marsseg.config import DataConfig, load_config
+from marsseg.checkpoints import check_resume_matches_run, load_checkpoint, save_checkpoint
+from marsseg.config import DataConfig, dotted_names, from_dict, get_field, load_config, save_config, to_dict
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
 from marsseg.engine import fit
@@ -39,9 +41,10 @@ def fold_plan(folds: int, cfg: DataConfig, prepared, seams_only: bool = False) -
     return plan if seams_only else f"{plan}, frames by seam_pairs and frame_halves"
 
 
-def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
-    """Train one fold and keep its held-out crops' confusion matrices (out_of_fold.npz)."""
-    result = fit(cfg, run_dir, force=True, prepared=replace(prepared, split=split))
+def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = False) -> None:
+    """Train one fold (or carry on `run_dir`'s run) and keep its held-out crops' confusion matrices
+    (out_of_fold.npz)."""
+    result = fit(cfg, run_dir, resume=resume, force=not resume, prepared=replace(prepared, split=split))
     np.savez(
         run_dir / "out_of_fold.npz",
         indices=split.test,
@@ -49,6 +52,28 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str) -> None:
         train_seconds=result.train_seconds,
         plan=plan,
     )
+
+
+# What a continued fold may change in the finished run it carries on: when to stop, and how many threads it uses.
+CONTINUED_FIELDS = ("optim.early_stopping_patience", "threads")
+
+
+def continued_fold(cfg, source_dir: Path, run_dir: Path, prepared, split, plan: str) -> None:
+    """A fold of `cfg`, a recipe that differs from the finished run `source_dir` only in CONTINUED_FIELDS: that run,
+    resumed from its last.pt with `cfg`'s patience. Up to the epoch where early stopping ended it, a run with more
+    patience follows the same course (the same seed, schedule and per-epoch draws, which a resume restores), so it
+    trains only the epochs the source did not; a source that early stopping never ended is re-scored unchanged."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a continuation cut short starts again from the source
+    shutil.copytree(source_dir, run_dir, ignore=shutil.ignore_patterns("out_of_fold.npz"))
+    others = [name for name in dotted_names(to_dict(cfg)) if name not in CONTINUED_FIELDS]
+    check_resume_matches_run(run_dir, cfg, others)
+    last = load_checkpoint(run_dir / "last.pt")
+    for name in CONTINUED_FIELDS:
+        section, _, field = name.rpartition(".")
+        (last["config"][section] if section else last["config"])[field] = get_field(cfg, name)
+    save_checkpoint(run_dir / "last.pt", last)
+    save_config(from_dict(last["config"]), run_dir / "config.yaml")
+    run_fold(cfg, run_dir, prepared, split, plan, resume=True)
 
 
 def ensemble_fold(
@@ -200,12 +225,14 @@ def cross_validate(
     variant_config,
     ensembles: dict[str, list[str]] | None = None,
     row_inference: dict[str, dict] | None = None,
+    continues: dict[str, str] | None = None,
 ) -> None:
     """Train every (variant, seed, fold) of `args` that has not finished, then write cv.md (rows in the order of
     `known_names`). `variant_config(args, name, seed)` gives a row's config; a row named in `ensembles` trains
     nothing: it is the soft vote of the variants listed there, fold by fold, predicting as `row_inference` says for
-    that row (whole_frames, scales; by default each crop alone, at its own scale)."""
-    ensembles = ensembles or {}
+    that row (whole_frames, scales; by default each crop alone, at its own scale). A row named in `continues` carries
+    on the finished folds of the variant named there (continued_fold)."""
+    ensembles, continues = ensembles or {}, continues or {}
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)
@@ -237,7 +264,11 @@ def cross_validate(
                     continue
                 cfg = variant_config(args, name, seed)
                 cfg.semi.teachers = [teacher_fold(out, t, seed, fold, plan) for t in cfg.semi.teachers]
-                run_fold(cfg, run_dir, prepared, split, plan)
+                if name in continues:
+                    source_dir = Path(teacher_fold(out, continues[name], seed, fold, plan))
+                    continued_fold(cfg, source_dir, run_dir, prepared, split, plan)
+                else:
+                    run_fold(cfg, run_dir, prepared, split, plan)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 print(f"{name} seed {seed} fold {fold}: held-out mIoU {metrics['test_miou']:.4f}", flush=True)
     # The table holds every finished row in --out, this call's and earlier ones': names and seeds from the fold dirs.

@@ -102,7 +102,14 @@ VARIANTS: dict[str, dict] = {
     "cutmix_lovasz": {"augment.cutmix": 0.5, "loss.name": "lovasz_focal", "whole_frames": True},
     # One CutMix network over 27 epochs (the cosine compressed to 27): three of them cost what two of 40 cost
     "cutmix_27_epochs": {"augment.cutmix": 0.5, "optim.epochs": 27},
+    # CutMix without early stopping: all 40 epochs, the best on validation kept (or the last: rows below)
+    "cutmix_no_early_stop": {"augment.cutmix": 0.5, "optim.early_stopping_patience": 40},
 }
+
+# Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
+# variant's fold of the same seed, carried on from the epoch where early stopping ended it
+# (cross_validation.continued_fold); one it did not stop is already the new variant's run.
+CONTINUES: dict[str, str] = {"cutmix_no_early_stop": "cutmix"}
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
 # its members cost. The ceiling of distilling them into one model (variant distill_ensemble). A member "variant@k"
@@ -126,6 +133,11 @@ ENSEMBLES: dict[str, list[str]] = {
     # Today's default's networks, predicting at 0.875 of the size too (config tta_scales [1.0, 0.875])
     "cutmix_scales_1_0875": ["cutmix"],
     "two_seeds_of_cutmix_scales_1_0875": ["cutmix", "cutmix@1"],
+    # The default's networks trained all 40 epochs: the best epoch on validation, or the last
+    "cutmix_no_early_stop_whole_frames": ["cutmix_no_early_stop"],
+    "cutmix_no_early_stop_last_whole_frames": ["cutmix_no_early_stop:last"],
+    "two_seeds_of_cutmix_no_early_stop_whole_frames": ["cutmix_no_early_stop", "cutmix_no_early_stop@1"],
+    "two_seeds_of_cutmix_no_early_stop_last_whole_frames": ["cutmix_no_early_stop:last", "cutmix_no_early_stop@1:last"],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -140,6 +152,10 @@ ROW_INFERENCE: dict[str, dict] = {
     "three_seeds_of_cutmix_27_epochs_whole_frames": WHOLE_FRAMES,
     "cutmix_scales_1_0875": SCALES_1_0875,
     "two_seeds_of_cutmix_scales_1_0875": SCALES_1_0875,
+    "cutmix_no_early_stop_whole_frames": WHOLE_FRAMES,
+    "cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
+    "two_seeds_of_cutmix_no_early_stop_whole_frames": WHOLE_FRAMES,
+    "two_seeds_of_cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
 }
 
 
@@ -274,7 +290,7 @@ def main() -> None:
     if args.folds:
         from cross_validation import cross_validate
 
-        cross_validate(args, known, variant_config, ENSEMBLES, ROW_INFERENCE)
+        cross_validate(args, known, variant_config, ENSEMBLES, ROW_INFERENCE, CONTINUES)
         return
     base = load_config(None, {"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row

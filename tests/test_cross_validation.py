@@ -1,5 +1,6 @@
 """benchmarks/cross_validation.py: every labeled crop scored once, out of fold, and pooled."""
 
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
+from marsseg.errors import UserError
 from marsseg.metrics import mean_iou
 from tests.tiny_runs import tiny_config
 
@@ -71,6 +73,39 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     assert (vote.sum(axis=(1, 2)) == 64 * 128).all()
     assert vote_minutes == pytest.approx(minutes + pooled_matrices(tmp_path, "no_ema", 0, 2, samples, plan)[1])
     assert f"{mean_iou(vote.sum(axis=0)):.3f}" in (tmp_path / "cv.md").read_text()
+
+
+def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run(tmp_path, tiny_npz):
+    def variant_config(args, name, seed):
+        patience = {"patient": 9, "impatient": 1}[name]
+        return tiny_config(tiny_npz, **{"optim.epochs": 5, "optim.early_stopping_patience": patience, "seed": seed})
+
+    args = Namespace(
+        out=str(tmp_path), data=str(tiny_npz), folds=2, first_seed=0, seeds=1, only_folds="0", against="impatient"
+    )
+    cross_validate(Namespace(**vars(args), variants="impatient"), ["impatient"], variant_config)
+    stopped = json.loads((tmp_path / "impatient_seed0_fold0" / "metrics.json").read_text())
+    assert stopped["epochs_run"] < 5  # early stopping ended it
+    continued = Namespace(**vars(args), variants="patient")
+    cross_validate(continued, ["impatient", "patient"], variant_config, continues={"patient": "impatient"})
+    fresh = Namespace(**{**vars(args), "out": str(tmp_path / "fresh"), "against": "patient"}, variants="patient")
+    cross_validate(fresh, ["patient"], variant_config)
+    carried_on = json.loads((tmp_path / "patient_seed0_fold0" / "metrics.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "patient_seed0_fold0" / "metrics.json").read_text())
+    assert carried_on["epochs_run"] == fresh["epochs_run"] == 5
+    assert carried_on["test_miou"] == fresh["test_miou"]  # the same run as one trained with that patience from scratch
+    saved = load_config(str(tmp_path / "patient_seed0_fold0" / "config.yaml"))
+    assert saved.optim.early_stopping_patience == 9
+    for name in ("impatient", "patient"):
+        assert (tmp_path / f"{name}_seed0_fold0" / "out_of_fold.npz").is_file()
+    # a source that differs in more than patience and threads is refused
+    with pytest.raises(UserError, match="optim.epochs"):
+        cross_validate(
+            Namespace(**vars(args), variants="longer"),
+            ["longer"],
+            lambda a, n, s: tiny_config(tiny_npz, **{"optim.epochs": 6, "seed": s}),
+            continues={"longer": "impatient"},
+        )
 
 
 def test_an_ensemble_member_may_name_a_seed_offset():

@@ -1,12 +1,12 @@
 """K-fold cross-validation of recipes (`benchmarks/recipes.py --folds K`): a measurement that sees small gains.
 
 Every labeled crop is held out once (data.split.kfold_splits: whole frame groups, stratified on big rock). Each
-fold trains the recipe as `marsseg train` would, with early stopping and the big-rock scale on the fold's own
-validation part, and scores its held-out part once. The held-out crops' confusion matrices of all folds are pooled
-into one: the out-of-fold mIoU. Its 90 % interval resamples frame groups; a lever is compared with "default" on the
-same folds and seeds, image by image (a paired bootstrap), which cancels most of the split's luck. A variant with
-semi.teachers names other variants: each fold's teachers are their models of that fold and seed; so does an
-ensemble row (a soft vote, nothing trained).
+fold trains the recipe as `marsseg train` would, with the big-rock scale (and the variant's early stopping) on the
+fold's own validation part, and scores its held-out part once. The held-out crops' confusion matrices of all folds
+are pooled into one: the out-of-fold mIoU. Its 90 % interval resamples frame groups; a lever is compared with
+"default" on the same folds and seeds, image by image (a paired bootstrap), which cancels most of the split's luck.
+A variant with semi.teachers names other variants: each fold's teachers are their models of that fold and seed; so
+does an ensemble row (a soft vote, nothing trained), and a variant that carries on another's folds (continued_fold).
 Writes cv.md and cv.png in --out from every finished fold there; finished folds are skipped on a re-run.
 """
 

@@ -118,7 +118,7 @@ ENSEMBLES: dict[str, list[str]] = {
     "ensemble_of_2": ["default", "cutmix"],
     "two_seeds_of_default": ["default", "default@1"],
     "three_seeds_of_default": ["default", "default@1", "default@2"],
-    "two_seeds_of_cutmix": ["cutmix", "cutmix@1"],  # today's default: model.members 2 trains exactly these two
+    "two_seeds_of_cutmix": ["cutmix", "cutmix@1"],  # the default of before whole_frames and optim.keep
     "three_seeds_of_cutmix": ["cutmix", "cutmix@1", "cutmix@2"],
     "default_last_epoch": ["default:last"],  # one member: the default's last epoch instead of its best on validation
     "ensemble_of_4": ["default", "copy_paste", "cutmix", "semi"],
@@ -234,10 +234,14 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     """The default config with the variant's overrides and the command line's data, seed, threads and epochs. A row
     trains one network unless its variant sets model.members, and without CutMix unless it sets augment.cutmix:
     "default" is the recipe every row was measured against, the default until CutMix's three seeds. Variant "cutmix"
-    is one network of today's default; today's default, two such networks voting, is the row two_seeds_of_cutmix."""
+    is one network of the default of before optim.keep; today's default, two such networks trained through the whole
+    schedule and kept at their last epoch, is the row two_seeds_of_cutmix_no_early_stop_last_whole_frames."""
     overrides = {
         "model.members": 1,
         "augment.cutmix": 0.0,
+        # the best epoch on validation, early stopping after 15 epochs without one: every row until optim.keep
+        "optim.keep": "best",
+        "optim.early_stopping_patience": 15,
         "whole_frames": False,  # every crop predicted alone, as the rows were measured before whole_frames existed
         "data.path": args.data,
         "seed": seed,

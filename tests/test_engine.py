@@ -61,6 +61,37 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     assert float(history[metrics["best_epoch"] - 1]["val_miou"]) == pytest.approx(metrics["val_miou"], abs=1e-5)
 
 
+def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(tmp_path, tiny_npz):
+    def run(name, **overrides):
+        fit(tiny_config(tiny_npz, **{"optim.epochs": 3, "big_rock_scale": 1.0, **overrides}), tmp_path / name)
+        history = list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
+        return json.loads((tmp_path / name / "metrics.json").read_text()), [float(h["val_miou"]) for h in history]
+
+    assert load_config().optim.keep == "last" and load_config().optim.early_stopping_patience == 0
+    last, history = run("last")
+    assert (
+        last["epochs_run"] == 3 and last["best_epoch"] == 3 and last["val_miou"] == pytest.approx(history[-1], abs=1e-5)
+    )
+    kept, _ = load_model(tmp_path / "last")
+    final, _ = load_model(tmp_path / "last", "last")  # the last epoch's EMA weights
+    for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    best, best_history = run("best", **{"optim.keep": "best"})
+    assert best_history == history  # what is kept does not change training
+    assert history[best["best_epoch"] - 1] == pytest.approx(max(history), abs=1e-5)  # metrics.csv rounds to 5 places
+    assert best["val_miou"] == pytest.approx(max(history), abs=1e-5)
+    # patience 1 stops after the first epoch that does not beat the best before it
+    stale = [e for e in range(1, 3) if history[e] <= max(history[:e])]
+    stopped, _ = run("stopped", **{"optim.keep": "best", "optim.early_stopping_patience": 1})
+    assert stopped["epochs_run"] == (stale[0] + 1 if stale else 3)
+    # a config written before optim.keep kept the best epoch, as its run did
+    from marsseg.config import from_dict, to_dict
+
+    old = to_dict(load_config())
+    del old["optim"]["keep"]
+    assert from_dict(old).optim.keep == "best"
+
+
 def test_bad_config_and_bad_data_exit_2_with_one_line(tmp_path, tiny_npz, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("optim:\n  lr: -0.1\n")
@@ -214,7 +245,11 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     flags = ["--data", str(tiny_npz), *FAST, "--epochs", "2", "--set", "threads=1", "--set", "big_rock_scale=1"]
     assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3"]) == 0
     said = capsys.readouterr().out
-    assert "member_1 (2 of 2, seed 4)" in said and "member_1: best validation mIoU" in said
+    assert (
+        "member_1 (2 of 2, seed 4)" in said
+        and "member_1: validation mIoU" in said
+        and "at epoch 2, the last, kept" in said
+    )
     assert "soft vote of 2 members: validation mIoU" in said and "member_K/" in said
     # member 1 is the run a single network with seed 3 + 1 makes, on the same split
     assert main(["train", "--out", str(alone), *flags, "--members", "1", "--seed", "4"]) == 0

@@ -67,9 +67,10 @@ def _restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
-    """At the end of an epoch: best.pt if the epoch `improved` on the best (the scored model alone), then last.pt,
-    which adds the optimizer, schedule, EMA, history, progress and RNG states that a resumed run continues from."""
+def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, keep: bool) -> None:
+    """At the end of an epoch: best.pt, the run's model (the scored model alone), if the run `keep`s this epoch's
+    (optim.keep: the best on validation so far, or every epoch's in turn), then last.pt, which adds the optimizer,
+    schedule, EMA, history, progress and RNG states that a resumed run continues from."""
     checkpoint = {
         "config": to_dict(cfg),
         "model": state.scored_model.state_dict(),
@@ -77,7 +78,7 @@ def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, imp
         "best": state.best,
         "stale": state.stale,
     }
-    if improved:
+    if keep:
         save_checkpoint(run_dir / "best.pt", checkpoint)
     checkpoint.update(
         model=state.model.state_dict(),

@@ -260,9 +260,13 @@ def cmd_train(args) -> int:
     result = fit(cfg, args.out, resume=args.resume, force=args.force, prepared=prepared)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    from marsseg.checkpoints import saved_config
+
+    keep = (saved_config(args.out) or cfg).optim.keep  # a resumed run keeps what it kept when it started
+    kept = {"last": "the last, kept", "best": "the best, kept"}[keep]
     for k, member in enumerate(result.members):
         print(
-            f"member_{k}: best validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch} "
+            f"member_{k}: validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch}, {kept} "
             f"({member.epochs_run} epochs, {member.train_seconds / 60:.1f} min)"
         )
     if result.members:
@@ -272,7 +276,7 @@ def cmd_train(args) -> int:
         )
     else:
         print(
-            f"best validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
+            f"validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}, {kept} "
             f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
         )
     if result.test is not None:
@@ -530,8 +534,8 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--members",
         type=int,
-        help="train this many networks one after another (seeds seed, seed + 1, ...; each with its own early "
-        "stopping, in RUN/member_K) and predict their soft vote (averaged probabilities); each costs one network's "
+        help="train this many networks one after another (seeds seed, seed + 1, ...; each a whole run of "
+        "its own, in RUN/member_K) and predict their soft vote (averaged probabilities); each costs one network's "
         "training and prediction time",
     )
     parser.add_argument("--epochs", type=int, help="maximum number of epochs")

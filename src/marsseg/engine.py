@@ -88,7 +88,7 @@ def fit(
     on_epoch=None,
     score_test: bool = True,
 ) -> FitResult:
-    """Train `cfg` into `run_dir`: clean -> split -> oversample -> augment -> train with early stopping.
+    """Train `cfg` into `run_dir`: clean -> split -> oversample -> augment -> train (early stopping if asked).
 
     Started by torchrun with several processes, it trains with DistributedDataParallel: each process takes
     batch_size / processes images of every global batch; rank 0 alone writes files and logs.
@@ -226,7 +226,8 @@ def _training_loader(
 def _time_to_stop(cfg: Config, state: TrainingState, ranks: Ranks) -> bool:
     """Early stopping, or the time budget spent. Rank 0's clock decides, so that no rank waits for one that stopped."""
     budget = cfg.optim.minutes * 60
-    stop = state.stale >= cfg.optim.early_stopping_patience or bool(budget and state.progress["seconds"] >= budget)
+    patience = cfg.optim.early_stopping_patience
+    stop = bool(patience and state.stale >= patience) or bool(budget and state.progress["seconds"] >= budget)
     return decided_by_main(stop, ranks)
 
 
@@ -353,8 +354,16 @@ def _end_epoch(
             f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
             f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
         )
-        save_epoch_checkpoints(run_dir, cfg, state, improved)
+        save_epoch_checkpoints(run_dir, cfg, state, keep=improved or cfg.optim.keep == "last")
         write_history(run_dir / "metrics.csv", state.history)
+
+
+def kept_epoch(cfg: Config, state: TrainingState) -> dict:
+    """The epoch whose model is the run's (best.pt) and its validation mIoU: the best on validation, or with
+    optim.keep "last" the last one trained."""
+    if cfg.optim.keep == "last" and state.history:
+        return {"miou": state.history[-1]["val_miou"], "epoch": state.history[-1]["epoch"]}
+    return state.best
 
 
 def _end_run(
@@ -367,7 +376,7 @@ def _end_run(
     score_test: bool,
 ) -> FitResult:
     """The run's result; on rank 0, its curves and, when `score_test`, the final scores (finish.py)."""
-    best, seconds = state.best, state.progress["seconds"]
+    best, seconds = kept_epoch(cfg, state), state.progress["seconds"]
     result = FitResult(str(run_dir), best["miou"], best["epoch"], len(state.history), seconds, state.history)
     result.model = state.model
     if ranks.is_main:

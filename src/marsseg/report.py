@@ -69,7 +69,7 @@ def plot_member_curves(histories: list[list[dict]], vote_miou: float, path: str 
         left.plot(epochs, [h["train_loss"] for h in history], label=f"member_{k}")
         middle.plot(epochs, [h["val_miou"] for h in history], label=f"member_{k}")
         right.plot(epochs, [h["iou_big_rock"] for h in history], label=f"member_{k}")
-    middle.axhline(vote_miou, color="k", linestyle="--", label="soft vote (best epochs)")
+    middle.axhline(vote_miou, color="k", linestyle="--", label="soft vote (kept epochs)")
     left.set(title="training loss", xlabel="epoch")
     middle.set(title="validation mIoU (classes 1-4)", xlabel="epoch", ylim=(0, 1))
     right.set(title="validation IoU of big rock", xlabel="epoch", ylim=(0, 1))

@@ -245,8 +245,8 @@ def kfold_splits(
     """`folds` group-aware splits whose test parts cover every sample exactly once (cross-validation).
 
     Fold k holds out the k-th of `folds` equal stretches of group_positions as its test part and the next
-    `val_fraction` of the line (wrapping round) as its validation part, for early stopping and the big-rock scale;
-    it trains on the rest. No group is ever on two sides of a fold. `seams_only`: group_ids'.
+    `val_fraction` of the line (wrapping round) as its validation part, for the big-rock scale (and early stopping
+    if asked); it trains on the rest. No group is ever on two sides of a fold. `seams_only`: group_ids'.
     """
     if folds < 2 or not 0 < val_fraction < 1 - 1 / folds:
         raise ValueError(f"need folds >= 2 and 0 < val_fraction < 1 - 1/folds, got {folds} and {val_fraction}")

@@ -63,10 +63,12 @@ def continued_fold(cfg, source_dir: Path, run_dir: Path, prepared, split, plan: 
     resumed from its last.pt with `cfg`'s patience. Up to the epoch where early stopping ended it, a run with more
     patience follows the same course (the same seed, schedule and per-epoch draws, which a resume restores), so it
     trains only the epochs the source did not; a source that early stopping never ended is re-scored unchanged."""
+    others = [name for name in dotted_names(to_dict(cfg)) if name not in CONTINUED_FIELDS]
+    check_resume_matches_run(source_dir, cfg, others)
+    if not (source_dir / "last.pt").is_file():
+        raise SystemExit(f"{source_dir}: no last.pt to carry on from")
     shutil.rmtree(run_dir, ignore_errors=True)  # a continuation cut short starts again from the source
     shutil.copytree(source_dir, run_dir, ignore=shutil.ignore_patterns("out_of_fold.npz"))
-    others = [name for name in dotted_names(to_dict(cfg)) if name not in CONTINUED_FIELDS]
-    check_resume_matches_run(run_dir, cfg, others)
     last = load_checkpoint(run_dir / "last.pt")
     for name in CONTINUED_FIELDS:
         section, _, field = name.rpartition(".")

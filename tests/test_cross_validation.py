@@ -78,7 +78,8 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
 def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run(tmp_path, tiny_npz):
     def variant_config(args, name, seed):
         patience = {"patient": 9, "impatient": 1}[name]
-        return tiny_config(tiny_npz, **{"optim.epochs": 5, "optim.early_stopping_patience": patience, "seed": seed})
+        overrides = {"optim.epochs": 5, "optim.early_stopping_patience": patience, "optim.keep": "best", "seed": seed}
+        return tiny_config(tiny_npz, **overrides)
 
     args = Namespace(
         out=str(tmp_path), data=str(tiny_npz), folds=2, first_seed=0, seeds=1, only_folds="0", against="impatient"
@@ -94,18 +95,23 @@ def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run
     fresh = json.loads((tmp_path / "fresh" / "patient_seed0_fold0" / "metrics.json").read_text())
     assert carried_on["epochs_run"] == fresh["epochs_run"] == 5
     assert carried_on["test_miou"] == fresh["test_miou"]  # the same run as one trained with that patience from scratch
+    # ... carried on, not trained again: the epochs before the stop are the source's own records, seconds included
+    source_rows = (tmp_path / "impatient_seed0_fold0" / "metrics.csv").read_text().splitlines()
+    carried_rows = (tmp_path / "patient_seed0_fold0" / "metrics.csv").read_text().splitlines()
+    assert carried_rows[: len(source_rows)] == source_rows and len(carried_rows) == 6
     saved = load_config(str(tmp_path / "patient_seed0_fold0" / "config.yaml"))
     assert saved.optim.early_stopping_patience == 9
     for name in ("impatient", "patient"):
         assert (tmp_path / f"{name}_seed0_fold0" / "out_of_fold.npz").is_file()
-    # a source that differs in more than patience and threads is refused
+    # a source that differs in more than patience and threads is refused, before anything is copied
     with pytest.raises(UserError, match="optim.epochs"):
         cross_validate(
             Namespace(**vars(args), variants="longer"),
             ["longer"],
-            lambda a, n, s: tiny_config(tiny_npz, **{"optim.epochs": 6, "seed": s}),
+            lambda a, n, s: tiny_config(tiny_npz, **{"optim.epochs": 6, "optim.keep": "best", "seed": s}),
             continues={"longer": "impatient"},
         )
+    assert not (tmp_path / "longer_seed0_fold0").exists()
 
 
 def test_an_ensemble_member_may_name_a_seed_offset():

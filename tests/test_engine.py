@@ -11,7 +11,7 @@ import yaml
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
-from marsseg.config import load_config
+from marsseg.config import ConfigError, load_config
 from marsseg.data.augment import crop_around_class
 from marsseg.data.sampling import curriculum_indices
 from marsseg.engine import fit
@@ -63,33 +63,42 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
 
 def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(tmp_path, tiny_npz):
     def run(name, **overrides):
-        fit(tiny_config(tiny_npz, **{"optim.epochs": 3, "big_rock_scale": 1.0, **overrides}), tmp_path / name)
+        # a learning rate at which validation does not rise every epoch, so that the best and the last differ
+        overrides = {"optim.epochs": 4, "optim.lr": 0.02, "big_rock_scale": 1.0, **overrides}
+        fit(tiny_config(tiny_npz, **overrides), tmp_path / name)
         history = list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
         return json.loads((tmp_path / name / "metrics.json").read_text()), [float(h["val_miou"]) for h in history]
 
     assert load_config().optim.keep == "last" and load_config().optim.early_stopping_patience == 0
     last, history = run("last")
-    assert (
-        last["epochs_run"] == 3 and last["best_epoch"] == 3 and last["val_miou"] == pytest.approx(history[-1], abs=1e-5)
-    )
+    assert max(history) > history[-1]  # else this test could not tell the two rules apart
+    assert last["epochs_run"] == 4 and last["best_epoch"] == 4
+    assert last["val_miou"] == pytest.approx(history[-1], abs=1e-5)
     kept, _ = load_model(tmp_path / "last")
     final, _ = load_model(tmp_path / "last", "last")  # the last epoch's EMA weights
     for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    assert torch.load(tmp_path / "last" / "best.pt", weights_only=False)["epoch"] == 3  # 0-based: the fourth
     best, best_history = run("best", **{"optim.keep": "best"})
     assert best_history == history  # what is kept does not change training
+    assert torch.load(tmp_path / "best" / "best.pt", weights_only=False)["epoch"] == best["best_epoch"] - 1
     assert history[best["best_epoch"] - 1] == pytest.approx(max(history), abs=1e-5)  # metrics.csv rounds to 5 places
     assert best["val_miou"] == pytest.approx(max(history), abs=1e-5)
     # patience 1 stops after the first epoch that does not beat the best before it
-    stale = [e for e in range(1, 3) if history[e] <= max(history[:e])]
+    stale = [e for e in range(1, 4) if history[e] < max(history[:e])]  # clearly below: metrics.csv rounds
     stopped, _ = run("stopped", **{"optim.keep": "best", "optim.early_stopping_patience": 1})
-    assert stopped["epochs_run"] == (stale[0] + 1 if stale else 3)
+    assert stale and stopped["epochs_run"] == stale[0] + 1
     # a config written before optim.keep kept the best epoch, as its run did
     from marsseg.config import from_dict, to_dict
 
     old = to_dict(load_config())
     del old["optim"]["keep"]
+    old["optim"]["early_stopping_patience"] = 15
     assert from_dict(old).optim.keep == "best"
+    # ... and given to --config, it is refused rather than stopping early and keeping an unfinished last epoch
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="optim.keep=best"):
+        load_config(str(tmp_path / "old.yaml"))
 
 
 def test_bad_config_and_bad_data_exit_2_with_one_line(tmp_path, tiny_npz, capsys):

@@ -39,8 +39,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
-    "best" is the best epoch's, "last" the last epoch's (its EMA when the run keeps one, as that is what is scored).
-    Only best.pt's config holds the big-rock scale chosen on validation; last.pt's has the configured one."""
+    "best" is the run's model (best.pt: the epoch optim.keep keeps), "last" the last epoch's (its EMA when the run
+    keeps one, as that is what is scored). Only best.pt's config holds the big-rock scale chosen on validation;
+    last.pt's has the configured one."""
     if which not in ("best", "last"):
         raise ValueError(f"which: found {which!r}, expected 'best' or 'last'")
     path = Path(run_dir) / f"{which}.pt"

@@ -538,7 +538,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "its own, in RUN/member_K) and predict their soft vote (averaged probabilities); each costs one network's "
         "training and prediction time",
     )
-    parser.add_argument("--epochs", type=int, help="maximum number of epochs")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs of the schedule (all trained unless early stopping is asked for)"
+    )
     parser.add_argument(
         "--minutes",
         type=float,
@@ -568,7 +570,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--teacher",
         action="append",
         metavar="RUN",
-        help="offline self-training (with --semi W, the weight of its loss): this finished run's best checkpoint "
+        help="offline self-training (with --semi W, the weight of its loss): this finished run's model (best.pt) "
         "labels the unlabeled crops once, before training, and the new model learns them; repeat it for an "
         "ensemble of teachers, whose probabilities are averaged. A teacher must not have trained on this run's "
         "validation or local-test crops",

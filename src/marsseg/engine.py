@@ -1,4 +1,4 @@
-"""fit(cfg) -> FitResult: one training run, from the data to the scored best checkpoint.
+"""fit(cfg) -> FitResult: one training run, from the data to the scored model it keeps (best.pt).
 
 fit puts together the parts that have files of their own: training.py (the step, the epoch, the model, optimizer
 and schedule), evaluation.py (scoring), checkpoints.py (run files, best.pt and last.pt, resuming),
@@ -72,9 +72,9 @@ class FitResult:
     epochs_run: int
     train_seconds: float
     history: list[dict]
-    test: Evaluation | None = None  # the local test part, scored once with the best checkpoint
+    test: Evaluation | None = None  # the local test part, scored once with best.pt, the kept model
     val: Evaluation | None = None
-    # the trained model as it ended (not the best checkpoint); an ensemble run's: the vote of its members' best
+    # the trained model as it ended (not necessarily best.pt); an ensemble run's: the vote of its members' best
     model: nn.Module | None = None
     members: list[FitResult] = field(default_factory=list)  # an ensemble run's members, in order
 
@@ -96,7 +96,7 @@ def fit(
     Args:
         prepared: data already cleaned and split (a search reuses one split for every trial).
         on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
-        score_test: score the best checkpoint on the local test part at the end (the final figure only).
+        score_test: score the kept model (best.pt) on the local test part at the end (the final figure only).
 
     With model.members > 1 (in the run's own config.yaml when resuming), members.fit_members trains the members
     one after another and makes their soft vote the run's model.

@@ -1,4 +1,4 @@
-"""Finishing a run: the best checkpoint's big-rock scale chosen on validation (stored in best.pt), its validation
+"""Finishing a run: the big-rock scale of its kept model (best.pt) chosen on validation and stored there, its validation
 score and, once, its local-test score with a bootstrap interval; metrics.json and confusion.png."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def finish_run(
     epochs_run: int,
     train_seconds: float,
 ) -> tuple[Evaluation, Evaluation | None]:
-    """Choose the big-rock scale on validation if asked, then score the best checkpoint on validation and, once,
+    """Choose the big-rock scale on validation if asked, then score best.pt (the kept model) on validation and, once,
     on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty).
     An ensemble run (members.py) passes each member's best epoch and the epochs of all its members."""
     from marsseg import report

@@ -139,6 +139,11 @@ ENSEMBLES: dict[str, list[str]] = {
     "cutmix_no_early_stop_last_whole_frames": ["cutmix_no_early_stop:last"],
     "two_seeds_of_cutmix_no_early_stop_whole_frames": ["cutmix_no_early_stop", "cutmix_no_early_stop@1"],
     "two_seeds_of_cutmix_no_early_stop_last_whole_frames": ["cutmix_no_early_stop:last", "cutmix_no_early_stop@1:last"],
+    # Today's default's networks (last epochs), predicting at 0.875 of the size too
+    "two_seeds_of_cutmix_no_early_stop_last_scales_1_0875": [
+        "cutmix_no_early_stop:last",
+        "cutmix_no_early_stop@1:last",
+    ],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -157,6 +162,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
     "two_seeds_of_cutmix_no_early_stop_whole_frames": WHOLE_FRAMES,
     "two_seeds_of_cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
+    "two_seeds_of_cutmix_no_early_stop_last_scales_1_0875": SCALES_1_0875,
 }
 
 

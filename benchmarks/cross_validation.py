@@ -21,7 +21,16 @@ import numpy as np
 
 from marsseg import report
 from marsseg.checkpoints import check_resume_matches_run, load_checkpoint, save_checkpoint
-from marsseg.config import DataConfig, dotted_names, from_dict, get_field, load_config, save_config, to_dict
+from marsseg.config import (
+    DataConfig,
+    dotted_names,
+    from_dict,
+    get_field,
+    load_config,
+    save_config,
+    set_field,
+    to_dict,
+)
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
 from marsseg.engine import fit
@@ -70,11 +79,11 @@ def continued_fold(cfg, source_dir: Path, run_dir: Path, prepared, split, plan: 
     shutil.rmtree(run_dir, ignore_errors=True)  # a continuation cut short starts again from the source
     shutil.copytree(source_dir, run_dir, ignore=shutil.ignore_patterns("out_of_fold.npz"))
     last = load_checkpoint(run_dir / "last.pt")
+    continued = from_dict(last["config"])  # as a resume reads it
     for name in CONTINUED_FIELDS:
-        section, _, field = name.rpartition(".")
-        (last["config"][section] if section else last["config"])[field] = get_field(cfg, name)
-    save_checkpoint(run_dir / "last.pt", last)
-    save_config(from_dict(last["config"]), run_dir / "config.yaml")
+        set_field(continued, name, get_field(cfg, name))
+    save_checkpoint(run_dir / "last.pt", {**last, "config": to_dict(continued)})
+    save_config(continued, run_dir / "config.yaml")
     run_fold(cfg, run_dir, prepared, split, plan, resume=True)
 
 

@@ -263,7 +263,7 @@ def cmd_train(args) -> int:
     from marsseg.checkpoints import saved_config
 
     keep = (saved_config(args.out) or cfg).optim.keep  # a resumed run keeps what it kept when it started
-    kept = {"last": "the last, kept", "best": "the best, kept"}[keep]
+    kept = f"the {keep}, kept"
     for k, member in enumerate(result.members):
         print(
             f"member_{k}: validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch}, {kept} "

@@ -242,7 +242,8 @@ def cross_validate(
     `known_names`). `variant_config(args, name, seed)` gives a row's config; a row named in `ensembles` trains
     nothing: it is the soft vote of the variants listed there, fold by fold, predicting as `row_inference` says for
     that row (whole_frames, scales; by default each crop alone, at its own scale). A row named in `continues` carries
-    on the finished folds of the variant named there (continued_fold)."""
+    on the finished folds of the variant named there (continued_fold); a fold whose source has not finished is
+    trained from scratch, which gives the same run."""
     ensembles, continues = ensembles or {}, continues or {}
     out = Path(args.out)
     base = load_config(None, {"data.path": args.data})
@@ -275,8 +276,8 @@ def cross_validate(
                     continue
                 cfg = variant_config(args, name, seed)
                 cfg.semi.teachers = [teacher_fold(out, t, seed, fold, plan) for t in cfg.semi.teachers]
-                if name in continues:
-                    source_dir = Path(teacher_fold(out, continues[name], seed, fold, plan))
+                source_dir = fold_dir(out, continues[name], seed, fold) if name in continues else None
+                if source_dir is not None and load_fold(source_dir / "out_of_fold.npz", plan) is not None:
                     continued_fold(cfg, source_dir, run_dir, prepared, split, plan)
                 else:
                     run_fold(cfg, run_dir, prepared, split, plan)

@@ -105,11 +105,14 @@ VARIANTS: dict[str, dict] = {
     # CutMix without early stopping: all epochs, the best on validation kept (or the last: rows below). Its folds of
     # 2026-11-29 were carried on with a patience of 40, which never stops a 40-epoch run either.
     "cutmix_no_early_stop": {"augment.cutmix": 0.5, "optim.early_stopping_patience": 0},
+    # One such network over 80 epochs (the cosine stretched to 80): what today's default's two networks of 40 cost
+    "cutmix_80_epochs_no_early_stop": {"augment.cutmix": 0.5, "optim.epochs": 80, "optim.early_stopping_patience": 0},
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
 # variant's fold of the same seed, carried on from the epoch where early stopping ended it
 # (cross_validation.continued_fold); one it did not stop is already the new variant's run.
+# A fold whose source has not finished is trained from scratch: the same run.
 CONTINUES: dict[str, str] = {"cutmix_no_early_stop": "cutmix"}
 
 # Soft-voting ensembles of finished variants (cross-validation only: --folds); a row trains nothing, it costs what
@@ -144,6 +147,8 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_no_early_stop:last",
         "cutmix_no_early_stop@1:last",
     ],
+    # One network of 80 epochs, its last epoch: against two_seeds_of_cutmix_no_early_stop_last_whole_frames
+    "cutmix_80_epochs_last_whole_frames": ["cutmix_80_epochs_no_early_stop:last"],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -163,6 +168,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "two_seeds_of_cutmix_no_early_stop_whole_frames": WHOLE_FRAMES,
     "two_seeds_of_cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
     "two_seeds_of_cutmix_no_early_stop_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_last_whole_frames": WHOLE_FRAMES,
 }
 
 

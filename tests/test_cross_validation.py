@@ -90,7 +90,9 @@ def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run
     continued = Namespace(**vars(args), variants="patient")
     cross_validate(continued, ["impatient", "patient"], variant_config, continues={"patient": "impatient"})
     fresh = Namespace(**{**vars(args), "out": str(tmp_path / "fresh"), "against": "patient"}, variants="patient")
-    cross_validate(fresh, ["patient"], variant_config)
+    # no finished source in that directory: the continued variant's fold is trained from scratch
+    cross_validate(fresh, ["patient"], variant_config, continues={"patient": "impatient"})
+    assert not (tmp_path / "fresh" / "impatient_seed0_fold0").exists()
     carried_on = json.loads((tmp_path / "patient_seed0_fold0" / "metrics.json").read_text())
     fresh = json.loads((tmp_path / "fresh" / "patient_seed0_fold0" / "metrics.json").read_text())
     assert carried_on["epochs_run"] == fresh["epochs_run"] == 5

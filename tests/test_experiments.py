@@ -86,3 +86,21 @@ def test_a_row_keeps_the_base_model_options_only_for_the_base_model():
     assert (same.model.name, same.model.options, same.seed) == ("unet", {"levels": 5}, 4)
     assert (other.model.name, other.model.options, other.seed) == ("deeplab", {}, 3)
     assert base.model.options == {"levels": 5}  # the base is not changed
+
+
+def test_a_finished_run_of_another_recipe_is_refused_naming_the_field(tmp_path, tiny_npz):
+    from marsseg.config import save_config, set_field
+    from marsseg.data.prepare import prepare_data
+    from marsseg.errors import UserError
+    from marsseg.experiments import run_one
+    from marsseg.training import with_resolved_precision
+    from tests.tiny_runs import tiny_config
+
+    cfg = tiny_config(tiny_npz)
+    old = with_resolved_precision(tiny_config(tiny_npz))
+    set_field(old, "optim.keep", "best")  # e.g. a run made before optim.keep's default became "last"
+    set_field(old, "optim.early_stopping_patience", 15)
+    save_config(old, tmp_path / "config.yaml")
+    with pytest.raises(UserError, match="field 'optim.early_stopping_patience': the run has 15, this command 0"):
+        run_one(cfg, tmp_path, prepare_data(cfg.data))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing trained or written

@@ -190,3 +190,21 @@ def test_a_study_continues_only_on_the_split_it_started_with(tmp_path):
     old.enqueue_trial({"lr": 1e-3})  # trials, but no split recorded: started before studies recorded it
     with pytest.raises(UserError, match="before studies recorded their split"):
         check_same_split_for_study(old, first)
+
+
+def test_a_study_scores_every_trial_at_the_same_kept_epoch(tmp_path):
+    from marsseg.errors import UserError
+    from marsseg.tune import check_same_kept_epoch_for_study, open_study
+
+    study, _ = open_study(tmp_path, None, "s", seed=0, heartbeat=1)
+    check_same_kept_epoch_for_study(study, "last")  # a new study records its rule
+    assert study.user_attrs["keep"] == "last"
+    study.enqueue_trial({"lr": 1e-3})
+    check_same_kept_epoch_for_study(study, "last")
+    with pytest.raises(UserError, match="at their last epoch, this command at their best"):
+        check_same_kept_epoch_for_study(study, "best")
+    old, _ = open_study(tmp_path, None, "old", seed=0, heartbeat=1)
+    old.enqueue_trial({"lr": 1e-3})  # trials, no rule recorded: started before optim.keep, at their best epochs
+    check_same_kept_epoch_for_study(old, "best")
+    with pytest.raises(UserError, match="at their best epoch, this command at their last"):
+        check_same_kept_epoch_for_study(old, "last")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from marsseg.checkpoints import can_resume, check_same_split, load_model, saved_config
-from marsseg.config import Config, to_dict
+from marsseg.config import Config, dotted_names, get_field, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.engine import fit
@@ -34,8 +34,14 @@ FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_m
 def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     """Train (or resume, or skip) one (model, seed) and return its row."""
     saved = saved_config(run_dir)  # a config written before a field existed holds that field's old meaning
-    if saved is not None and to_dict(saved) != to_dict(with_resolved_precision(cfg)):
-        raise UserError(f"{run_dir}: holds a run of another recipe or budget; use a new --out for this one")
+    wanted = with_resolved_precision(cfg)
+    for name in dotted_names(to_dict(wanted)) if saved is not None else []:
+        theirs, mine = get_field(saved, name), get_field(wanted, name)
+        if theirs != mine:
+            raise UserError(
+                f"{run_dir}: holds a run of another recipe or budget (field '{name}': the run has {theirs!r}, "
+                f"this command {mine!r}); use a new --out for this one"
+            )
     check_same_split(run_dir, prepared.split)
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)

@@ -128,6 +128,21 @@ def check_same_split_for_study(study, split) -> None:
         )
 
 
+def check_same_kept_epoch_for_study(study, keep: str) -> None:
+    """A trial's score is the validation mIoU of the epoch its run keeps (optim.keep): the best, or the last. A study
+    records its rule and refuses to mix the other in; one with trials but no rule recorded was started before
+    optim.keep existed, when every trial kept its best epoch."""
+    trials = study.get_trials(deepcopy=False)
+    recorded = study.user_attrs.get("keep", "best" if trials else None)
+    if recorded is None:
+        study.set_user_attr("keep", keep)
+    elif recorded != keep:
+        raise UserError(
+            f"study '{study.study_name}' scored its trials at their {recorded} epoch, this command at their {keep} "
+            f"(optim.keep); start a new study (--study NAME or a new --out) or --set optim.keep={recorded}"
+        )
+
+
 def check_same_choices(study, models, widths) -> None:
     """A study's categorical choices are fixed when it starts (Optuna refuses others): say so in one line."""
     for trial in study.get_trials(deepcopy=False):
@@ -280,6 +295,7 @@ def tune(
         study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
         check_same_choices(study, models, widths)
         check_same_split_for_study(study, prepared.split)
+        check_same_kept_epoch_for_study(study, base.optim.keep)
         start_point = base_params(base, models, widths)
         if start_point is not None and not study.get_trials(deepcopy=False):
             study.enqueue_trial(start_point)

@@ -247,10 +247,13 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     """The default config with the variant's overrides and the command line's data, seed, threads and epochs. A row
     trains one network unless its variant sets model.members, and without CutMix unless it sets augment.cutmix:
     "default" is the recipe every row was measured against, the default until CutMix's three seeds. Variant "cutmix"
-    is one network of the default of before optim.keep; today's default, two such networks trained through the whole
-    schedule and kept at their last epoch, is the row two_seeds_of_cutmix_no_early_stop_last_whole_frames."""
+    is one network of the default of before optim.keep; the default of before 80 epochs, two such networks trained
+    through the whole schedule and kept at their last epoch, is the row
+    two_seeds_of_cutmix_no_early_stop_last_whole_frames, and today's, one network of 80 epochs, the row
+    cutmix_80_epochs_last_whole_frames. Rows train 40 epochs unless their variant or --epochs says otherwise."""
     overrides = {
         "model.members": 1,
+        "optim.epochs": 40,  # every row's until the default's 80
         "augment.cutmix": 0.0,
         # the best epoch on validation, early stopping after 15 epochs without one: every row until optim.keep
         "optim.keep": "best",

@@ -2,9 +2,9 @@
 
 Each budget trains `marsseg train --minutes B` (the learning-rate schedule follows the budget, so a short run
 still anneals), one seed each, and --seeds-at B:K more seeds at one budget for the spread. The full default run
-(all the recipe's epochs, no budget) is trained first; a budget it fits in with room to spare (its training time x 1.1 below
-the budget) would train the same run again (the schedule follows the planned steps whenever they are ahead of the
-clock), so that row is the full run. Rows report the figures `marsseg train` prints: validation and local-test
+(all the recipe's epochs, no budget) is trained first; a budget it fits in with room to spare (its training time x
+1.1 below the budget) would train the same run again (the schedule follows the planned steps whenever they are ahead
+of the clock), so that row is the full run. Rows report the figures `marsseg train` prints: validation and local-test
 mIoU with flip TTA and the big-rock scale chosen on validation, and big-rock IoU. Finished runs are skipped on a
 re-run. Writes time_to_quality.md and time_to_quality.png in --out.
 Run: .venv/bin/python benchmarks/time_to_quality.py --data ../shared/data/mars64.npz --out runs/ttq \\

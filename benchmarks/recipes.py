@@ -107,6 +107,13 @@ VARIANTS: dict[str, dict] = {
     "cutmix_no_early_stop": {"augment.cutmix": 0.5, "optim.early_stopping_patience": 0},
     # One such network over 80 epochs (the cosine stretched to 80): what today's default's two networks of 40 cost
     "cutmix_80_epochs_no_early_stop": {"augment.cutmix": 0.5, "optim.epochs": 80, "optim.early_stopping_patience": 0},
+    # Today's default (one network, 80 epochs) with big-rock copy-paste on top; its row: ..._last_whole_frames
+    "cutmix_80_epochs_copy_paste": {
+        "augment.cutmix": 0.5,
+        "augment.copy_paste": 0.3,
+        "optim.epochs": 80,
+        "optim.early_stopping_patience": 0,
+    },
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
@@ -149,6 +156,9 @@ ENSEMBLES: dict[str, list[str]] = {
     ],
     # One network of 80 epochs, its last epoch: against two_seeds_of_cutmix_no_early_stop_last_whole_frames
     "cutmix_80_epochs_last_whole_frames": ["cutmix_80_epochs_no_early_stop:last"],
+    # ... predicting at 0.875 of the size too; and the copy-paste variant's last epoch
+    "cutmix_80_epochs_last_scales_1_0875": ["cutmix_80_epochs_no_early_stop:last"],
+    "cutmix_80_epochs_copy_paste_last_whole_frames": ["cutmix_80_epochs_copy_paste:last"],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -169,6 +179,8 @@ ROW_INFERENCE: dict[str, dict] = {
     "two_seeds_of_cutmix_no_early_stop_last_whole_frames": WHOLE_FRAMES,
     "two_seeds_of_cutmix_no_early_stop_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_last_whole_frames": WHOLE_FRAMES,
+    "cutmix_80_epochs_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_copy_paste_last_whole_frames": WHOLE_FRAMES,
 }
 
 

@@ -156,9 +156,10 @@ ENSEMBLES: dict[str, list[str]] = {
     ],
     # One network of 80 epochs, its last epoch: against two_seeds_of_cutmix_no_early_stop_last_whole_frames
     "cutmix_80_epochs_last_whole_frames": ["cutmix_80_epochs_no_early_stop:last"],
-    # ... predicting at 0.875 of the size too; and the copy-paste variant's last epoch
+    # ... predicting at 0.875 of the size too (today's default); and the copy-paste variant's last epoch
     "cutmix_80_epochs_last_scales_1_0875": ["cutmix_80_epochs_no_early_stop:last"],
     "cutmix_80_epochs_copy_paste_last_whole_frames": ["cutmix_80_epochs_copy_paste:last"],
+    "cutmix_80_epochs_copy_paste_last_scales_1_0875": ["cutmix_80_epochs_copy_paste:last"],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -181,6 +182,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_last_whole_frames": WHOLE_FRAMES,
     "cutmix_80_epochs_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_copy_paste_last_whole_frames": WHOLE_FRAMES,
+    "cutmix_80_epochs_copy_paste_last_scales_1_0875": SCALES_1_0875,
 }
 
 
@@ -261,8 +263,9 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     "default" is the recipe every row was measured against, the default until CutMix's three seeds. Variant "cutmix"
     is one network of the default of before optim.keep; the default of before 80 epochs, two such networks trained
     through the whole schedule and kept at their last epoch, is the row
-    two_seeds_of_cutmix_no_early_stop_last_whole_frames, and today's, one network of 80 epochs, the row
-    cutmix_80_epochs_last_whole_frames. Rows train 40 epochs unless their variant or --epochs says otherwise."""
+    two_seeds_of_cutmix_no_early_stop_last_whole_frames; one network of 80 epochs is the row
+    cutmix_80_epochs_last_whole_frames, and today's default, that network predicting at scales 1 and 0.875 too, the
+    row cutmix_80_epochs_last_scales_1_0875. Rows train 40 epochs unless their variant or --epochs says otherwise."""
     overrides = {
         "model.members": 1,
         "optim.epochs": 40,  # every row's until the default's 80
@@ -271,6 +274,7 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
         "optim.keep": "best",
         "optim.early_stopping_patience": 15,
         "whole_frames": False,  # every crop predicted alone, as the rows were measured before whole_frames existed
+        "tta_scales": [1.0],  # at the data's own scale only, as every row was measured (scales: ROW_INFERENCE)
         "data.path": args.data,
         "seed": seed,
         "threads": args.threads,

@@ -11,7 +11,7 @@ import yaml
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
-from marsseg.config import ConfigError, load_config
+from marsseg.config import ConfigError, inference_settings, load_config
 from marsseg.data.augment import crop_around_class
 from marsseg.data.sampling import curriculum_indices
 from marsseg.engine import fit
@@ -47,13 +47,7 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     val = prepared.split.val
     device = resolve_device(cfg.device)  # on the device it was scored on: CPU and GPU differ in the last digits
     rescored = evaluate(
-        model.to(device),
-        prepared.data.images[val],
-        prepared.data.masks[val],
-        tta=cfg.tta,
-        device=device,
-        precision=cfg.precision,
-        whole_frames=cfg.whole_frames,
+        model.to(device), prepared.data.images[val], prepared.data.masks[val], device=device, **inference_settings(cfg)
     )
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)
     # the epoch was chosen on the same figure that is reported (same TTA, same decision rule)
@@ -279,7 +273,7 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
     val = prepared.split.val
     images, masks = prepared.data.images[val], prepared.data.masks[val]
-    rescored = evaluate(model, images, masks, tta=cfg.tta, precision=cfg.precision, whole_frames=cfg.whole_frames)
+    rescored = evaluate(model, images, masks, **inference_settings(cfg))
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0
     ids, labels = read_submission(tmp_path / "sub.csv")

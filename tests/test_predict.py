@@ -29,7 +29,7 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, tiny_npz, capsys
     assert main(["evaluate", str(run), "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and (run / "worst_test.png").is_file() and (run / "confusion_test.png").is_file()
-    assert "(flip TTA, halves of a frame together)" in out  # the config's default
+    assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in out  # the config's default
     assert main(["evaluate", str(run), "--split", "test", "--no-whole-frames", "--no-tta"]) == 0
     assert "images (no TTA):" in capsys.readouterr().out
     csv_path = tmp_path / "submission.csv"
@@ -80,9 +80,8 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     out = tmp_path / "predicted"
     assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
     assert "3 images" in capsys.readouterr().out
-    expected = predict_labels(model, crop[None], tta=True, big_rock_scale=cfg.big_rock_scale, precision=cfg.precision)[
-        0
-    ]
+    settings = {"tta": True, "precision": cfg.precision, "scales": tuple(cfg.tta_scales)}  # the run's, as predict's
+    expected = predict_labels(model, crop[None], big_rock_scale=cfg.big_rock_scale, **settings)[0]
     small = np.array(Image.open(out / "labels" / "small.png"))
     assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
     big_labels = np.array(Image.open(out / "labels" / "big.png"))
@@ -227,7 +226,7 @@ def test_several_scales_average_each_scales_flip_averaged_probabilities():
 
 def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, capsys, monkeypatch):
     import marsseg.predict
-    from marsseg.config import ConfigError, inference_settings, load_config
+    from marsseg.config import ConfigError, from_dict, inference_settings, load_config
 
     seen = []
     real = marsseg.predict.rescaled_probabilities
@@ -238,8 +237,11 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             seen.append(scale) or real(probabilities, images, scale, multiple)
         ),
     )
-    assert inference_settings(load_config(None, {}))["scales"] == (1.0,)
-    assert inference_settings(load_config(None, {"tta_scales": [1.0, 0.875]}))["scales"] == (1.0, 0.875)
+    assert inference_settings(load_config(None, {}))["scales"] == (1.0, 0.875)
+    assert inference_settings(load_config(None, {"tta_scales": [1.0]}))["scales"] == (1.0,)
+    # a run saved before tta_scales existed was scored, and chose its big-rock scale, at its own scale only
+    assert from_dict({"seed": 1}).tta_scales == [1.0]
+    assert from_dict({"tta_scales": [1.0, 0.75]}).tta_scales == [1.0, 0.75]
     for bad in ([], [0.1], [1.0, float("nan")], [True]):
         try:
             load_config(None, {"tta_scales": bad})
@@ -249,6 +251,13 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             raise AssertionError(f"tta_scales {bad} was accepted")
     assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875"]) == 0
     assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
+    assert set(seen) == {1.0, 0.875}
+    seen.clear()
+    assert main(["evaluate", str(trained_run), "--split", "test", "--no-tta"]) == 0  # no TTA at all: no flip, scale 1
+    assert "(no TTA, halves of a frame together)" in capsys.readouterr().out and set(seen) == {1.0}
+    seen.clear()
+    assert main(["evaluate", str(trained_run), "--split", "test", "--no-tta", "--tta-scales", "1,0.875"]) == 0
+    assert "(no flips, scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
     assert set(seen) == {1.0, 0.875}
     seen.clear()
     assert main(["predict", str(trained_run), "--out", str(tmp_path / "scaled.csv"), "--tta-scales", "0.75"]) == 0

@@ -12,7 +12,7 @@ from torch import nn
 
 from marsseg import semi as semi_module
 from marsseg.checkpoints import load_model
-from marsseg.config import load_config
+from marsseg.config import inference_settings, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
 from marsseg.losses import build_loss
@@ -220,7 +220,7 @@ def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, 
     images = np.load(tiny_npz)["test_set"][:40]
     model, cfg = load_model(trained_run)
     assert cfg.big_rock_scale == 3
-    probabilities = torch.cat(list(predict_probabilities(model, images, tta=True, precision=cfg.precision)))
+    probabilities = torch.cat(list(predict_probabilities(model, images, **inference_settings(cfg))))
 
     def scored_share(scale: float) -> torch.Tensor:
         scored = scale_big_rock(probabilities, scale)[:, 1:]

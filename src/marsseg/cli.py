@@ -298,7 +298,8 @@ def cmd_train(args) -> int:
 def _inference_words(tta: bool, whole_frames: bool, scales: tuple[float, ...] = (1.0,), **_other_settings) -> str:
     words = "flip TTA" if tta else "no TTA"
     if tuple(scales) != (1.0,):
-        words += " at scales " + ", ".join(f"{s:g}" for s in scales)
+        at_scales = "scales " + ", ".join(f"{s:g}" for s in scales)
+        words = f"flip TTA at {at_scales}" if tta else f"no flips, {at_scales}"
     return words + (", halves of a frame together" if whole_frames else "")
 
 
@@ -314,10 +315,13 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 
 def _inference_settings(cfg, args) -> dict:
     """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
-    --tta-scales, --whole-frames/--no-whole-frames and --precision where given."""
+    --tta-scales, --whole-frames/--no-whole-frames and --precision where given. --no-tta drops the flip and the
+    run's other scales: no test-time augmentation at all, unless --tta-scales asks for scales."""
     settings = inference_settings(cfg)
     if args.tta is not None:
         settings["tta"] = args.tta
+    if args.tta is False:
+        settings["scales"] = (1.0,)
     if args.tta_scales is not None:
         settings["scales"] = _parse_scales(args.tta_scales)
     if args.whole_frames is not None:
@@ -664,7 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         tta = p.add_mutually_exclusive_group()
         tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")
-        tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
+        tta.add_argument(
+            "--no-tta",
+            dest="tta",
+            action="store_false",
+            help="no test-time augmentation: no flip, and the run's own scale only unless --tta-scales",
+        )
         p.add_argument(
             "--tta-scales",
             metavar="S,S,...",

@@ -4,6 +4,7 @@ from PIL import Image
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
+from marsseg.config import inference_settings
 from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
 
@@ -80,8 +81,7 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     out = tmp_path / "predicted"
     assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
     assert "3 images" in capsys.readouterr().out
-    settings = {"tta": True, "precision": cfg.precision, "scales": tuple(cfg.tta_scales)}  # the run's, as predict's
-    expected = predict_labels(model, crop[None], big_rock_scale=cfg.big_rock_scale, **settings)[0]
+    expected = predict_labels(model, crop[None], big_rock_scale=cfg.big_rock_scale, **inference_settings(cfg))[0]
     small = np.array(Image.open(out / "labels" / "small.png"))
     assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
     big_labels = np.array(Image.open(out / "labels" / "big.png"))
@@ -226,7 +226,7 @@ def test_several_scales_average_each_scales_flip_averaged_probabilities():
 
 def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, capsys, monkeypatch):
     import marsseg.predict
-    from marsseg.config import ConfigError, from_dict, inference_settings, load_config
+    from marsseg.config import ConfigError, from_dict, load_config
 
     seen = []
     real = marsseg.predict.rescaled_probabilities

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from marsseg import report
-from marsseg.checkpoints import check_resume_matches_run, load_checkpoint, save_checkpoint
+from marsseg.checkpoints import check_resume_matches_run, load_checkpoint, save_checkpoint, scored_weights
 from marsseg.config import (
     DataConfig,
     dotted_names,
@@ -50,10 +50,19 @@ def fold_plan(folds: int, cfg: DataConfig, prepared, seams_only: bool = False) -
     return plan if seams_only else f"{plan}, frames by seam_pairs and frame_halves"
 
 
-def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = False) -> None:
+def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = False, snapshot_every: int = 0) -> None:
     """Train one fold (or carry on `run_dir`'s run) and keep its held-out crops' confusion matrices
-    (out_of_fold.npz)."""
-    result = fit(cfg, run_dir, resume=resume, force=not resume, prepared=replace(prepared, split=split))
+    (out_of_fold.npz); with `snapshot_every` N, also the scored model after every N-th epoch (epoch_N.pt), which an
+    ensemble row names as "variant:epoch_N"."""
+    on_epoch = None
+    if snapshot_every:
+
+        def on_epoch(epoch: int, val_miou: float) -> None:
+            if (epoch + 1) % snapshot_every == 0:
+                save_snapshot(run_dir, epoch + 1)
+
+    fit_args = {"resume": resume, "force": not resume, "prepared": replace(prepared, split=split)}
+    result = fit(cfg, run_dir, on_epoch=on_epoch, **fit_args)
     np.savez(
         run_dir / "out_of_fold.npz",
         indices=split.test,
@@ -61,6 +70,13 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = Fals
         train_seconds=result.train_seconds,
         plan=plan,
     )
+
+
+def save_snapshot(run_dir: Path, epoch: int) -> None:
+    """epoch_N.pt: the scored model (the EMA when the run keeps one) of the last.pt just written, as in best.pt."""
+    last = load_checkpoint(run_dir / "last.pt")
+    snapshot = {"config": last["config"], "model": scored_weights(last), "epoch": epoch}
+    save_checkpoint(run_dir / f"epoch_{epoch}.pt", snapshot)
 
 
 # What a continued fold may change in the finished run it carries on: when to stop, and how many threads it uses.
@@ -280,7 +296,7 @@ def cross_validate(
                 if source_dir is not None and load_fold(source_dir / "out_of_fold.npz", plan) is not None:
                     continued_fold(cfg, source_dir, run_dir, prepared, split, plan)
                 else:
-                    run_fold(cfg, run_dir, prepared, split, plan)
+                    run_fold(cfg, run_dir, prepared, split, plan, snapshot_every=getattr(args, "snapshot_every", 0))
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 print(f"{name} seed {seed} fold {fold}: held-out mIoU {metrics['test_miou']:.4f}", flush=True)
     # The table holds every finished row in --out, this call's and earlier ones': names and seeds from the fold dirs.

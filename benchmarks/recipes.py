@@ -160,6 +160,11 @@ ENSEMBLES: dict[str, list[str]] = {
     "cutmix_80_epochs_last_scales_1_0875": ["cutmix_80_epochs_no_early_stop:last"],
     "cutmix_80_epochs_copy_paste_last_whole_frames": ["cutmix_80_epochs_copy_paste:last"],
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": ["cutmix_80_epochs_copy_paste:last"],
+    # Today's default's network voting with its own best epoch on validation (a snapshot of the same run)
+    "cutmix_80_epochs_best_and_last_scales_1_0875": [
+        "cutmix_80_epochs_no_early_stop",
+        "cutmix_80_epochs_no_early_stop:last",
+    ],
 }
 # How an ensemble row predicts (predict.predict_probabilities' whole_frames and scales); a row not named here predicts
 # each crop alone at its own scale, as it was measured before whole_frames existed.
@@ -183,6 +188,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_copy_paste_last_whole_frames": WHOLE_FRAMES,
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_best_and_last_scales_1_0875": SCALES_1_0875,
 }
 
 
@@ -309,6 +315,12 @@ def main() -> None:
         "--seams-only",
         action="store_true",
         help="with --folds, group frames by seam_pairs alone: the folds of the tables measured before 2026-11-29",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="with --folds, also keep each trained fold's scored model after every N-th epoch (epoch_N.pt)",
     )
     parser.add_argument(
         "--against", default="default", help="with --folds, the row every other is compared with, pair by pair"

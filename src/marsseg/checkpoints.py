@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -40,22 +41,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
     "best" is the run's model (best.pt: the epoch optim.keep keeps), "last" the last epoch's (its EMA when the run
-    keeps one, as that is what is scored). Only best.pt's config holds the big-rock scale chosen on validation;
-    last.pt's has the configured one."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which: found {which!r}, expected 'best' or 'last'")
+    keeps one, as that is what is scored); "epoch_N" a snapshot of the scored model after epoch N, written as best.pt
+    is (benchmarks/cross_validation.py keeps them). Only best.pt's config holds the big-rock scale chosen on
+    validation; the others have the configured one."""
+    if which not in ("best", "last") and not re.fullmatch(r"epoch_\d+", which):
+        raise ValueError(f"which: found {which!r}, expected 'best', 'last' or 'epoch_N'")
     path = Path(run_dir) / f"{which}.pt"
     state = load_checkpoint(path)
     try:
         cfg = from_dict(state["config"], str(path))
         model = build_model(cfg)
-        weights = state["model"]
-        if which == "last" and state.get("ema"):  # last.pt's "model" holds the trained weights, not the scored ones
-            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(weights)
+        model.load_state_dict(scored_weights(state))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg
+
+
+def scored_weights(checkpoint: dict) -> dict:
+    """The weights of the model a checkpoint's run scores: last.pt's "model" holds the trained weights and its "ema"
+    the averaged ones, which are scored when the run keeps an EMA; best.pt's "model" is the scored model already."""
+    if checkpoint.get("ema"):
+        return {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    return checkpoint["model"]
 
 
 def _rng_state() -> dict:

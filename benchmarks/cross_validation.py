@@ -75,7 +75,7 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = Fals
 def save_snapshot(run_dir: Path, epoch: int) -> None:
     """epoch_N.pt: the scored model (the EMA when the run keeps one) of the last.pt just written, as in best.pt."""
     last = load_checkpoint(run_dir / "last.pt")
-    snapshot = {"config": last["config"], "model": scored_weights(last), "epoch": epoch}
+    snapshot = {"config": last["config"], "model": scored_weights(last), "epoch": last["epoch"]}
     save_checkpoint(run_dir / f"epoch_{epoch}.pt", snapshot)
 
 
@@ -108,8 +108,8 @@ def ensemble_fold(
 ) -> None:
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
     the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
-    `checkpoints` says which of each member ("best" or "last"); `inference`, how they predict: whole_frames (halves
-    of a frame together) and scales, as keyword arguments of predict.predict_probabilities."""
+    `checkpoints` says which of each member ("best", "last" or a snapshot "epoch_N"); `inference`, how they predict:
+    whole_frames (halves of a frame together) and scales, as keyword arguments of predict.predict_probabilities."""
     from marsseg.experiments import ensemble_scores
 
     scores = ensemble_scores(
@@ -144,7 +144,8 @@ def teacher_fold(out: Path, teacher: str, seed: int, fold: int, plan: str) -> st
 
 def member_seed(member: str, seed: int) -> tuple[str, int, str]:
     """An ensemble member "variant" is that variant's best checkpoint at the row's seed; "variant@k" at the row's
-    seed + k; a suffix ":last" takes its last epoch's model instead. Returns (variant, seed, checkpoint)."""
+    seed + k; a suffix ":last" takes its last epoch's model instead, ":epoch_N" its snapshot after epoch N (run_fold's
+    snapshot_every). Returns (variant, seed, checkpoint)."""
     member, _, checkpoint = member.partition(":")
     variant, _, offset = member.partition("@")
     return variant, seed + int(offset or 0), checkpoint or "best"

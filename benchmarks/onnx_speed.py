@@ -25,7 +25,7 @@ from marsseg.config import load_config
 from marsseg.export import OnnxModel, export_onnx
 from marsseg.precision import cpu_has_native_bf16
 from marsseg.predict import torch_probabilities
-from marsseg.training import build_model, configure_threads
+from marsseg.training import build_network, configure_threads
 
 
 def images_per_second(predict, images: np.ndarray, seconds: float) -> float:
@@ -51,9 +51,9 @@ def main() -> None:
     if args.run:
         model, cfg = load_model(args.run)
     else:
-        cfg = load_config(None, {"model.members": 1})  # one network; the default's vote of 2 costs twice
-        torch.manual_seed(0)
-        model, cfg.big_rock_scale = build_model(cfg).eval(), 1.0
+        cfg = load_config(None, {"model.members": 1})  # one network; the default's vote of its best and last epochs
+        torch.manual_seed(0)  # costs twice
+        model, cfg.big_rock_scale = build_network(cfg).eval(), 1.0
     model = model.to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"

@@ -160,9 +160,29 @@ ENSEMBLES: dict[str, list[str]] = {
     "cutmix_80_epochs_last_scales_1_0875": ["cutmix_80_epochs_no_early_stop:last"],
     "cutmix_80_epochs_copy_paste_last_whole_frames": ["cutmix_80_epochs_copy_paste:last"],
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": ["cutmix_80_epochs_copy_paste:last"],
-    # Today's default's network voting with its own best epoch on validation (a snapshot of the same run)
+    # The 80-epoch network voting with its own best epoch on validation (optim.keep best_and_last, today's default)
     "cutmix_80_epochs_best_and_last_scales_1_0875": [
         "cutmix_80_epochs_no_early_stop",
+        "cutmix_80_epochs_no_early_stop:last",
+    ],
+    # ... or with snapshots of fixed epochs (folds trained with --snapshot-every 10)
+    "cutmix_80_epochs_40_and_last_scales_1_0875": [
+        "cutmix_80_epochs_no_early_stop:epoch_40",
+        "cutmix_80_epochs_no_early_stop:last",
+    ],
+    "cutmix_80_epochs_60_and_last_scales_1_0875": [
+        "cutmix_80_epochs_no_early_stop:epoch_60",
+        "cutmix_80_epochs_no_early_stop:last",
+    ],
+    "cutmix_80_epochs_best_60_and_last_scales_1_0875": [
+        "cutmix_80_epochs_no_early_stop",
+        "cutmix_80_epochs_no_early_stop:epoch_60",
+        "cutmix_80_epochs_no_early_stop:last",
+    ],
+    "cutmix_80_epochs_20_40_60_and_last_scales_1_0875": [
+        "cutmix_80_epochs_no_early_stop:epoch_20",
+        "cutmix_80_epochs_no_early_stop:epoch_40",
+        "cutmix_80_epochs_no_early_stop:epoch_60",
         "cutmix_80_epochs_no_early_stop:last",
     ],
 }
@@ -189,6 +209,10 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_copy_paste_last_whole_frames": WHOLE_FRAMES,
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_40_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_60_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_best_60_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_20_40_60_and_last_scales_1_0875": SCALES_1_0875,
 }
 
 

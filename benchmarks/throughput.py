@@ -28,7 +28,7 @@ from marsseg.config import Config, load_config
 from marsseg.losses import build_loss
 from marsseg.models import MODELS, count_parameters, gflops_per_image
 from marsseg.precision import autocast, cpu_has_native_bf16
-from marsseg.training import build_ema, build_model, build_optimizer, configure_threads, training_step
+from marsseg.training import build_ema, build_network, build_optimizer, configure_threads, training_step
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 BATCH = 64
@@ -60,7 +60,7 @@ def time_model(cfg: Config, precision: str) -> tuple[float, float]:
     """(seconds per training step, seconds per inference batch) at batch 64, channels-last: the recipe's whole
     step (its loss, AdamW, EMA) as training runs it."""
     torch.manual_seed(0)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
+    model = build_network(cfg).to(memory_format=torch.channels_last)
     x = torch.randn(BATCH, 1, 64, 128).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (BATCH, 64, 128))
     loss_fn = build_loss(cfg.loss, y.numpy())
@@ -75,7 +75,7 @@ def time_model(cfg: Config, precision: str) -> tuple[float, float]:
 
 def model_rows(cfg: Config, peaks: dict[str, float]) -> list[str]:
     """One line per precision for the model of `cfg`, fp32 first."""
-    model = build_model(cfg)
+    model = build_network(cfg)
     gflop, params = gflops_per_image(model), count_parameters(model) / 1e6
     rows, fp32_rates = [], None
     for precision in PRECISIONS:

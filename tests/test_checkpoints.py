@@ -93,7 +93,7 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
 
 
 def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_path, tiny_npz):
-    fit(tiny_config(tiny_npz, **{"optim.ema_decay": 0.9, "optim.epochs": 2}), tmp_path / "run")
+    fit(tiny_config(tiny_npz, **{"optim.ema_decay": 0.9, "optim.epochs": 2, "optim.keep": "best"}), tmp_path / "run")
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     model, _ = load_model(tmp_path / "run", "last")
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}

@@ -140,3 +140,38 @@ def test_recipes_refuses_epochs_that_would_replace_a_variants_own(tmp_path):
     assert refused.returncode == 2
     assert "cutmix_27_epochs" in refused.stderr and "--epochs would replace" in refused.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_snapshots_of_a_fold_are_its_scored_model_after_every_nth_epoch_and_vote_as_members(tmp_path, tiny_npz):
+    import torch
+
+    from marsseg.checkpoints import load_model
+
+    def variant_config(args, name, seed):
+        return tiny_config(tiny_npz, **{"optim.epochs": 4, "optim.keep": "best", "seed": seed, "big_rock_scale": 1.0})
+
+    args = Namespace(
+        out=str(tmp_path),
+        data=str(tiny_npz),
+        folds=2,
+        variants="run",
+        first_seed=0,
+        seeds=1,
+        snapshot_every=2,
+        against="run",
+    )
+    cross_validate(args, ["run"], variant_config)
+    fold = tmp_path / "run_seed0_fold0"
+    assert sorted(p.name for p in fold.glob("epoch_*.pt")) == ["epoch_2.pt", "epoch_4.pt"]
+    last, _ = load_model(fold, "last")
+    second, fourth = load_model(fold, "epoch_2")[0].state_dict(), load_model(fold, "epoch_4")[0].state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(fourth.values(), last.state_dict().values(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(second.values(), fourth.values(), strict=True))
+    # a row may vote a snapshot with the last epoch
+    vote_args = Namespace(**{**vars(args), "variants": "early_and_last"})
+    rows = {"early_and_last": ["run:epoch_2", "run:last"]}
+    cross_validate(vote_args, ["run", "early_and_last"], variant_config, rows)
+    members = json.loads((tmp_path / "early_and_last_seed0_fold1" / "members.json").read_text())
+    assert members["checkpoints"] == ["epoch_2", "last"]
+    with pytest.raises(ValueError, match="epoch_N"):
+        load_model(fold, "epoch_two")

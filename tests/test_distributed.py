@@ -13,7 +13,7 @@ from marsseg.config import load_config
 from marsseg.data.dataset import SegmentationDataset
 from marsseg.data.prepare import prepare_data
 from marsseg.losses import build_loss
-from marsseg.training import build_model, seed_everything, training_memory_format
+from marsseg.training import build_network, seed_everything, training_memory_format
 from tests.ddp_worker import CONFIG
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -31,7 +31,7 @@ def reference_parameters(cfg, world: int = 2) -> dict:
     data, split = prepared.data, prepared.split
     device = torch.device("cpu")
     memory_format = training_memory_format(cfg, device)
-    model = build_model(cfg).to(memory_format=memory_format)
+    model = build_network(cfg).to(memory_format=memory_format)
     loss_fn = build_loss(cfg.loss, data.masks[split.train])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     dataset = SegmentationDataset(data.images, data.masks, split.train, None, cfg.data.in_channels)
@@ -74,7 +74,7 @@ def test_two_processes_stay_identical_and_match_single_process_training(tmp_path
     reference = reference_parameters(cfg)
     assert max((rank0[k] - reference[k]).abs().max().item() for k in rank0) < 1e-4
     seed_everything(cfg.seed)
-    initial = dict(build_model(cfg).named_parameters())  # the same seeded initialisation, before training
+    initial = dict(build_network(cfg).named_parameters())  # the same seeded initialisation, before training
     assert max((rank0[k] - initial[k]).abs().max().item() for k in rank0) > 1e-3  # the steps did move the weights
     # rank 0 alone wrote the run files
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()

@@ -15,12 +15,13 @@ from marsseg.config import ConfigError, inference_settings, load_config
 from marsseg.data.augment import crop_around_class
 from marsseg.data.sampling import curriculum_indices
 from marsseg.engine import fit
+from marsseg.models import Ensemble
 from marsseg.training import lr_factor, resolve_device
 from tests.tiny_runs import FAST, tiny_config
 
 
 def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_npz):
-    result = fit(tiny_config(tiny_npz, big_rock_scale=1.0), tmp_path / "run")
+    result = fit(tiny_config(tiny_npz, big_rock_scale=1.0, **{"optim.keep": "best"}), tmp_path / "run")
     run = tmp_path / "run"
     for name in (
         "config.yaml",
@@ -63,8 +64,8 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
         history = list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
         return json.loads((tmp_path / name / "metrics.json").read_text()), [float(h["val_miou"]) for h in history]
 
-    assert load_config().optim.keep == "last" and load_config().optim.early_stopping_patience == 0
-    last, history = run("last")
+    assert load_config().optim.keep == "best_and_last" and load_config().optim.early_stopping_patience == 0
+    last, history = run("last", **{"optim.keep": "last"})
     assert max(history) > history[-1]  # else this test could not tell the two rules apart
     assert last["epochs_run"] == 4 and last["best_epoch"] == 4
     assert last["val_miou"] == pytest.approx(history[-1], abs=1e-5)
@@ -78,6 +79,19 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     assert torch.load(tmp_path / "best" / "best.pt", weights_only=False)["epoch"] == best["best_epoch"] - 1
     assert history[best["best_epoch"] - 1] == pytest.approx(max(history), abs=1e-5)  # metrics.csv rounds to 5 places
     assert best["val_miou"] == pytest.approx(max(history), abs=1e-5)
+    # the default: the soft vote of those two networks, the best epoch's and the last's, one training
+    both, both_history = run("both")
+    assert both_history == history and both["best_epoch"] == [best["best_epoch"], 4]
+    vote, _ = load_model(tmp_path / "both")
+    best_network, _ = load_model(tmp_path / "best")
+    assert isinstance(vote, Ensemble) and len(vote.members) == 2
+    for member, network in zip(vote.members, (best_network, final), strict=True):
+        for a, b in zip(member.state_dict().values(), network.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    x = torch.rand(2, 1, 64, 128)
+    with torch.no_grad():
+        mean = (best_network(x).softmax(1) + final(x).softmax(1)) / 2
+        torch.testing.assert_close(vote(x).softmax(1), mean, atol=1e-5, rtol=1e-4)
     # patience 1 stops after the first epoch that does not beat the best before it
     stale = [e for e in range(1, 4) if history[e] < max(history[:e])]  # clearly below: metrics.csv rounds
     stopped, _ = run("stopped", **{"optim.keep": "best", "optim.early_stopping_patience": 1})
@@ -251,7 +265,8 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     assert (
         "member_1 (2 of 2, seed 4)" in said
         and "member_1: validation mIoU" in said
-        and "at epoch 2, the last, kept" in said
+        and "for the vote of epoch " in said
+        and "(the best on validation) and epoch 2 (the last), kept" in said
     )
     assert "soft vote of 2 members: validation mIoU" in said and "member_K/" in said
     # member 1 is the run a single network with seed 3 + 1 makes, on the same split
@@ -286,9 +301,9 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     import shutil
 
     shutil.rmtree(run / "member_1")
-    member_0 = (run / "member_0" / "best.pt").stat().st_mtime_ns
+    member_0 = (run / "member_0" / "last.pt").stat().st_mtime_ns
     assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3", "--resume"]) == 0
-    assert (run / "member_0" / "best.pt").stat().st_mtime_ns == member_0  # not trained again
+    assert (run / "member_0" / "last.pt").stat().st_mtime_ns == member_0  # not trained again
     after = load_model(run)[0].state_dict()
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
 

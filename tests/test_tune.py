@@ -201,10 +201,10 @@ def test_a_study_scores_every_trial_at_the_same_kept_epoch(tmp_path):
     assert study.user_attrs["keep"] == "last"
     study.enqueue_trial({"lr": 1e-3})
     check_same_kept_epoch_for_study(study, "last")
-    with pytest.raises(UserError, match="at their last epoch, this command at their best"):
+    with pytest.raises(UserError, match="with optim.keep last, this command with best"):
         check_same_kept_epoch_for_study(study, "best")
     old, _ = open_study(tmp_path, None, "old", seed=0, heartbeat=1)
     old.enqueue_trial({"lr": 1e-3})  # trials, no rule recorded: started before optim.keep, at their best epochs
     check_same_kept_epoch_for_study(old, "best")
-    with pytest.raises(UserError, match="at their best epoch, this command at their last"):
+    with pytest.raises(UserError, match="with optim.keep best, this command with last"):
         check_same_kept_epoch_for_study(old, "last")

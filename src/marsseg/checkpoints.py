@@ -20,8 +20,9 @@ from marsseg.config import Config, from_dict, get_field, to_dict
 from marsseg.data.io import write_atomically
 from marsseg.data.split import Split
 from marsseg.errors import UserError
+from marsseg.models import Ensemble
 from marsseg.precision import resolve_precision
-from marsseg.training import TrainingState, build_model, resolve_device
+from marsseg.training import TrainingState, build_model, build_network, resolve_device
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -50,7 +51,7 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
     state = load_checkpoint(path)
     try:
         cfg = from_dict(state["config"], str(path))
-        model = build_model(cfg)
+        model = build_model(cfg) if which == "best" else build_network(cfg)
         model.load_state_dict(scored_weights(state))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
@@ -75,10 +76,11 @@ def _restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, keep: bool) -> None:
-    """At the end of an epoch: best.pt, the run's model (the scored model alone), if the run `keep`s this epoch's
-    (optim.keep: the best on validation so far, or every epoch's in turn), then last.pt, which adds the optimizer,
-    schedule, EMA, history, progress and RNG states that a resumed run continues from."""
+def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
+    """At the end of an epoch: the scored model alone, to best.pt if the run keeps this epoch's (optim.keep "best":
+    when it `improved` on validation; "last": every epoch's in turn), or with "best_and_last" to best_epoch.pt when it
+    improved (save_best_and_last makes best.pt at the end); then last.pt, which adds the optimizer, schedule, EMA,
+    history, progress and RNG states that a resumed run continues from."""
     checkpoint = {
         "config": to_dict(cfg),
         "model": state.scored_model.state_dict(),
@@ -86,8 +88,10 @@ def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, kee
         "best": state.best,
         "stale": state.stale,
     }
-    if keep:
+    if cfg.optim.keep == "last" or (improved and cfg.optim.keep == "best"):
         save_checkpoint(run_dir / "best.pt", checkpoint)
+    elif improved and cfg.optim.keep == "best_and_last":
+        save_checkpoint(run_dir / BEST_EPOCH_FILE, checkpoint)
     checkpoint.update(
         model=state.model.state_dict(),
         optimizer=state.optimizer.state_dict(),
@@ -98,6 +102,24 @@ def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, kee
         ema=state.ema.state_dict() if state.ema is not None else None,
     )
     save_checkpoint(run_dir / "last.pt", checkpoint)
+
+
+BEST_EPOCH_FILE = "best_epoch.pt"  # optim.keep "best_and_last": the best epoch on validation so far, one network
+
+
+def save_best_and_last(run_dir: Path, cfg: Config) -> list[int]:
+    """At the end of a run with optim.keep "best_and_last": best.pt becomes the soft vote (Ensemble) of the best epoch
+    on validation (best_epoch.pt) and the last epoch's scored model (last.pt). Returns their epochs."""
+    best, last = load_checkpoint(run_dir / BEST_EPOCH_FILE), load_checkpoint(run_dir / "last.pt")
+    networks = []
+    for state in (best, last):
+        network = build_network(cfg)
+        network.load_state_dict(scored_weights(state))
+        networks.append(network)
+    epochs = [best["epoch"] + 1, last["epoch"] + 1]  # counted from 1, as in metrics.csv
+    vote = {"config": to_dict(cfg), "model": Ensemble(networks).state_dict(), "epochs": epochs}
+    save_checkpoint(run_dir / "best.pt", vote)
+    return epochs
 
 
 def restore_training_state(state: TrainingState, checkpoint: dict) -> None:
@@ -156,6 +178,7 @@ RUN_FILES = (
     "curves.png",
     "confusion.png",
     "best.pt",
+    BEST_EPOCH_FILE,
     "last.pt",
 )
 

@@ -263,10 +263,9 @@ def cmd_train(args) -> int:
     from marsseg.checkpoints import saved_config
 
     keep = (saved_config(args.out) or cfg).optim.keep  # a resumed run keeps what it kept when it started
-    kept = f"the {keep}, kept"
     for k, member in enumerate(result.members):
         print(
-            f"member_{k}: validation mIoU {member.best_val_miou:.4f} at epoch {member.best_epoch}, {kept} "
+            f"member_{k}: validation mIoU {member.best_val_miou:.4f} {_kept_words(keep, member.best_epoch)} "
             f"({member.epochs_run} epochs, {member.train_seconds / 60:.1f} min)"
         )
     if result.members:
@@ -276,7 +275,7 @@ def cmd_train(args) -> int:
         )
     else:
         print(
-            f"validation mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}, {kept} "
+            f"validation mIoU {result.best_val_miou:.4f} {_kept_words(keep, result.best_epoch)} "
             f"({result.epochs_run} epochs, {result.train_seconds / 60:.1f} min)"
         )
     if result.test is not None:
@@ -293,6 +292,14 @@ def cmd_train(args) -> int:
         files = "metrics.json, curves.png, confusion.png, best.pt; member_K/: each member's run, with its metrics.csv"
     print(f"run directory: {args.out} ({files})")
     return 0
+
+
+def _kept_words(keep: str, epoch: int | list[int]) -> str:
+    """Which model a run kept (optim.keep), for the line that gives its validation mIoU."""
+    if keep == "best_and_last":
+        best, last = epoch
+        return f"for the vote of epoch {best} (the best on validation) and epoch {last} (the last), kept"
+    return f"at epoch {epoch}, the {keep}, kept"
 
 
 def _inference_words(tta: bool, whole_frames: bool, scales: tuple[float, ...] = (1.0,), **_other_settings) -> str:

@@ -24,10 +24,12 @@ from tqdm import tqdm
 from marsseg.checkpoints import (
     HISTORY_FIELDS,
     load_checkpoint,
+    load_model,
     member_dir,
     prepare_run_dir,
     restore_training_state,
     run_device_name,
+    save_best_and_last,
     save_epoch_checkpoints,
     write_history,
 )
@@ -354,13 +356,13 @@ def _end_epoch(
             f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  val mIoU {val.miou:.4f}  "
             f"big rock {val.ious[3]:.3f}  {seconds:5.1f}s" + ("  *best" if improved else "")
         )
-        save_epoch_checkpoints(run_dir, cfg, state, keep=improved or cfg.optim.keep == "last")
+        save_epoch_checkpoints(run_dir, cfg, state, improved)
         write_history(run_dir / "metrics.csv", state.history)
 
 
 def kept_epoch(cfg: Config, state: TrainingState) -> dict:
     """The epoch whose model is the run's (best.pt) and its validation mIoU: the best on validation, or with
-    optim.keep "last" the last one trained."""
+    optim.keep "last" the last one trained. With "best_and_last", the best's (the vote's is _end_run's)."""
     if cfg.optim.keep == "last" and state.history:
         return {"miou": state.history[-1]["val_miou"], "epoch": state.history[-1]["epoch"]}
     return state.best
@@ -382,10 +384,16 @@ def _end_run(
     if ranks.is_main:
         from marsseg import report
 
+        if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last
+            result.best_epoch = save_best_and_last(run_dir, cfg)
+            vote = load_model(run_dir)[0].to(device)
+            val = prepared.split.val
+            images, masks = prepared.data.images[val], prepared.data.masks[val]
+            result.best_val_miou = evaluate(vote, images, masks, device=device, **inference_settings(cfg)).miou
         report.plot_curves(state.history, run_dir / "curves.png")
         if score_test:
             result.val, result.test = finish_run(
-                run_dir, cfg, prepared, device, best["epoch"], len(state.history), seconds
+                run_dir, cfg, prepared, device, result.best_epoch, len(state.history), seconds
             )
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written its files

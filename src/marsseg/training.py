@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config, one_network
+from marsseg.config import Config
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.io import NUM_CLASSES
 from marsseg.data.prepare import prepare_data
@@ -74,13 +74,22 @@ def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_fo
     return torch.contiguous_format
 
 
+def build_network(cfg: Config) -> nn.Module:
+    """One network of the config's model: what trains, and what last.pt holds."""
+    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+
+
 def build_model(cfg: Config) -> nn.Module:
-    """The config's network, or an Ensemble of model.members of them: the shape of an ensemble run's best.pt, whose
-    members train one at a time, each as one network (members.py)."""
-    members = [
-        create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
-        for _ in range(cfg.model.members)
-    ]
+    """The shape of a run's model (best.pt): one network, or with optim.keep "best_and_last" the soft vote (Ensemble)
+    of two, its best epoch on validation and its last; with model.members > 1, an Ensemble of that many such members,
+    which train one at a time (members.py)."""
+
+    def member() -> nn.Module:
+        if cfg.optim.keep == "best_and_last":
+            return Ensemble([build_network(cfg), build_network(cfg)])
+        return build_network(cfg)
+
+    members = [member() for _ in range(cfg.model.members)]
     return Ensemble(members) if len(members) > 1 else members[0]
 
 
@@ -134,7 +143,7 @@ class TrainingState:
 
 def build_training_state(cfg: Config, device: torch.device, memory_format: torch.memory_format) -> TrainingState:
     """A fresh model (initialised from the global torch seed), its optimizer, plateau schedule and EMA."""
-    model = build_model(cfg).to(device).to(memory_format=memory_format)
+    model = build_network(cfg).to(device).to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, model)
     plateau = None
     if cfg.optim.scheduler == "plateau":
@@ -291,7 +300,7 @@ def overfit_one_batch(
     images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
     x = images_to_tensor(images, cfg.data.in_channels).to(device)
     y = torch.from_numpy(masks).long().to(device)
-    model = build_model(one_network(cfg)).to(device)  # one network, as each member trains
+    model = build_network(cfg).to(device)  # one network, as each member trains
     loss_fn = build_loss(cfg.loss, masks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     miou, step = 0.0, 0

@@ -129,17 +129,17 @@ def check_same_split_for_study(study, split) -> None:
 
 
 def check_same_kept_epoch_for_study(study, keep: str) -> None:
-    """A trial's score is the validation mIoU of the epoch its run keeps (optim.keep): the best, or the last. A study
-    records its rule and refuses to mix the other in; one with trials but no rule recorded was started before
-    optim.keep existed, when every trial kept its best epoch."""
+    """A trial's score is the validation mIoU of the model its run keeps (optim.keep): the best epoch, the last, or
+    the vote of the two. A study records its rule and refuses to mix another in; one with trials but no rule recorded
+    was started before optim.keep existed, when every trial kept its best epoch."""
     trials = study.get_trials(deepcopy=False)
     recorded = study.user_attrs.get("keep", "best" if trials else None)
     if recorded is None:
         study.set_user_attr("keep", keep)
     elif recorded != keep:
         raise UserError(
-            f"study '{study.study_name}' scored its trials at their {recorded} epoch, this command at their {keep} "
-            f"(optim.keep); start a new study (--study NAME or a new --out) or --set optim.keep={recorded}"
+            f"study '{study.study_name}' scored its trials with optim.keep {recorded}, this command with {keep}; "
+            f"start a new study (--study NAME or a new --out) or --set optim.keep={recorded}"
         )
 
 

@@ -5,8 +5,8 @@ import torch
 
 from marsseg.config import from_dict, load_config
 from marsseg.members import member_config
-from marsseg.models import Ensemble, create_model
-from marsseg.training import build_model
+from marsseg.models import Ensemble, ResUNet, create_model
+from marsseg.training import build_model, build_network
 
 
 def members(count: int, name: str = "res_unet", **kwargs) -> list[torch.nn.Module]:
@@ -47,11 +47,18 @@ def test_member_k_trains_one_network_from_seed_plus_k_with_its_share_of_the_budg
 
 def test_build_model_makes_an_ensemble_of_differently_initialised_members():
     torch.manual_seed(0)
-    model = build_model(load_config(None, {"model.width": 8, "model.members": 2}))
+    one = {"model.width": 8, "optim.keep": "last"}  # one network a member
+    model = build_model(load_config(None, {**one, "model.members": 2}))
     assert isinstance(model, Ensemble) and len(model.members) == 2
     first, second = (next(m.parameters()) for m in model.members)
     assert first.shape == second.shape and not torch.equal(first, second)
-    assert not isinstance(build_model(load_config(None, {"model.width": 8, "model.members": 1})), Ensemble)
+    assert not isinstance(build_model(load_config(None, {**one, "model.members": 1})), Ensemble)
+    assert not isinstance(build_network(load_config(None, {"model.width": 8, "model.members": 2})), Ensemble)
+    # optim.keep "best_and_last" (the default): each member is the vote of two networks, its best epoch and its last
+    vote = build_model(load_config(None, {"model.width": 8}))
+    assert isinstance(vote, Ensemble) and [type(m) for m in vote.members] == [ResUNet, ResUNet]
+    votes = build_model(load_config(None, {"model.width": 8, "model.members": 3}))
+    assert len(votes.members) == 3 and all(isinstance(m, Ensemble) and len(m.members) == 2 for m in votes.members)
     with pytest.raises(ValueError, match="2 or more members"):
         Ensemble(members(1))
 

@@ -51,8 +51,9 @@ def main() -> None:
     if args.run:
         model, cfg = load_model(args.run)
     else:
-        cfg = load_config(None, {"model.members": 1})  # one network; the default's vote of its best and last epochs
-        torch.manual_seed(0)  # costs twice
+        # one network; the default's model, the vote of a run's best and last epochs, costs twice
+        cfg = load_config(None, {"model.members": 1})
+        torch.manual_seed(0)
         model, cfg.big_rock_scale = build_network(cfg).eval(), 1.0
     model = model.to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as folder:

@@ -156,7 +156,7 @@ ENSEMBLES: dict[str, list[str]] = {
     ],
     # One network of 80 epochs, its last epoch: against two_seeds_of_cutmix_no_early_stop_last_whole_frames
     "cutmix_80_epochs_last_whole_frames": ["cutmix_80_epochs_no_early_stop:last"],
-    # ... predicting at 0.875 of the size too (today's default); and the copy-paste variant's last epoch
+    # ... predicting at 0.875 of the size too (the default until best_and_last); and the copy-paste variant's last epoch
     "cutmix_80_epochs_last_scales_1_0875": ["cutmix_80_epochs_no_early_stop:last"],
     "cutmix_80_epochs_copy_paste_last_whole_frames": ["cutmix_80_epochs_copy_paste:last"],
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": ["cutmix_80_epochs_copy_paste:last"],
@@ -294,8 +294,10 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
     is one network of the default of before optim.keep; the default of before 80 epochs, two such networks trained
     through the whole schedule and kept at their last epoch, is the row
     two_seeds_of_cutmix_no_early_stop_last_whole_frames; one network of 80 epochs is the row
-    cutmix_80_epochs_last_whole_frames, and today's default, that network predicting at scales 1 and 0.875 too, the
-    row cutmix_80_epochs_last_scales_1_0875. Rows train 40 epochs unless their variant or --epochs says otherwise."""
+    cutmix_80_epochs_last_whole_frames, that network predicting at scales 1 and 0.875 too the row
+    cutmix_80_epochs_last_scales_1_0875, and today's default, the vote of its best epoch on validation and its last
+    (optim.keep best_and_last), the row cutmix_80_epochs_best_and_last_scales_1_0875. Rows train 40 epochs unless
+    their variant or --epochs says otherwise."""
     overrides = {
         "model.members": 1,
         "optim.epochs": 40,  # every row's until the default's 80

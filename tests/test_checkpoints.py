@@ -117,3 +117,27 @@ def test_a_run_of_another_split_is_not_reused(tmp_path):
     with pytest.raises(UserError, match="another split"):
         check_same_split(tmp_path, moved)
     assert split.digest() != moved.digest() and split.digest() == Split.load(tmp_path / "split.json").digest()
+
+
+def test_an_unfinished_vote_run_says_so_and_an_old_side_by_side_ensembles_last_checkpoint_still_loads(tmp_path):
+    from marsseg.checkpoints import save_checkpoint
+    from marsseg.config import from_dict, load_config, to_dict
+    from marsseg.models import Ensemble
+    from marsseg.training import build_model
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best_epoch.pt").write_bytes(b"")  # optim.keep best_and_last, killed before the vote
+    with pytest.raises(UserError, match="has not finished"):
+        load_model(tmp_path / "run")
+    # an older marsseg trained an ensemble's members side by side: its last.pt holds both networks
+    old = to_dict(load_config(None, {"model.width": 8, "model.members": 2}))
+    del old["optim"]["keep"]
+    torch.manual_seed(0)
+    ensemble = build_model(from_dict(old))
+    (tmp_path / "old").mkdir()
+    save_checkpoint(tmp_path / "old" / "last.pt", {"config": old, "model": ensemble.state_dict()})
+    loaded, _ = load_model(tmp_path / "old", "last")
+    assert isinstance(loaded, Ensemble) and len(loaded.members) == 2
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ensemble.state_dict().values(), strict=True)
+    )

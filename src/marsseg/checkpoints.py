@@ -5,6 +5,7 @@ started, replaced or resumed with the command given."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import random
 import re
@@ -48,10 +49,14 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
     if which not in ("best", "last") and not re.fullmatch(r"epoch_\d+", which):
         raise ValueError(f"which: found {which!r}, expected 'best', 'last' or 'epoch_N'")
     path = Path(run_dir) / f"{which}.pt"
+    if which == "best" and not path.is_file() and (Path(run_dir) / BEST_EPOCH_FILE).is_file():
+        raise UserError(f"{run_dir}: the run has not finished (no best.pt yet); --resume it to make its model")
     state = load_checkpoint(path)
     try:
         cfg = from_dict(state["config"], str(path))
-        model = build_model(cfg) if which == "best" else build_network(cfg)
+        # last.pt and snapshots hold one network a member: a side-by-side ensemble of an older marsseg held several
+        networks = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, keep="last"))
+        model = build_model(cfg if which == "best" else networks)
         model.load_state_dict(scored_weights(state))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None

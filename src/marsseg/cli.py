@@ -369,7 +369,7 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{args.run_dir}: the {args.split} part of this run is empty; choose another --split")
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     settings = _inference_settings(cfg, args)
-    scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if training did not finish
+    scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if finish_run did not run
     result = evaluate(
         model.to(device), images, masks, device=device, keep_predictions=True, big_rock_scale=scale, **settings
     )

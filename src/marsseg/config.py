@@ -86,8 +86,8 @@ class ModelConfig:
     name: str = "res_unet"
     width: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
-    # members > 1 trains that many networks one after another, from seeds seed, seed + 1, ..., each with its own
-    # kept epoch (optim.keep; members.py), and predicts their soft vote (models.Ensemble): members times the
+    # members > 1 trains that many networks one after another, from seeds seed, seed + 1, ..., each keeping its own
+    # model (optim.keep; members.py), and predicts their soft vote (models.Ensemble): members times the
     # training and prediction time. One network of 80 epochs beat two of 40 voting, in the same training time
     # (cross-validated on mars64; README, Recipes).
     members: int = 1
@@ -114,8 +114,8 @@ class OptimConfig:
     lr: float = 1e-3  # the study's 3e-4 learned slower and ended lower at the same epochs (README, Recipes)
     weight_decay: float = 1e-4
     batch_size: int = 64
-    # 80 with cosine, the last epoch kept: one network still learning at the end of 40 gained +0.02 cross-validated
-    # on mars64, and beat two networks of 40 voting in the same time (README, Recipes).
+    # 80 with cosine, to the end of the schedule: one network still learning at the end of 40 gained +0.02
+    # cross-validated on mars64, and beat two networks of 40 voting in the same time (README, Recipes).
     epochs: int = 80
     minutes: float = 0.0  # wall-clock budget for training; 0 means no limit besides epochs
     scheduler: str = "cosine"  # "cosine" (with warmup), "cosine_restarts", "plateau", "onecycle" or "none"

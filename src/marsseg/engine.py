@@ -70,7 +70,8 @@ from marsseg.training import (
 class FitResult:
     run_dir: str
     best_val_miou: float
-    best_epoch: int | list[int]  # an ensemble run (members.py): each member's
+    # with optim.keep "best_and_last" [best, last]; an ensemble run (members.py): each member's
+    best_epoch: int | list[int] | list[list[int]]
     epochs_run: int
     train_seconds: float
     history: list[dict]
@@ -384,7 +385,7 @@ def _end_run(
     if ranks.is_main:
         from marsseg import report
 
-        if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last
+        if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
             result.best_epoch = save_best_and_last(run_dir, cfg)
             vote = load_model(run_dir)[0].to(device)
             val = prepared.split.val

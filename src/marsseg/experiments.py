@@ -46,7 +46,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = build_model(cfg)
+    model = build_model(cfg)  # the run's model as it predicts: params and GFLOP count every network of a vote
     row = {
         "model": cfg.model.name if cfg.model.members == 1 else f"{cfg.model.name} x{cfg.model.members}",
         "seed": cfg.seed,
@@ -71,7 +71,8 @@ def ensemble_scores(
     whole_frames: bool = False,
     scales: tuple[float, ...] = (1.0,),
 ) -> dict[str, tuple]:
-    """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best" or "last" for each):
+    """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best", "last" or "epoch_N" for
+    each):
     (mIoU, per-class IoU) on val and test.
 
     The big-rock scale is `big_rock_scale`, or with 0 the one that is best for the ensemble on validation (as

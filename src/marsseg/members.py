@@ -1,5 +1,5 @@
 """An ensemble run (model.members > 1): the members train one after another, each a whole run of its own in
-RUN/member_K (seed + K, its own kept epoch (optim.keep), its share of a time budget), then their soft vote
+RUN/member_K (seed + K, its own kept model (optim.keep), its share of a time budget), then their soft vote
 (models.Ensemble) is the run's best.pt: one model to scoring, predict, evaluate and export. Its big-rock scale is
 chosen on validation and it is scored once on the local test part, as a single network's run is (finish.py).
 An interrupted run resumes at the member it had reached."""

@@ -55,8 +55,9 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = Fals
     (out_of_fold.npz); with `snapshot_every` N, also the scored model after every N-th epoch (epoch_N.pt), which an
     ensemble row names as "variant:epoch_N"."""
     on_epoch = None
-    for stale in run_dir.glob("epoch_*.pt") if not resume else ():  # an earlier run's snapshots
-        stale.unlink()
+    if not resume:
+        for stale in run_dir.glob("epoch_*.pt"):  # an earlier run's snapshots
+            stale.unlink()
     if snapshot_every and cfg.model.members > 1:
         raise SystemExit("--snapshot-every: snapshots are of one network's run; not with model.members > 1")
     if snapshot_every:

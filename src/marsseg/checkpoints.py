@@ -112,9 +112,9 @@ def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, imp
 BEST_EPOCH_FILE = "best_epoch.pt"  # optim.keep "best_and_last": the best epoch on validation so far, one network
 
 
-def save_best_and_last(run_dir: Path, cfg: Config) -> list[int]:
+def save_best_and_last(run_dir: Path, cfg: Config) -> tuple[list[int], Ensemble]:
     """At the end of a run with optim.keep "best_and_last": best.pt becomes the soft vote (Ensemble) of the best epoch
-    on validation (best_epoch.pt) and the last epoch's scored model (last.pt). Returns their epochs."""
+    on validation (best_epoch.pt) and the last epoch's scored model (last.pt). Returns their epochs and the vote."""
     best, last = load_checkpoint(run_dir / BEST_EPOCH_FILE), load_checkpoint(run_dir / "last.pt")
     networks = []
     for state in (best, last):
@@ -122,9 +122,9 @@ def save_best_and_last(run_dir: Path, cfg: Config) -> list[int]:
         network.load_state_dict(scored_weights(state))
         networks.append(network)
     epochs = [best["epoch"] + 1, last["epoch"] + 1]  # counted from 1, as in metrics.csv
-    vote = {"config": to_dict(cfg), "model": Ensemble(networks).state_dict(), "epochs": epochs}
-    save_checkpoint(run_dir / "best.pt", vote)
-    return epochs
+    vote = Ensemble(networks).eval()
+    save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": vote.state_dict(), "epochs": epochs})
+    return epochs, vote
 
 
 def restore_training_state(state: TrainingState, checkpoint: dict) -> None:

@@ -24,7 +24,6 @@ from tqdm import tqdm
 from marsseg.checkpoints import (
     HISTORY_FIELDS,
     load_checkpoint,
-    load_model,
     member_dir,
     prepare_run_dir,
     restore_training_state,
@@ -386,8 +385,8 @@ def _end_run(
         from marsseg import report
 
         if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
-            result.best_epoch = save_best_and_last(run_dir, cfg)
-            vote = load_model(run_dir)[0].to(device)
+            result.best_epoch, vote = save_best_and_last(run_dir, cfg)
+            vote = vote.to(device)
             val = prepared.split.val
             images, masks = prepared.data.images[val], prepared.data.masks[val]
             result.best_val_miou = evaluate(vote, images, masks, device=device, **inference_settings(cfg)).miou

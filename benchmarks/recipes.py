@@ -114,6 +114,13 @@ VARIANTS: dict[str, dict] = {
         "optim.epochs": 80,
         "optim.early_stopping_patience": 0,
     },
+    # Today's default with a zoom on half of the draws (0.8-1.25x); its row: ..._zoom_best_and_last_scales_1_0875
+    "cutmix_80_epochs_zoom": {
+        "augment.cutmix": 0.5,
+        "augment.zoom": 0.5,
+        "optim.epochs": 80,
+        "optim.early_stopping_patience": 0,
+    },
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
@@ -165,6 +172,12 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_80_epochs_no_early_stop",
         "cutmix_80_epochs_no_early_stop:last",
     ],
+    # ... and the copy-paste variant's networks voting the same way: against the row above
+    "cutmix_80_epochs_copy_paste_best_and_last_scales_1_0875": [
+        "cutmix_80_epochs_copy_paste",
+        "cutmix_80_epochs_copy_paste:last",
+    ],
+    "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": ["cutmix_80_epochs_zoom", "cutmix_80_epochs_zoom:last"],
     # ... or with snapshots of fixed epochs (folds trained with --snapshot-every 10)
     "cutmix_80_epochs_40_and_last_scales_1_0875": [
         "cutmix_80_epochs_no_early_stop:epoch_40",
@@ -209,6 +222,8 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_copy_paste_last_whole_frames": WHOLE_FRAMES,
     "cutmix_80_epochs_copy_paste_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_copy_paste_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_40_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_60_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_60_and_last_scales_1_0875": SCALES_1_0875,

@@ -54,6 +54,10 @@ class AugmentConfig:
 
     hflip: float = 0.5
     vflip: float = 0.0  # rover crops have a sky side: upside-down terrain does not occur at test time
+    # Zoom: with this probability the crop is scaled about its centre by a factor in 1 / (1 + zoom_limit) ..
+    # 1 + zoom_limit (in or out equally often), the border reflected: the terrain at other distances
+    zoom: float = 0.0
+    zoom_limit: float = 0.25
     elastic: float = 0.3
     elastic_alpha: float = 20.0
     elastic_sigma: float = 5.0

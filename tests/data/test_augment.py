@@ -93,3 +93,22 @@ def test_dataset_applies_rare_crops_with_their_probability_and_seed():
     half.reseed(5)
     zoomed_share = np.mean([int((half[i][1] == 4).sum()) > 16 for i in range(400)])
     assert 0.4 < zoomed_share < 0.6  # about half (a crop near scale 1 may leave the rock at its size)
+
+
+def test_zoom_scales_the_crop_within_its_limit_with_the_mask_aligned():
+    mask = np.full((64, 128), 2, np.uint8)
+    mask[22:42, 54:74] = 4  # a 20 x 20 rock in the middle: its area follows the zoom factor squared
+    image = mask * 60
+    zoom_only = AugmentConfig(
+        hflip=0, zoom=1.0, zoom_limit=0.25, elastic=0, grid_distortion=0, brightness_contrast=0, gamma=0
+    )
+    pipeline = build_augmentation(zoom_only, seed=3)
+    ratios = []
+    for _ in range(40):
+        out_image, out_mask = augment_pair(pipeline, image, mask)
+        assert out_mask.shape == (64, 128) and set(np.unique(out_mask)) <= {2, 4}
+        assert (np.rint(out_image / 60) == out_mask).mean() > 0.98  # only the rock's interpolated edge may differ
+        ratios.append((out_mask == 4).sum() / 400)
+    ratios = np.array(ratios)
+    assert ratios.min() > 0.8**2 - 0.1 and ratios.max() < 1.25**2 + 0.1  # factors within 0.8..1.25
+    assert (ratios < 0.95).any() and (ratios > 1.05).any()  # both zooming out and in

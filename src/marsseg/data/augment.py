@@ -27,6 +27,17 @@ def build_augmentation(cfg: AugmentConfig, seed: int = 0) -> A.Compose | None:
         transforms.append(A.HorizontalFlip(p=cfg.hflip))
     if cfg.vflip > 0:
         transforms.append(A.VerticalFlip(p=cfg.vflip))
+    if cfg.zoom > 0:
+        transforms.append(
+            A.Affine(
+                scale=(1 / (1 + cfg.zoom_limit), 1 + cfg.zoom_limit),
+                keep_ratio=True,
+                balanced_scale=True,
+                border_mode=BORDER,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=cfg.zoom,
+            )
+        )
     if cfg.elastic > 0:
         transforms.append(
             A.ElasticTransform(

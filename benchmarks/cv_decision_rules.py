@@ -2,8 +2,9 @@
 held-out part, pooled out of fold over the folds of a finished variant (`benchmarks/recipes.py --folds K`).
 
 Every fold's vote of its best epoch on validation and its last (today's default, optim.keep best_and_last) predicts
-the fold's validation and held-out crops once (flip TTA, halves of a frame together, scales 1 and 0.875); each rule
-is then fitted on validation alone. Rules:
+the fold's validation and held-out crops once (flip TTA, halves of a frame together, scales 1 and 0.875; the folds
+keep their best epoch alone in best.pt, optim.keep "best"); each rule is then fitted on validation alone. Per-class
+IoU is the mean over seeds. Rules:
 
 - big-rock scale: the big-rock probability multiplied by the scale of evaluation.BIG_ROCK_SCALES with the best
   validation mIoU (what `marsseg train` does; every other rule is compared with it, paired on the same crops);
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from cross_validation import fold_dir
 
-from marsseg.checkpoints import load_model
+from marsseg.checkpoints import check_same_split, load_model
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
@@ -78,6 +79,8 @@ def fold_probabilities(run_dir: Path, images: dict[str, np.ndarray]) -> dict[str
     result = {}
     for which in ("best", "last"):
         model, cfg = load_model(run_dir, which)
+        if cfg.optim.keep != "best":  # best.pt must be the best epoch alone, not already a vote
+            raise SystemExit(f"{run_dir}: kept optim.keep {cfg.optim.keep!r}; the folds of recipes.py keep 'best'")
         result[which] = {
             part: torch.cat(
                 list(
@@ -142,6 +145,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for fold, split in enumerate(splits):
             run_dir = fold_dir(Path(args.out), args.variant, seed, fold)
+            check_same_split(run_dir, split)  # held-out crops the network trained on would flatter every rule
             images = {part: data.images[getattr(split, part)] for part in ("val", "test")}
             probabilities = fold_probabilities(run_dir, images)
             val_masks = torch.from_numpy(data.masks[split.val])

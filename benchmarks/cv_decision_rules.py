@@ -34,7 +34,13 @@ from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
 from marsseg.evaluation import BIG_ROCK_SCALES
-from marsseg.metrics import bootstrap_miou_difference, confusion_matrices_per_image, iou_per_class, mean_iou
+from marsseg.metrics import (
+    bootstrap_miou_difference,
+    confusion_matrices_per_image,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+)
 from marsseg.predict import predict_probabilities
 
 FINE_SCALES = tuple(float(s) for s in np.round(np.geomspace(0.5, 8.0, 25), 3))
@@ -49,7 +55,7 @@ def labels(probabilities: torch.Tensor, factors: tuple[float, ...]) -> torch.Ten
 
 
 def val_miou(probabilities: torch.Tensor, masks: torch.Tensor, factors: tuple[float, ...]) -> float:
-    return mean_iou(confusion_matrices_per_image(masks, labels(probabilities, factors)).sum(dim=0))
+    return mean_iou(confusion_matrix(masks, labels(probabilities, factors)))
 
 
 def best_big_rock(probabilities, masks, scales=BIG_ROCK_SCALES, others=(1.0, 1.0, 1.0)) -> tuple[float, ...]:

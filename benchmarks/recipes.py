@@ -121,6 +121,14 @@ VARIANTS: dict[str, dict] = {
         "optim.epochs": 80,
         "optim.early_stopping_patience": 0,
     },
+    # Today's default with one more decoder step at full resolution (8 channels, the image as its skip) instead of
+    # upsampling the logits; its row: ..._full_res_8_best_and_last_scales_1_0875
+    "cutmix_80_epochs_full_res_8": {
+        "augment.cutmix": 0.5,
+        "model.options": {"full_res": 8},
+        "optim.epochs": 80,
+        "optim.early_stopping_patience": 0,
+    },
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
@@ -178,6 +186,10 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_80_epochs_copy_paste:last",
     ],
     "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": ["cutmix_80_epochs_zoom", "cutmix_80_epochs_zoom:last"],
+    "cutmix_80_epochs_full_res_8_best_and_last_scales_1_0875": [
+        "cutmix_80_epochs_full_res_8",
+        "cutmix_80_epochs_full_res_8:last",
+    ],
     # ... or with snapshots of fixed epochs (folds trained with --snapshot-every 10)
     "cutmix_80_epochs_40_and_last_scales_1_0875": [
         "cutmix_80_epochs_no_early_stop:epoch_40",
@@ -224,6 +236,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_copy_paste_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_full_res_8_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_40_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_60_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_60_and_last_scales_1_0875": SCALES_1_0875,

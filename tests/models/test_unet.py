@@ -60,3 +60,39 @@ def test_bad_levels_are_rejected(levels):
 def test_input_multiple_follows_levels_and_stem():
     assert UNet(width=8).input_multiple == 8 and ResUNet(width=8).input_multiple == 16
     assert UNet(width=8, levels=6, stem_stride=2).input_multiple == 64
+
+
+class TestResUNetFullRes(ModelContract):
+    model_cls = ResUNet
+    kwargs = {"full_res": 4}
+
+
+def test_full_res_step_runs_the_head_at_full_resolution_with_the_image_as_skip():
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = tuple(inputs[0].shape)
+
+        return hook
+
+    for full_res in (0, 4):
+        model = ResUNet(width=8, full_res=full_res).eval()
+        model.head.register_forward_hook(record(f"head {full_res}"))
+        if full_res:
+            model.full_res_skip.register_forward_hook(record("skip"))
+        with torch.no_grad():
+            assert model(torch.zeros(2, 1, 64, 128)).shape == (2, 5, 64, 128)
+    assert shapes == {"head 0": (2, 8, 32, 64), "head 4": (2, 4, 64, 128), "skip": (2, 1, 64, 128)}
+    assert gflops_per_image(ResUNet(width=8, full_res=4)) > gflops_per_image(ResUNet(width=8))
+
+
+@pytest.mark.parametrize("full_res", [-1, 2.0, True])
+def test_bad_full_res_is_rejected(full_res):
+    with pytest.raises(ValueError, match="full_res must be an integer"):
+        ResUNet(full_res=full_res)
+
+
+def test_full_res_needs_a_strided_stem():
+    with pytest.raises(ValueError, match="full_res needs stem_stride=2"):
+        UNet(full_res=8)

@@ -21,6 +21,9 @@ class UNet(nn.Module):
         dropout: channel dropout on the bottom (most abstract) features.
         levels: encoder levels (levels - 1 poolings); H and W must be divisible by 2**(levels - 1) (x2 with a
             strided stem).
+        full_res: with a strided stem, 0 (upsample the logits bilinearly) or the channels of one more decoder step
+            at full resolution, whose skip is a 3x3 conv-bn-relu of the input image: the decoder then sees the
+            image's own pixels, which the strided stem skips, at a small cost in FLOPs.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class UNet(nn.Module):
         residual: bool = False,
         dropout: float = 0.0,
         levels: int = LEVELS,
+        full_res: int = 0,
     ):
         super().__init__()
         check_model_args(in_channels, num_classes, width, dropout)
@@ -57,10 +61,19 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(
             [UpBlock(channels[level + 1], channels[level], channels[level]) for level in reversed(range(levels - 1))]
         )
-        self.head = nn.Conv2d(width, num_classes, 1)
+        if not isinstance(full_res, int) or isinstance(full_res, bool) or full_res < 0:
+            raise ValueError(f"full_res must be an integer >= 0, got {full_res!r}")
+        if full_res and stem_stride == 1:
+            raise ValueError("full_res needs stem_stride=2: without a strided stem the decoder is at full resolution")
+        if full_res:
+            self.full_res_skip = ConvBNReLU(in_channels, full_res)
+            self.full_res_up = UpBlock(width, full_res, full_res)
+        self.full_res = full_res
+        self.head = nn.Conv2d(full_res or width, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]  # (H, W)
+        image = x
         x = self.stem(x)  # (B, in_channels, H, W), or (B, width, H/2, W/2) with stem_stride=2
         skips = []
         for level, block in enumerate(self.encoder):
@@ -71,6 +84,8 @@ class UNet(nn.Module):
         x = self.dropout(skips.pop())  # (B, 8 * width, H' / 8, W' / 8)
         for up in self.decoder:
             x = up(x, skips.pop())  # one level up: double H, W, halve channels
+        if self.full_res:
+            x = self.full_res_up(x, self.full_res_skip(image))  # (B, full_res, H, W)
         logits = self.head(x)  # (B, num_classes, H', W')
         # Upsampling the logits (num_classes channels) is the cheapest place to get back to full size.
         return logits if logits.shape[-2:] == size else resize(logits, size)  # (B, num_classes, H, W)
@@ -81,5 +96,7 @@ class ResUNet(UNet):
     residual. About 4x fewer FLOPs per image than the plain U-Net; on a CPU that buys more epochs in the same
     time."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.0):
-        super().__init__(in_channels, num_classes, width, stem_stride=2, residual=True, dropout=dropout)
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.0, full_res: int = 0
+    ):
+        super().__init__(in_channels, num_classes, width, stem_stride=2, residual=True, dropout=dropout, full_res=full_res)

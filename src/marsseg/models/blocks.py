@@ -5,11 +5,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """Raise a ValueError naming the argument unless `value` is an integer (not a bool) in minimum..maximum."""
+    in_range = minimum <= value and (maximum is None or value <= maximum) if isinstance(value, int) else False
+    if isinstance(value, bool) or not in_range:
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+
 def check_model_args(in_channels: int, num_classes: int, width: int, dropout: float = 0.0) -> None:
     """Raise a ValueError naming the argument when a constructor argument every model shares is bad."""
     for name, value, minimum in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2), ("width", width, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        check_integer(name, value, minimum)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 

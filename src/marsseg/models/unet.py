@@ -3,7 +3,15 @@
 import torch
 from torch import nn
 
-from marsseg.models.blocks import BasicBlock, ConvBNReLU, DoubleConv, UpBlock, check_model_args, resize
+from marsseg.models.blocks import (
+    BasicBlock,
+    ConvBNReLU,
+    DoubleConv,
+    UpBlock,
+    check_integer,
+    check_model_args,
+    resize,
+)
 
 LEVELS = 4  # three poolings: 64x128 -> 8x16 at the bottom (4x8 with a strided stem)
 
@@ -41,8 +49,7 @@ class UNet(nn.Module):
         check_model_args(in_channels, num_classes, width, dropout)
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
-        if not isinstance(levels, int) or isinstance(levels, bool) or not 2 <= levels <= 6:
-            raise ValueError(f"levels must be an integer in 2..6, got {levels!r}")
+        check_integer("levels", levels, 2, 6)
         channels = [width * 2**level for level in range(levels)]
         self.input_multiple = stem_stride * 2 ** (levels - 1)  # H and W must be divisible by this
         block = BasicBlock if residual else DoubleConv
@@ -61,8 +68,7 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(
             [UpBlock(channels[level + 1], channels[level], channels[level]) for level in reversed(range(levels - 1))]
         )
-        if not isinstance(full_res, int) or isinstance(full_res, bool) or full_res < 0:
-            raise ValueError(f"full_res must be an integer >= 0, got {full_res!r}")
+        check_integer("full_res", full_res, 0)
         if full_res and stem_stride == 1:
             raise ValueError("full_res needs stem_stride=2: without a strided stem the decoder is at full resolution")
         if full_res:

@@ -62,6 +62,20 @@ def test_input_multiple_follows_levels_and_stem():
     assert UNet(width=8, levels=6, stem_stride=2).input_multiple == 64
 
 
+class TestResUNetFiveLevels(ModelContract):
+    model_cls = ResUNet
+    kwargs = {"levels": 5}
+
+
+def test_res_unet_passes_levels_on_and_a_fifth_level_adds_parameters_more_than_flops():
+    deeper, default = ResUNet(width=8, levels=5), ResUNet(width=8)
+    assert len(deeper.encoder) == 5 and deeper.input_multiple == 32
+    assert isinstance(deeper.encoder[-1], BasicBlock)
+    # 2x4 pixels at 16 * width channels: 4.0x the parameters for 1.29x the FLOPs
+    assert count_parameters(deeper) > 3.9 * count_parameters(default)
+    assert 1.2 * gflops_per_image(default) < gflops_per_image(deeper) < 1.35 * gflops_per_image(default)
+
+
 class TestResUNetFullRes(ModelContract):
     model_cls = ResUNet
     kwargs = {"full_res": 4}

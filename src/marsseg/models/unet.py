@@ -103,8 +103,21 @@ class ResUNet(UNet):
     time."""
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.0, full_res: int = 0
+        self,
+        in_channels: int = 1,
+        num_classes: int = 5,
+        width: int = 32,
+        dropout: float = 0.0,
+        levels: int = LEVELS,
+        full_res: int = 0,
     ):
         super().__init__(
-            in_channels, num_classes, width, stem_stride=2, residual=True, dropout=dropout, full_res=full_res
+            in_channels,
+            num_classes,
+            width,
+            stem_stride=2,
+            residual=True,
+            dropout=dropout,
+            levels=levels,
+            full_res=full_res,
         )

@@ -57,10 +57,12 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
 
 
 def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(tmp_path, tiny_npz):
+    results = {}
+
     def run(name, **overrides):
         # a learning rate at which validation does not rise every epoch, so that the best and the last differ
         overrides = {"optim.epochs": 4, "optim.lr": 0.02, "big_rock_scale": 1.0, **overrides}
-        fit(tiny_config(tiny_npz, **overrides), tmp_path / name)
+        results[name] = fit(tiny_config(tiny_npz, **overrides), tmp_path / name)
         history = list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
         return json.loads((tmp_path / name / "metrics.json").read_text()), [float(h["val_miou"]) for h in history]
 
@@ -82,6 +84,8 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     # the default: the soft vote of those two networks, the best epoch's and the last's, one training
     both, both_history = run("both")
     assert both_history == history and both["best_epoch"] == [best["best_epoch"], 4]
+    # the vote's validation figure, predicted once for the run's result and metrics.json (big-rock scale 1 here)
+    assert results["both"].best_val_miou == both["val_miou"] == results["both"].val.miou
     vote, _ = load_model(tmp_path / "both")
     best_network, _ = load_model(tmp_path / "best")
     assert isinstance(vote, Ensemble) and len(vote.members) == 2

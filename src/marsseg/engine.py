@@ -49,9 +49,10 @@ from marsseg.distributed import (
     summed_evaluation,
 )
 from marsseg.errors import UserError
-from marsseg.evaluation import Evaluation, evaluate
+from marsseg.evaluation import Evaluation, evaluate, evaluate_probabilities
 from marsseg.finish import finish_run
 from marsseg.losses import build_loss
+from marsseg.predict import predict_probabilities
 from marsseg.semi import UnlabeledStream, build_unlabeled_stream
 from marsseg.training import (
     TrainingState,
@@ -384,16 +385,17 @@ def _end_run(
     if ranks.is_main:
         from marsseg import report
 
+        vote_val = None  # the vote's validation probabilities, predicted once for its figure and finish_run's
         if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
             result.best_epoch, vote = save_best_and_last(run_dir, cfg)
-            vote = vote.to(device)
             val = prepared.split.val
             images, masks = prepared.data.images[val], prepared.data.masks[val]
-            result.best_val_miou = evaluate(vote, images, masks, device=device, **inference_settings(cfg)).miou
+            vote_val = list(predict_probabilities(vote.to(device), images, device=device, **inference_settings(cfg)))
+            result.best_val_miou = evaluate_probabilities(vote_val, masks).miou  # as an epoch's: big-rock scale 1
         report.plot_curves(state.history, run_dir / "curves.png")
         if score_test:
             result.val, result.test = finish_run(
-                run_dir, cfg, prepared, device, result.best_epoch, len(state.history), seconds
+                run_dir, cfg, prepared, device, result.best_epoch, len(state.history), seconds, vote_val
             )
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written its files

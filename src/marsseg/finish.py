@@ -31,10 +31,12 @@ def finish_run(
     best_epoch: int | list[int],
     epochs_run: int,
     train_seconds: float,
+    val_probabilities: list[torch.Tensor] | None = None,
 ) -> tuple[Evaluation, Evaluation | None]:
     """Choose the big-rock scale on validation if asked, then score best.pt (the kept model) on validation and, once,
     on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty).
-    An ensemble run (members.py) passes each member's best epoch and the epochs of all its members."""
+    An ensemble run (members.py) passes each member's best epoch and the epochs of all its members.
+    `val_probabilities`: best.pt's on the validation part, in batches, when the caller has predicted them already."""
     from marsseg import report
 
     model = load_model(run_dir)[0].to(device)
@@ -49,8 +51,10 @@ def finish_run(
         "precision": cfg.precision,
     }
     val_masks = data.masks[split.val]
-    batches = predict_probabilities(model, data.images[split.val], device=device, **inference_settings(cfg))
-    val_probabilities = list(batches)  # predicted once: for the scale, then scored with it
+    if val_probabilities is None:  # predicted once: for the scale, then scored with it
+        val_probabilities = list(
+            predict_probabilities(model, data.images[split.val], device=device, **inference_settings(cfg))
+        )
     scale = cfg.big_rock_scale
     if scale == 0:
         scale, scores = best_big_rock_scale(torch.cat(val_probabilities), val_masks)

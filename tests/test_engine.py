@@ -294,6 +294,7 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     images, masks = prepared.data.images[val], prepared.data.masks[val]
     rescored = evaluate(model, images, masks, **inference_settings(cfg))
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
+    assert f"soft vote of 2 members: validation mIoU {metrics['val_miou']:.4f}" in said  # scale 1: the same figure
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0
     ids, labels = read_submission(tmp_path / "sub.csv")
     assert len(ids) == len(prepared.data.test_images) and set(labels.ravel().tolist()) <= {0, 1, 2, 3, 4}

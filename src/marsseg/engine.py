@@ -50,9 +50,8 @@ from marsseg.distributed import (
 )
 from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation, evaluate, evaluate_probabilities
-from marsseg.finish import finish_run
+from marsseg.finish import finish_run, validation_probabilities
 from marsseg.losses import build_loss
-from marsseg.predict import predict_probabilities
 from marsseg.semi import UnlabeledStream, build_unlabeled_stream
 from marsseg.training import (
     TrainingState,
@@ -388,9 +387,8 @@ def _end_run(
         vote_val = None  # the vote's validation probabilities, predicted once for its figure and finish_run's
         if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
             result.best_epoch, vote = save_best_and_last(run_dir, cfg)
-            val = prepared.split.val
-            images, masks = prepared.data.images[val], prepared.data.masks[val]
-            vote_val = list(predict_probabilities(vote.to(device), images, device=device, **inference_settings(cfg)))
+            vote_val = validation_probabilities(vote, cfg, prepared, device)
+            masks = prepared.data.masks[prepared.split.val]
             result.best_val_miou = evaluate_probabilities(vote_val, masks).miou  # as an epoch's: big-rock scale 1
         report.plot_curves(state.history, run_dir / "curves.png")
         if score_test:

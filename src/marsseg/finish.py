@@ -52,9 +52,7 @@ def finish_run(
     }
     val_masks = data.masks[split.val]
     if val_probabilities is None:  # predicted once: for the scale, then scored with it
-        val_probabilities = list(
-            predict_probabilities(model, data.images[split.val], device=device, **inference_settings(cfg))
-        )
+        val_probabilities = validation_probabilities(model, cfg, prepared, device)
     scale = cfg.big_rock_scale
     if scale == 0:
         scale, scores = best_big_rock_scale(torch.cat(val_probabilities), val_masks)
@@ -78,6 +76,12 @@ def finish_run(
         report.plot_confusion(test.matrix, run_dir / "confusion.png", title="local test part")
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     return val, test
+
+
+def validation_probabilities(model, cfg: Config, prepared: PreparedData, device: torch.device) -> list[torch.Tensor]:
+    """`model`'s probabilities on the validation part, in batches, predicted as the run predicts."""
+    images = prepared.data.images[prepared.split.val]
+    return list(predict_probabilities(model.to(device), images, device=device, **inference_settings(cfg)))
 
 
 def _store_big_rock_scale(path: Path, scale: float) -> None:

@@ -21,12 +21,12 @@ from marsseg.checkpoints import (
     save_checkpoint,
     saved_config,
 )
-from marsseg.config import Config, inference_settings, one_network, to_dict
+from marsseg.config import Config, one_network, to_dict
 from marsseg.data.prepare import PreparedData
 from marsseg.distributed import check_config_for_ranks, init_distributed, process_device
 from marsseg.errors import UserError
-from marsseg.evaluation import evaluate
-from marsseg.finish import finish_run
+from marsseg.evaluation import evaluate_probabilities
+from marsseg.finish import finish_run, validation_probabilities
 from marsseg.models import Ensemble
 from marsseg.training import with_resolved_precision
 
@@ -89,15 +89,15 @@ def fit_members(
     result.members = members
     if ranks.is_main:
         save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
-        val = prepared.split.val
-        images, masks = prepared.data.images[val], prepared.data.masks[val]
-        vote = evaluate(ensemble, images, masks, device=device, **inference_settings(cfg))
-        result.best_val_miou = vote.miou  # as a single run's: without the big-rock scale
-        from marsseg import report
+        vote_val = validation_probabilities(ensemble, cfg, prepared, device)  # predicted once, for finish_run too
+        result.best_val_miou = evaluate_probabilities(vote_val, prepared.data.masks[prepared.split.val]).miou
+        from marsseg import report  # as a single run's figure: without the big-rock scale
 
-        report.plot_member_curves([m.history for m in members], vote.miou, run_dir / "curves.png")
+        report.plot_member_curves([m.history for m in members], result.best_val_miou, run_dir / "curves.png")
         if score_test:
-            result.val, result.test = finish_run(run_dir, cfg, prepared, device, best_epochs, epochs_run, seconds)
+            result.val, result.test = finish_run(
+                run_dir, cfg, prepared, device, best_epochs, epochs_run, seconds, vote_val
+            )
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written the vote's files
     return result

@@ -82,10 +82,13 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     assert history[best["best_epoch"] - 1] == pytest.approx(max(history), abs=1e-5)  # metrics.csv rounds to 5 places
     assert best["val_miou"] == pytest.approx(max(history), abs=1e-5)
     # the default: the soft vote of those two networks, the best epoch's and the last's, one training
-    both, both_history = run("both")
+    both, both_history = run("both", big_rock_scale=0.0)  # the scale chosen on validation, as by default
     assert both_history == history and both["best_epoch"] == [best["best_epoch"], 4]
-    # the vote's validation figure, predicted once for the run's result and metrics.json (big-rock scale 1 here)
-    assert results["both"].best_val_miou == both["val_miou"] == results["both"].val.miou
+    # the vote's figure is unscaled, as an epoch's; metrics.json's is at the scale chosen from the same probabilities
+    scores = both["big_rock_scale_val_miou"]
+    assert results["both"].best_val_miou == pytest.approx(scores["1.0"], abs=1e-5)
+    assert both["val_miou"] == pytest.approx(scores[str(both["big_rock_scale"])], abs=1e-5) == results["both"].val.miou
+    assert both["val_miou"] == pytest.approx(max(scores.values()), abs=1e-5)
     vote, _ = load_model(tmp_path / "both")
     best_network, _ = load_model(tmp_path / "best")
     assert isinstance(vote, Ensemble) and len(vote.members) == 2

@@ -49,8 +49,8 @@ from marsseg.distributed import (
     summed_evaluation,
 )
 from marsseg.errors import UserError
-from marsseg.evaluation import Evaluation, evaluate, evaluate_probabilities
-from marsseg.finish import finish_run, validation_probabilities
+from marsseg.evaluation import Evaluation, evaluate
+from marsseg.finish import finish_run, predict_validation
 from marsseg.losses import build_loss
 from marsseg.semi import UnlabeledStream, build_unlabeled_stream
 from marsseg.training import (
@@ -387,9 +387,7 @@ def _end_run(
         vote_val = None  # the vote's validation probabilities, predicted once for its figure and finish_run's
         if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
             result.best_epoch, vote = save_best_and_last(run_dir, cfg)
-            vote_val = validation_probabilities(vote, cfg, prepared, device)
-            masks = prepared.data.masks[prepared.split.val]
-            result.best_val_miou = evaluate_probabilities(vote_val, masks).miou  # as an epoch's: big-rock scale 1
+            vote_val, result.best_val_miou = predict_validation(vote, cfg, prepared, device)
         report.plot_curves(state.history, run_dir / "curves.png")
         if score_test:
             result.val, result.test = finish_run(

@@ -36,7 +36,7 @@ def finish_run(
     """Choose the big-rock scale on validation if asked, then score best.pt (the kept model) on validation and, once,
     on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty).
     An ensemble run (members.py) passes each member's best epoch and the epochs of all its members.
-    `val_probabilities`: best.pt's on the validation part, in batches, when the caller has predicted them already."""
+    `val_probabilities`: best.pt's on the validation part (predict_validation), when the caller has them already."""
     from marsseg import report
 
     model = load_model(run_dir)[0].to(device)
@@ -52,7 +52,7 @@ def finish_run(
     }
     val_masks = data.masks[split.val]
     if val_probabilities is None:  # predicted once: for the scale, then scored with it
-        val_probabilities = validation_probabilities(model, cfg, prepared, device)
+        val_probabilities = predict_validation(model, cfg, prepared, device)[0]
     scale = cfg.big_rock_scale
     if scale == 0:
         scale, scores = best_big_rock_scale(torch.cat(val_probabilities), val_masks)
@@ -60,7 +60,6 @@ def finish_run(
         _store_big_rock_scale(run_dir / "best.pt", scale)
     metrics["big_rock_scale"] = scale
     val = evaluate_probabilities(val_probabilities, val_masks, big_rock_scale=scale)
-    del val_probabilities
     metrics.update(val_miou=val.miou, val_iou=dict(zip(CLASS_KEYS, val.ious.tolist(), strict=True)))
     test = None
     if len(split.test):
@@ -78,10 +77,14 @@ def finish_run(
     return val, test
 
 
-def validation_probabilities(model, cfg: Config, prepared: PreparedData, device: torch.device) -> list[torch.Tensor]:
-    """`model`'s probabilities on the validation part, in batches, predicted as the run predicts."""
-    images = prepared.data.images[prepared.split.val]
-    return list(predict_probabilities(model.to(device), images, device=device, **inference_settings(cfg)))
+def predict_validation(
+    model: torch.nn.Module, cfg: Config, prepared: PreparedData, device: torch.device
+) -> tuple[list[torch.Tensor], float]:
+    """`model`'s probabilities on the validation part, in batches, predicted as the run predicts, and their mIoU at
+    big-rock scale 1 (an epoch's figure, which `marsseg train` prints and tune maximises)."""
+    images, masks = prepared.data.images[prepared.split.val], prepared.data.masks[prepared.split.val]
+    probabilities = list(predict_probabilities(model.to(device), images, device=device, **inference_settings(cfg)))
+    return probabilities, evaluate_probabilities(probabilities, masks).miou
 
 
 def _store_big_rock_scale(path: Path, scale: float) -> None:

@@ -25,8 +25,7 @@ from marsseg.config import Config, one_network, to_dict
 from marsseg.data.prepare import PreparedData
 from marsseg.distributed import check_config_for_ranks, init_distributed, process_device
 from marsseg.errors import UserError
-from marsseg.evaluation import evaluate_probabilities
-from marsseg.finish import finish_run, validation_probabilities
+from marsseg.finish import finish_run, predict_validation
 from marsseg.models import Ensemble
 from marsseg.training import with_resolved_precision
 
@@ -89,9 +88,9 @@ def fit_members(
     result.members = members
     if ranks.is_main:
         save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
-        vote_val = validation_probabilities(ensemble, cfg, prepared, device)  # predicted once, for finish_run too
-        result.best_val_miou = evaluate_probabilities(vote_val, prepared.data.masks[prepared.split.val]).miou
-        from marsseg import report  # as a single run's figure: without the big-rock scale
+        # predicted once, for the vote's figure (as a single run's: without the big-rock scale) and finish_run
+        vote_val, result.best_val_miou = predict_validation(ensemble, cfg, prepared, device)
+        from marsseg import report
 
         report.plot_member_curves([m.history for m in members], result.best_val_miou, run_dir / "curves.png")
         if score_test:

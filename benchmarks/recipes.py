@@ -202,6 +202,10 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_80_epochs_levels_5",
         "cutmix_80_epochs_levels_5:last",
     ],
+    # ... and each of its two networks alone, as the default's: which of them a fifth level changes
+    "cutmix_80_epochs_best_scales_1_0875": ["cutmix_80_epochs_no_early_stop"],
+    "cutmix_80_epochs_levels_5_best_scales_1_0875": ["cutmix_80_epochs_levels_5"],
+    "cutmix_80_epochs_levels_5_last_scales_1_0875": ["cutmix_80_epochs_levels_5:last"],
     # ... or with snapshots of fixed epochs (folds trained with --snapshot-every 10)
     "cutmix_80_epochs_40_and_last_scales_1_0875": [
         "cutmix_80_epochs_no_early_stop:epoch_40",
@@ -250,6 +254,9 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_full_res_8_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_best_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_levels_5_best_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_levels_5_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_40_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_60_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_60_and_last_scales_1_0875": SCALES_1_0875,

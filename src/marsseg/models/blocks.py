@@ -7,8 +7,8 @@ from torch import nn
 
 def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> None:
     """Raise a ValueError naming the argument unless `value` is an integer (not a bool) in minimum..maximum."""
-    in_range = minimum <= value and (maximum is None or value <= maximum) if isinstance(value, int) else False
-    if isinstance(value, bool) or not in_range:
+    is_integer = isinstance(value, int) and not isinstance(value, bool)
+    if not is_integer or value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
 

@@ -10,6 +10,7 @@ import pytest
 
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
+from marsseg.data.split import kfold_splits
 from marsseg.errors import UserError
 from marsseg.metrics import mean_iou
 from tests.tiny_runs import tiny_config
@@ -175,3 +176,40 @@ def test_snapshots_of_a_fold_are_its_scored_model_after_every_nth_epoch_and_vote
     assert members["checkpoints"] == ["epoch_2", "last"]
     with pytest.raises(ValueError, match="epoch_N"):
         load_model(fold, "epoch_two")
+
+
+def test_fold_counts_pairs_one_rows_runs_image_by_image_and_gives_each_its_training_share(tmp_path, tiny_npz):
+    from fold_counts import fold_count_table, parse_run
+
+    base = load_config(None, {"data.path": str(tiny_npz)})
+    prepared = prepare_data(base.data)
+    samples = len(prepared.data)
+    rng = np.random.default_rng(0)
+    pooled = {}
+    for folds in (2, 3):  # fabricated out-of-fold matrices: a diagonal-heavy confusion matrix per crop
+        out = tmp_path / f"cv{folds}"
+        matrices = rng.integers(0, 50, size=(samples, 5, 5)) + np.eye(5, dtype=np.int64) * 400 * folds
+        pooled[folds] = matrices
+        plan = fold_plan(folds, base.data, prepared)
+        for fold, split in enumerate(kfold_splits(prepared.data, folds, base.data.val_fraction, base.data.split_seed)):
+            run_dir = tmp_path / f"cv{folds}" / f"row_seed0_fold{fold}"
+            run_dir.mkdir(parents=True)
+            np.savez(
+                run_dir / "out_of_fold.npz",
+                indices=split.test,
+                matrices=matrices[split.test],
+                train_seconds=60.0,
+                plan=plan,
+            )
+        assert parse_run(f"{out}:{folds}") == (out, folds)
+    table = fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 2), (tmp_path / "cv3", 3)])
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
+    two, three = (mean_iou(pooled[k].sum(axis=0)) for k in (2, 3))
+    assert three > two  # the diagonal weighs more in the second run
+    assert rows[0][2] == f"{two:.3f}" and rows[1][2] == f"{three:.3f}"
+    assert rows[1][-1].startswith(f"{three - two:+.3f} (")  # paired with the first run
+    assert rows[0][1] < rows[1][1]  # 3 folds train on more of the crops than 2 ("NN%" of equal length)
+    with pytest.raises(SystemExit, match="has not finished all 2 folds of seeds \\[1\\]"):
+        fold_count_table(str(tiny_npz), "row", [1], [(tmp_path / "cv2", 2)])
+    with pytest.raises(SystemExit, match="made for 2 folds"):  # another fold count's folds are never pooled
+        fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 4)])

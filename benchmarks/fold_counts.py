@@ -6,8 +6,8 @@ a network trained on less data than a user's scores. Every crop is scored exactl
 counts are compared image by image (a paired bootstrap over frame groups), as `recipes.py --against` compares levers.
 
 Run (each `OUT:K` a finished `benchmarks/recipes.py --folds K --out OUT` of the row; the first is the reference):
-    .venv/bin/python benchmarks/fold_counts.py --data ../shared/data/mars64.npz
-        --row cutmix_80_epochs_best_and_last_scales_1_0875 --seeds 0 runs/cv2:3 runs/cv5:5
+    .venv/bin/python benchmarks/fold_counts.py --data ../shared/data/mars64.npz \\
+        --row cutmix_80_epochs_best_and_last_scales_1_0875 --seeds 1 runs/cv2:3 runs/cv5:5
 """
 
 from __future__ import annotations
@@ -25,27 +25,35 @@ from marsseg.metrics import bootstrap_miou_difference, bootstrap_miou_interval, 
 
 
 def fold_count_table(data: str, row: str, seeds: list[int], runs: list[tuple[Path, int]]) -> str:
-    """A markdown table: for each (out, folds) of `runs`, the row's training share, its pooled out-of-fold mIoU
-    (seeds summed), interval, per-class IoU and its paired difference from the first run's."""
+    """A markdown table: for each (out, folds) of `runs`, the row's training share, its out-of-fold mIoU of every
+    seed's crops pooled into one matrix (cv.md gives the mean over seeds instead), interval, per-class IoU and its
+    paired difference from the first run's."""
     base = load_config(None, {"data.path": data})
     prepared = prepare_data(base.data)
-    groups = group_ids(prepared.data)
-    header = ["folds", "training share", "CV mIoU", "90 % interval", *CLASSES, f"vs {runs[0][1]} folds (90 %)"]
+    groups, samples = group_ids(prepared.data), len(prepared.data)
+    header = [
+        "folds",
+        "training share",
+        "CV mIoU, seeds pooled",
+        "90 % interval",
+        *CLASSES,
+        f"vs {runs[0][1]} folds (90 %)",
+    ]
     lines = [
         f"{row}, seeds {', '.join(map(str, seeds))}; interval: 90 % bootstrap over {len(np.unique(groups))} groups",
         "",
         "| " + " | ".join(header) + " |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|" + "---|" * len(header),
     ]
     reference = None
     for out, folds in runs:
         plan = fold_plan(folds, base.data, prepared)
-        per_seed = [pooled_matrices(Path(out), row, seed, folds, len(groups), plan) for seed in seeds]
+        per_seed = [pooled_matrices(Path(out), row, seed, folds, samples, plan) for seed in seeds]
         if any(pooled is None for pooled in per_seed):
             raise SystemExit(f"{out}: {row} has not finished all {folds} folds of seeds {seeds}")
         matrices = sum(m for m, _ in per_seed)
         splits = kfold_splits(prepared.data, folds, base.data.val_fraction, base.data.split_seed)
-        share = np.mean([len(split.train) for split in splits]) / len(groups)
+        share = np.mean([len(split.train) for split in splits]) / samples
         low, high = bootstrap_miou_interval(matrices, groups)
         comparison = ""
         if reference is None:
@@ -63,8 +71,10 @@ def fold_count_table(data: str, row: str, seeds: list[int], runs: list[tuple[Pat
 
 def parse_run(text: str) -> tuple[Path, int]:
     out, _, folds = text.rpartition(":")
-    if not out or not folds.isdigit():
-        raise argparse.ArgumentTypeError(f"{text}: expected OUT:K, a cross-validation folder and its fold count")
+    if not out or not folds.isdigit() or int(folds) < 2:
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected OUT:K, a cross-validation folder and its fold count, 2 or more"
+        )
     return Path(out), int(folds)
 
 
@@ -72,10 +82,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the .npz the runs were cross-validated on")
     parser.add_argument("--row", required=True, help="a row of benchmarks/recipes.py finished in every run")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, summed")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds, pooled")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("runs", nargs="+", type=parse_run, help="OUT:K, the first the reference")
     args = parser.parse_args()
-    print(fold_count_table(args.data, args.row, [int(s) for s in args.seeds.split(",")], args.runs))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    print(fold_count_table(args.data, args.row, seeds, args.runs))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/cross_validation.py: every labeled crop scored once, out of fold, and pooled."""
 
+import argparse
 import json
 import sys
 from argparse import Namespace
@@ -12,7 +13,7 @@ from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import kfold_splits
 from marsseg.errors import UserError
-from marsseg.metrics import mean_iou
+from marsseg.metrics import iou_per_class, mean_iou
 from tests.tiny_runs import tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -192,7 +193,7 @@ def test_fold_counts_pairs_one_rows_runs_image_by_image_and_gives_each_its_train
         pooled[folds] = matrices
         plan = fold_plan(folds, base.data, prepared)
         for fold, split in enumerate(kfold_splits(prepared.data, folds, base.data.val_fraction, base.data.split_seed)):
-            run_dir = tmp_path / f"cv{folds}" / f"row_seed0_fold{fold}"
+            run_dir = out / f"row_seed0_fold{fold}"
             run_dir.mkdir(parents=True)
             np.savez(
                 run_dir / "out_of_fold.npz",
@@ -202,13 +203,22 @@ def test_fold_counts_pairs_one_rows_runs_image_by_image_and_gives_each_its_train
                 plan=plan,
             )
         assert parse_run(f"{out}:{folds}") == (out, folds)
+    for bad in ("runs", "runs:x", "runs:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected OUT:K"):
+            parse_run(bad)
     table = fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 2), (tmp_path / "cv3", 3)])
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
+    for row, folds in zip(rows, (2, 3), strict=True):
+        assert row[2] == f"{mean_iou(pooled[folds].sum(axis=0)):.3f}"
+        assert row[4:8] == [f"{v:.3f}" for v in iou_per_class(pooled[folds].sum(axis=0))]
+        share = float(row[1].rstrip("%")) / 100  # about 1 - 1/K - val_fraction: whole groups, so not exactly
+        assert share == pytest.approx(1 - 1 / folds - base.data.val_fraction, abs=0.05)
     two, three = (mean_iou(pooled[k].sum(axis=0)) for k in (2, 3))
     assert three > two  # the diagonal weighs more in the second run
-    assert rows[0][2] == f"{two:.3f}" and rows[1][2] == f"{three:.3f}"
     assert rows[1][-1].startswith(f"{three - two:+.3f} (")  # paired with the first run
-    assert rows[0][1] < rows[1][1]  # 3 folds train on more of the crops than 2 ("NN%" of equal length)
+    # a run against itself: a paired bootstrap resamples the same groups for both, so the interval has no width
+    itself = fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 2), (tmp_path / "cv2", 2)])
+    assert itself.splitlines()[-1].endswith("| +0.000 (+0.000 to +0.000) |")
     with pytest.raises(SystemExit, match="has not finished all 2 folds of seeds \\[1\\]"):
         fold_count_table(str(tiny_npz), "row", [1], [(tmp_path / "cv2", 2)])
     with pytest.raises(SystemExit, match="made for 2 folds"):  # another fold count's folds are never pooled

@@ -39,6 +39,11 @@ from marsseg.metrics import bootstrap_miou_difference, bootstrap_miou_interval, 
 CLASSES = ("soil", "bedrock", "sand", "big_rock")
 
 
+def difference_text(difference: float, low: float, high: float) -> str:
+    """A paired difference and its 90 % interval as the tables print it: "+0.008 (-0.004 to +0.019)"."""
+    return f"{difference:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
 def fold_dir(out: Path, name: str, seed: int, fold: int) -> Path:
     return out / f"{name}_seed{seed}_fold{fold}"
 
@@ -219,7 +224,7 @@ def write_table(
             theirs = sum(pooled[against][s][0] for s in shared)
             difference, d_low, d_high = bootstrap_miou_difference(ours, theirs, groups)
             differences[name] = (difference, d_low, d_high)
-            comparison = f"{difference:+.3f} ({d_low:+.3f} to {d_high:+.3f})"
+            comparison = difference_text(difference, d_low, d_high)
         minutes = np.mean([m for _, m in runs.values()]) / folds
         lines.append(
             f"| {name} | {len(runs)} | {per_seed.mean():.3f}{spread} | {low:.3f}-{high:.3f} | "

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cross_validation import fold_dir
+from cross_validation import difference_text, fold_dir
 
 from marsseg.checkpoints import check_same_split, load_model
 from marsseg.config import load_config
@@ -167,11 +167,7 @@ def main() -> None:
         mious = [mean_iou(m.sum(axis=0)) for m in per_seed.values()]
         ious = np.mean([iou_per_class(m.sum(axis=0)) for m in per_seed.values()], axis=0)
         summed, baseline = sum(per_seed.values()), sum(matrices[BASELINE].values())
-        comparison = (
-            ""
-            if rule == BASELINE
-            else "{:+.3f} ({:+.3f} to {:+.3f})".format(*bootstrap_miou_difference(summed, baseline, groups))
-        )
+        comparison = "" if rule == BASELINE else difference_text(*bootstrap_miou_difference(summed, baseline, groups))
         print(
             f"| {rule} | {np.mean(mious):.3f} | "
             + " | ".join(f"{v:.3f}" for v in ious)

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from cross_validation import CLASSES, fold_plan, pooled_matrices
+from cross_validation import CLASSES, difference_text, fold_plan, pooled_matrices
 
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
@@ -59,8 +59,7 @@ def fold_count_table(data: str, row: str, seeds: list[int], runs: list[tuple[Pat
         if reference is None:
             reference = matrices
         else:
-            difference, d_low, d_high = bootstrap_miou_difference(matrices, reference, groups)
-            comparison = f"{difference:+.3f} ({d_low:+.3f} to {d_high:+.3f})"
+            comparison = difference_text(*bootstrap_miou_difference(matrices, reference, groups))
         ious = " | ".join(f"{v:.3f}" for v in iou_per_class(matrices.sum(axis=0)))
         lines.append(
             f"| {folds} | {share:.0%} | {mean_iou(matrices.sum(axis=0)):.3f} | {low:.3f}-{high:.3f} | {ious} | "

@@ -137,6 +137,14 @@ VARIANTS: dict[str, dict] = {
         "optim.epochs": 80,
         "optim.early_stopping_patience": 0,
     },
+    # Today's default with a weight decay 1000x its own (AdamW's decoupled decay, 1e-4 -> 0.1): against the few
+    # training rocks learned by heart late in the schedule; its row: ..._weight_decay_0_1_best_and_last_scales_1_0875
+    "cutmix_80_epochs_weight_decay_0_1": {
+        "augment.cutmix": 0.5,
+        "optim.weight_decay": 0.1,
+        "optim.epochs": 80,
+        "optim.early_stopping_patience": 0,
+    },
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
@@ -202,6 +210,10 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_80_epochs_levels_5",
         "cutmix_80_epochs_levels_5:last",
     ],
+    "cutmix_80_epochs_weight_decay_0_1_best_and_last_scales_1_0875": [
+        "cutmix_80_epochs_weight_decay_0_1",
+        "cutmix_80_epochs_weight_decay_0_1:last",
+    ],
     # ... and each of its two networks alone, as the default's: which of them a fifth level changes
     "cutmix_80_epochs_best_scales_1_0875": ["cutmix_80_epochs_no_early_stop"],
     "cutmix_80_epochs_levels_5_best_scales_1_0875": ["cutmix_80_epochs_levels_5"],
@@ -254,6 +266,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_zoom_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_full_res_8_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_weight_decay_0_1_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_best_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_last_scales_1_0875": SCALES_1_0875,

@@ -145,6 +145,14 @@ VARIANTS: dict[str, dict] = {
         "optim.epochs": 80,
         "optim.early_stopping_patience": 0,
     },
+    # Today's default with half of the crops whose frame partner is in the training part served as a window across
+    # the seam (augment.frame_shift); its row: ..._frame_shift_best_and_last_scales_1_0875
+    "cutmix_80_epochs_frame_shift": {
+        "augment.cutmix": 0.5,
+        "augment.frame_shift": 0.5,
+        "optim.epochs": 80,
+        "optim.early_stopping_patience": 0,
+    },
 }
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
@@ -214,6 +222,10 @@ ENSEMBLES: dict[str, list[str]] = {
         "cutmix_80_epochs_weight_decay_0_1",
         "cutmix_80_epochs_weight_decay_0_1:last",
     ],
+    "cutmix_80_epochs_frame_shift_best_and_last_scales_1_0875": [
+        "cutmix_80_epochs_frame_shift",
+        "cutmix_80_epochs_frame_shift:last",
+    ],
     # ... and each of its two networks alone, as the default's: which of them a fifth level changes
     "cutmix_80_epochs_best_scales_1_0875": ["cutmix_80_epochs_no_early_stop"],
     "cutmix_80_epochs_levels_5_best_scales_1_0875": ["cutmix_80_epochs_levels_5"],
@@ -267,6 +279,7 @@ ROW_INFERENCE: dict[str, dict] = {
     "cutmix_80_epochs_full_res_8_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_weight_decay_0_1_best_and_last_scales_1_0875": SCALES_1_0875,
+    "cutmix_80_epochs_frame_shift_best_and_last_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_best_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_best_scales_1_0875": SCALES_1_0875,
     "cutmix_80_epochs_levels_5_last_scales_1_0875": SCALES_1_0875,

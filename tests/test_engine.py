@@ -186,9 +186,9 @@ def test_fit_with_curriculum_rare_crops_and_warm_restarts(tmp_path, tiny_npz, ca
     assert len(err.splitlines()) == 1 and "curriculum" in err and not (tmp_path / "r").exists()
 
 
-def test_training_on_frames_trains_on_units_of_two_crops_height(tmp_path, tiny_npz, capsys):
+def test_training_on_frames_trains_on_units_and_frame_shift_on_the_training_parts_pairs(tmp_path, tiny_npz, capsys):
     from marsseg.data.prepare import prepare_data
-    from marsseg.data.split import frame_halves
+    from marsseg.data.split import frame_halves, frames_among
     from marsseg.distributed import Ranks
     from marsseg.engine import _training_loader
 
@@ -202,6 +202,12 @@ def test_training_on_frames_trains_on_units_of_two_crops_height(tmp_path, tiny_n
     assert len(dataset.images) == len(prepared.split.train) - (below >= 0).sum()  # one unit a frame, one a lone crop
     result = fit(cfg, tmp_path / "run", score_test=False)
     assert result.epochs_run == cfg.optim.epochs and 0 < result.best_val_miou <= 1
+    shifting = _training_loader(tiny_config(tiny_npz, **{"augment.frame_shift": 0.5}), prepared, Ranks(0, 1))[0]
+    assert shifting.frame_shift == 0.5 and shifting.images.shape[1:] == (64, 128)  # crops, not units
+    assert np.array_equal(shifting.below, frames_among(prepared.data.images, prepared.split.train))
+    tops = np.flatnonzero(shifting.below >= 0)
+    assert np.isin(tops, prepared.split.train).all() and np.isin(shifting.below[tops], prepared.split.train).all()
+    assert (_training_loader(tiny_config(tiny_npz), prepared, Ranks(0, 1))[0].below == -1).all()  # off by default
     flags = ["--set", "data.train_on_frames=true", "--semi", "1"]
     assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), *FAST, *flags]) == 2
     err = capsys.readouterr().err.strip()

@@ -81,6 +81,10 @@ class AugmentConfig:
     # with this probability, a box (10-50 % of the crop) comes from another training crop: +0.009 cross-validated
     # over three seeds (README, Recipes), the one single-model lever whose paired interval clears zero
     cutmix: float = 0.5
+    # Frame shift (data/mixing.py): with this probability a crop whose frame's other half is also in the training part
+    # (data.split.frame_halves over that part) is replaced by a window of the crop's size cut from the joined frame at
+    # a random height between the two halves: terrain views that straddle the seam, at the same cost.
+    frame_shift: float = 0.0
 
 
 @dataclass

@@ -38,7 +38,7 @@ from marsseg.data.dataset import SegmentationDataset, make_loader
 from marsseg.data.frames import whole_frame_units
 from marsseg.data.prepare import PreparedData, prepare_data, recorded_fingerprint, write_data_record
 from marsseg.data.sampling import curriculum_indices, oversample_rare_class, rare_class_sampler
-from marsseg.data.split import Split, frame_halves
+from marsseg.data.split import Split, frame_halves, frames_among
 from marsseg.distributed import (
     Ranks,
     check_config_for_ranks,
@@ -193,10 +193,13 @@ def _training_loader(
     """The training part, oversampled and augmented, in this process's share of every batch."""
     data, split = prepared.data, prepared.split
     images, masks, train_indices = data.images, data.masks, split.train
+    below = None  # the frames whose halves are both in the training part, for augment.frame_shift
     if cfg.data.train_on_frames:  # units of two crops' height: frames (found among training crops), and lone crops
         images, masks = data.images[split.train], data.masks[split.train]
         images, masks = whole_frame_units(images, masks, frame_halves(images))
         train_indices = np.arange(len(images))
+    elif cfg.augment.frame_shift > 0:
+        below = frames_among(data.images, split.train)
     # Oversampling happens here, on the training part only, after the split.
     sampler = None
     if cfg.data.sampler == "repeat":
@@ -214,6 +217,8 @@ def _training_loader(
         cfg.augment.copy_paste,
         cfg.augment.copy_paste_count,
         cfg.augment.cutmix,
+        cfg.augment.frame_shift,
+        below,
     )
     batch_size = cfg.optim.batch_size // ranks.world
     drop_last = len(dataset) > cfg.optim.batch_size

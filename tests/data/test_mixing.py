@@ -1,7 +1,8 @@
 import numpy as np
+import torch
 
 from marsseg.data.dataset import SegmentationDataset
-from marsseg.data.mixing import class_components, cutmix, cutmix_box, paste_components
+from marsseg.data.mixing import class_components, cutmix, cutmix_box, frame_window, paste_components
 
 
 def rock_crop():
@@ -78,3 +79,51 @@ def test_dataset_pastes_and_mixes_with_their_probabilities_and_seed():
     mixing.reseed(0)
     mixed = [np.unique(mixing[i][1].numpy()).tolist() for i in range(1, 200, 2)]  # plain crops (label 2)
     assert np.mean([1 in labels for labels in mixed]) > 0.3  # boxes of crop 0's soil in about half
+
+
+def numbered_frame():
+    """A frame's two halves whose pixels hold their row in the frame (0..127), masks their half (1 top, 2 bottom)."""
+    rows = np.repeat(np.arange(128, dtype=np.uint8)[:, None], 128, axis=1)
+    halves = np.ones((128, 128), np.uint8)
+    halves[64:] = 2
+    return (rows[:64], halves[:64]), (rows[64:], halves[64:])
+
+
+def test_frame_window_is_a_window_of_the_joined_frame_between_its_halves():
+    top, bottom = numbered_frame()
+    starts = []
+    for seed in range(300):
+        image, mask = frame_window(top, bottom, np.random.default_rng(seed))
+        start = int(image[0, 0])
+        assert image.shape == (64, 128) and mask.shape == (64, 128)
+        assert (image == np.arange(start, start + 64, dtype=np.uint8)[:, None]).all()  # 64 consecutive frame rows
+        assert np.array_equal(mask == 2, image >= 64)  # each label stayed with its pixel
+        starts.append(start)
+    assert min(starts) == 1 and max(starts) == 63  # always rows of both halves, every height drawn
+    assert (top[0] == np.arange(64)[:, None]).all()  # the inputs are untouched
+
+
+def test_dataset_shifts_only_crops_whose_frame_partner_it_was_given():
+    top, bottom = numbered_frame()
+    lone = np.full((64, 128), 200, np.uint8), np.full((64, 128), 3, np.uint8)
+    images, masks = np.stack([top[0], lone[0], bottom[0]]), np.stack([top[1], lone[1], bottom[1]])
+    below = np.array([2, -1, -1])  # crop 2 is under crop 0
+    indices = np.array([0, 1, 2] * 100)
+    shifting = SegmentationDataset(images, masks, indices, frame_shift=1.0, below=below)
+    shifting.reseed(0)
+    served = [shifting[i] for i in range(len(indices))]
+    firsts = [int(round(float(x[0, 0, 0]) * 127.5 + 127.5)) for x, _ in served]  # back to gray: the first row
+    assert all(1 <= first <= 63 for first in firsts[0::3] + firsts[2::3])  # both halves served as windows
+    assert len(set(firsts[0::3])) > 20
+    assert all(torch.equal(y, torch.full((64, 128), 3)) for _, y in served[1::3])  # the lone crop as it was
+    for (_, y), first in zip(served, firsts, strict=True):
+        if first < 64:
+            assert torch.equal(y == 2, torch.arange(first, first + 64)[:, None].expand(64, 128) >= 64)
+    unshifted = SegmentationDataset(images, masks, indices, frame_shift=0.0, below=below)
+    assert int(round(float(unshifted[0][0][0, 0, 0]) * 127.5 + 127.5)) == 0
+    half = SegmentationDataset(images, masks, indices, frame_shift=0.5, below=below)
+    half.reseed(1)
+    shifted = np.mean([int(round(float(half[i][0][0, 0, 0]) * 127.5 + 127.5)) != 0 for i in range(0, 300, 3)])
+    assert 0.35 < shifted < 0.65
+    shifting.reseed(0)
+    assert [int(round(float(shifting[i][0][0, 0, 0]) * 127.5 + 127.5)) for i in range(len(indices))] == firsts

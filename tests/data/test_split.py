@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from marsseg.data.io import MarsData
-from marsseg.data.split import Split, frame_halves, group_ids, kfold_splits, split_data
+from marsseg.data.split import Split, frame_halves, frames_among, group_ids, kfold_splits, split_data
 from tests.frames import shuffled_halves
 
 
@@ -83,6 +83,21 @@ def test_frame_halves_pairs_each_top_with_its_own_bottom_and_leaves_unrelated_cr
     assert (tops < 80).all() and (below[tops] < 80).all()  # no noise crop is paired
     assert len(np.union1d(tops, below[tops])) == 2 * len(tops)  # a crop is in one pair at most
     assert (frame_halves(images[:1]) == -1).all() and len(frame_halves(images[:0])) == 0
+
+
+def test_frames_among_pairs_only_crops_of_the_indices_and_answers_over_all_crops():
+    images, frame_of = shuffled_halves(30, seed=3)
+    everywhere = frame_halves(images)
+    assert (everywhere >= 0).sum() >= 28
+    indices = np.arange(0, 60, 2)[::-1]  # every other crop, in any order
+    below = frames_among(images, indices)
+    assert below.shape == (60,)
+    tops = np.flatnonzero(below >= 0)
+    assert np.isin(tops, indices).all() and np.isin(below[tops], indices).all()  # no pair leaves the indices
+    assert (frame_of[tops] == frame_of[below[tops]]).all()
+    both_in = [t for t in np.flatnonzero(everywhere >= 0) if t in indices and everywhere[t] in indices]
+    assert sorted(tops.tolist()) == sorted(both_in) and len(both_in) > 0  # the same pairs as over all crops
+    assert (frames_among(images, np.arange(60)) == everywhere).all()
 
 
 def test_frame_halves_on_mars64_pairs_crops_whose_masks_continue_across_the_seam(real_npz):

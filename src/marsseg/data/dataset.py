@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from marsseg.data.augment import augment_pair, crop_around_class
-from marsseg.data.mixing import class_components, cutmix, paste_components
+from marsseg.data.mixing import class_components, cutmix, frame_window, paste_components
 
 # Fixed scaling (not fitted to the data, so a checkpoint needs no statistics): gray 0..255 -> about -1..1.
 PIXEL_CENTER, PIXEL_SCALE = 127.5, 127.5
@@ -30,7 +30,9 @@ class SegmentationDataset(Dataset):
     Indices may repeat (oversampling); each repetition is augmented independently. Before `pipeline`, with their
     probabilities: a big-rock image is replaced by a zoom centred on its big rock (`rare_crop`); 1..`copy_paste_count`
     big-rock components cut from the crops of `indices` are pasted onto the image (`copy_paste`, data/mixing.py); a
-    box of another crop of `indices` replaces the same box of the image and its mask (`cutmix`).
+    box of another crop of `indices` replaces the same box of the image and its mask (`cutmix`). First of all, with
+    `frame_shift`, a crop with a frame partner in `below` ((N,) the crop under each top half, else -1; found among
+    the crops of `indices` only) is replaced by a window between the two halves (mixing.frame_window).
     """
 
     def __init__(
@@ -45,12 +47,18 @@ class SegmentationDataset(Dataset):
         copy_paste: float = 0.0,
         copy_paste_count: int = 2,
         cutmix: float = 0.0,
+        frame_shift: float = 0.0,
+        below: np.ndarray | None = None,
     ):
         self.images, self.masks, self.indices = images, masks, np.asarray(indices)
         self.pipeline, self.in_channels = pipeline, in_channels
         self.rare_crop, self.rare_crop_min_scale = rare_crop, rare_crop_min_scale
         self.copy_paste, self.copy_paste_count, self.cutmix = copy_paste, copy_paste_count, cutmix
         self.components = class_components(images, masks, self.indices) if copy_paste > 0 else []
+        self.frame_shift = frame_shift
+        self.below = np.full(len(images), -1) if below is None else np.asarray(below)
+        self.above = np.full(len(images), -1)
+        self.above[self.below[self.below >= 0]] = np.nonzero(self.below >= 0)[0]
         self.rng = np.random.default_rng(0)
 
     def __len__(self) -> int:
@@ -67,6 +75,11 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices[position]
         image, mask = self.images[index], self.masks[index]
+        top, bottom = (index, self.below[index]) if self.below[index] >= 0 else (self.above[index], index)
+        if self.frame_shift > 0 and top >= 0 and bottom >= 0 and self.rng.random() < self.frame_shift:
+            image, mask = frame_window(
+                (self.images[top], self.masks[top]), (self.images[bottom], self.masks[bottom]), self.rng
+            )
         if self.rare_crop > 0 and self.rng.random() < self.rare_crop:
             image, mask = crop_around_class(image, mask, self.rng, self.rare_crop_min_scale)
         if self.copy_paste > 0 and self.rng.random() < self.copy_paste:

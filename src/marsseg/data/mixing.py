@@ -1,5 +1,5 @@
-"""Augmentations that mix training crops: big-rock copy-paste and CutMix. Both draw only from the training part
-(the dataset they are given), after the split, so no held-out pixel reaches training.
+"""Augmentations that mix training crops: big-rock copy-paste, CutMix and frame shift. All draw only from the
+training part (the dataset they are given), after the split, so no held-out pixel reaches training.
 
 Big rock is under 1 % of the pixels and sits in a few hundred crops; pasting its connected components onto other
 crops shows the model more rocks on more backgrounds, and CutMix puts label boundaries where no frame had them.
@@ -89,4 +89,16 @@ def cutmix(
     window = cutmix_box(*mask.shape, rng)
     image, mask = image.copy(), mask.copy()
     image[window], mask[window] = other_image[window], other_mask[window]
+    return image, mask
+
+
+def frame_window(
+    top: tuple[np.ndarray, np.ndarray], bottom: tuple[np.ndarray, np.ndarray], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A window of one half's size from the frame of two halves, `top` (image, mask) above `bottom`, starting
+    1 .. H - 1 rows down, so that it holds rows of both halves. Returns new arrays."""
+    height = top[1].shape[0]
+    start = int(rng.integers(1, height))
+    image = np.concatenate([top[0][start:], bottom[0][:start]])
+    mask = np.concatenate([top[1][start:], bottom[1][:start]])
     return image, mask

@@ -144,6 +144,18 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
     return below
 
 
+def frames_among(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """frame_halves over the crops `indices` only, as (N,) over all of `images`: for each top half among them the
+    index of its bottom half, -1 for every other crop (so that no pair reaches outside `indices`, e.g. the training
+    part)."""
+    indices = np.unique(indices)
+    local = frame_halves(images[indices])
+    below = np.full(len(images), -1, dtype=np.int64)
+    tops = np.nonzero(local >= 0)[0]
+    below[indices[tops]] = indices[local[tops]]
+    return below
+
+
 def frame_units(below: np.ndarray) -> list[list[int]]:
     """[top, bottom] for each pair of `below` (frame_halves' result) and [i] for every other crop, in the order of
     their first crop."""

@@ -206,12 +206,17 @@ def test_training_on_frames_trains_on_units_and_frame_shift_on_the_training_part
     assert shifting.frame_shift == 0.5 and shifting.images.shape[1:] == (64, 128)  # crops, not units
     assert np.array_equal(shifting.below, frames_among(prepared.data.images, prepared.split.train))
     tops = np.flatnonzero(shifting.below >= 0)
+    assert len(tops) > 0  # the tiny set's training part holds a few crops that frame_halves pairs
     assert np.isin(tops, prepared.split.train).all() and np.isin(shifting.below[tops], prepared.split.train).all()
     assert (_training_loader(tiny_config(tiny_npz), prepared, Ranks(0, 1))[0].below == -1).all()  # off by default
-    flags = ["--set", "data.train_on_frames=true", "--semi", "1"]
-    assert main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "r"), *FAST, *flags]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "semi.weight" in err and not (tmp_path / "r").exists()
+    for flags, field in (
+        (["--semi", "1"], "semi.weight"),
+        (["--set", "augment.frame_shift=0.5"], "augment.frame_shift"),  # units have no seam to shift across
+    ):
+        args = ["--out", str(tmp_path / "r"), *FAST, "--set", "data.train_on_frames=true", *flags]
+        assert main(["train", "--data", str(tiny_npz), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and field in err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -82,8 +82,8 @@ class AugmentConfig:
     # over three seeds (README, Recipes), the one single-model lever whose paired interval clears zero
     cutmix: float = 0.5
     # Frame shift (data/mixing.py): with this probability a crop whose frame's other half is also in the training part
-    # (data.split.frame_halves over that part) is replaced by a window of the crop's size cut from the joined frame at
-    # a random height between the two halves: terrain views that straddle the seam, at the same cost.
+    # (data.split.frames_among) is replaced by a window of the crop's size cut from the joined frame at a random
+    # height between the two halves: terrain views that straddle the seam, at the same cost.
     frame_shift: float = 0.0
 
 
@@ -332,7 +332,7 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field 'augment.{f.name}': found {value}, expected {expected}")
     if config.data.curriculum_epochs and config.data.sampler != "repeat":
         raise ConfigError(f"{source}: field 'data.curriculum_epochs' needs data.sampler 'repeat'")
-    for dotted in ("data.curriculum_epochs", "semi.weight"):  # both draw crops of the file, not training units
+    for dotted in ("data.curriculum_epochs", "semi.weight", "augment.frame_shift"):  # crops of the file, not units
         if config.data.train_on_frames and get_field(config, dotted):
             raise ConfigError(
                 f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected 0 with data.train_on_frames"

@@ -103,6 +103,11 @@ def test_frame_window_is_a_window_of_the_joined_frame_between_its_halves():
     assert (top[0] == np.arange(64)[:, None]).all()  # the inputs are untouched
 
 
+def first_gray(served) -> int:
+    """The gray value of a served crop's first pixel (the dataset scales 0..255 to about -1..1)."""
+    return int(round(float(served[0][0, 0, 0]) * 127.5 + 127.5))
+
+
 def test_dataset_shifts_only_crops_whose_frame_partner_it_was_given():
     top, bottom = numbered_frame()
     lone = np.full((64, 128), 200, np.uint8), np.full((64, 128), 3, np.uint8)
@@ -112,7 +117,7 @@ def test_dataset_shifts_only_crops_whose_frame_partner_it_was_given():
     shifting = SegmentationDataset(images, masks, indices, frame_shift=1.0, below=below)
     shifting.reseed(0)
     served = [shifting[i] for i in range(len(indices))]
-    firsts = [int(round(float(x[0, 0, 0]) * 127.5 + 127.5)) for x, _ in served]  # back to gray: the first row
+    firsts = [first_gray(item) for item in served]  # the first row of the frame the window starts at
     assert all(1 <= first <= 63 for first in firsts[0::3] + firsts[2::3])  # both halves served as windows
     assert len(set(firsts[0::3])) > 20
     assert all(torch.equal(y, torch.full((64, 128), 3)) for _, y in served[1::3])  # the lone crop as it was
@@ -120,10 +125,10 @@ def test_dataset_shifts_only_crops_whose_frame_partner_it_was_given():
         if first < 64:
             assert torch.equal(y == 2, torch.arange(first, first + 64)[:, None].expand(64, 128) >= 64)
     unshifted = SegmentationDataset(images, masks, indices, frame_shift=0.0, below=below)
-    assert int(round(float(unshifted[0][0][0, 0, 0]) * 127.5 + 127.5)) == 0
+    assert [first_gray(unshifted[i]) for i in range(3)] == [0, 200, 64]
     half = SegmentationDataset(images, masks, indices, frame_shift=0.5, below=below)
     half.reseed(1)
-    shifted = np.mean([int(round(float(half[i][0][0, 0, 0]) * 127.5 + 127.5)) != 0 for i in range(0, 300, 3)])
+    shifted = np.mean([first_gray(half[i]) != 0 for i in range(0, 300, 3)])
     assert 0.35 < shifted < 0.65
     shifting.reseed(0)
-    assert [int(round(float(shifting[i][0][0, 0, 0]) * 127.5 + 127.5)) for i in range(len(indices))] == firsts
+    assert [first_gray(shifting[i]) for i in range(len(indices))] == firsts

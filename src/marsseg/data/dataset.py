@@ -28,11 +28,12 @@ class SegmentationDataset(Dataset):
     """Samples `indices` of (images, masks), augmented by `pipeline` when given.
 
     Indices may repeat (oversampling); each repetition is augmented independently. Before `pipeline`, with their
-    probabilities: a big-rock image is replaced by a zoom centred on its big rock (`rare_crop`); 1..`copy_paste_count`
-    big-rock components cut from the crops of `indices` are pasted onto the image (`copy_paste`, data/mixing.py); a
-    box of another crop of `indices` replaces the same box of the image and its mask (`cutmix`). First of all, with
-    `frame_shift`, a crop with a frame partner in `below` ((N,) the crop under each top half, else -1; found among
-    the crops of `indices` only) is replaced by a window between the two halves (mixing.frame_window).
+    probabilities: a crop whose frame partner is in `below` ((N,) the crop under each top half, else -1: pairs within
+    `indices`, split.frames_among) is replaced by a window between the two halves (`frame_shift`,
+    mixing.frame_window); a big-rock image is replaced by a zoom centred on its big rock (`rare_crop`);
+    1..`copy_paste_count` big-rock components cut from the crops of `indices` are pasted onto the image
+    (`copy_paste`, data/mixing.py); a box of another crop of `indices` replaces the same box of the image and its mask
+    (`cutmix`).
     """
 
     def __init__(

@@ -145,14 +145,13 @@ def frame_halves(images: np.ndarray) -> np.ndarray:
 
 
 def frames_among(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """frame_halves over the crops `indices` only, as (N,) over all of `images`: for each top half among them the
-    index of its bottom half, -1 for every other crop (so that no pair reaches outside `indices`, e.g. the training
-    part)."""
-    indices = np.unique(indices)
-    local = frame_halves(images[indices])
-    below = np.full(len(images), -1, dtype=np.int64)
-    tops = np.nonzero(local >= 0)[0]
-    below[indices[tops]] = indices[local[tops]]
+    """(N,) for each crop of `indices` that is the top half of a frame whose bottom half is also among `indices`, that
+    bottom half's index; -1 for every other crop. The pairs are frame_halves' over all of `images` (images only, never
+    masks): matched among `indices` alone, a crop whose own partner is outside them could pair with another."""
+    below = frame_halves(images)
+    inside = np.zeros(len(images), dtype=bool)
+    inside[indices] = True
+    below[~inside | ~inside[np.maximum(below, 0)] | (below < 0)] = -1
     return below
 
 

@@ -376,6 +376,7 @@ def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
         "model.members": 1,
         "optim.epochs": 40,  # every row's until the default's 80
         "augment.cutmix": 0.0,
+        "augment.frame_shift": 0.0,  # every row's until cutmix_80_epochs_frame_shift
         # the best epoch on validation, early stopping after 15 epochs without one: every row until optim.keep
         "optim.keep": "best",
         "optim.early_stopping_patience": 15,

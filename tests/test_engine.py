@@ -110,6 +110,8 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     del old["optim"]["keep"]
     old["optim"]["early_stopping_patience"] = 15
     assert from_dict(old).optim.keep == "best"
+    del old["augment"]["frame_shift"]  # ... and one written before frame_shift trained without it
+    assert from_dict(old).augment.frame_shift == 0.0 and load_config().augment.frame_shift == 0.5
     # ... and given to --config, it is refused rather than stopping early and keeping an unfinished last epoch
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="optim.keep=best"):
@@ -192,7 +194,7 @@ def test_training_on_frames_trains_on_units_and_frame_shift_on_the_training_part
     from marsseg.distributed import Ranks
     from marsseg.engine import _training_loader
 
-    cfg = tiny_config(tiny_npz, **{"data.train_on_frames": True})
+    cfg = tiny_config(tiny_npz, **{"data.train_on_frames": True, "augment.frame_shift": 0.0})
     prepared = prepare_data(cfg.data)
     dataset, _, loader = _training_loader(cfg, prepared, Ranks(0, 1))
     images, masks = next(iter(loader))
@@ -208,10 +210,12 @@ def test_training_on_frames_trains_on_units_and_frame_shift_on_the_training_part
     tops = np.flatnonzero(shifting.below >= 0)
     assert len(tops) > 0  # the tiny set's training part holds a few crops that frame_halves pairs
     assert np.isin(tops, prepared.split.train).all() and np.isin(shifting.below[tops], prepared.split.train).all()
-    assert (_training_loader(tiny_config(tiny_npz), prepared, Ranks(0, 1))[0].below == -1).all()  # off by default
+    assert (
+        _training_loader(tiny_config(tiny_npz, **{"augment.frame_shift": 0.0}), prepared, Ranks(0, 1))[0].below == -1
+    ).all()
     for flags, field in (
-        (["--semi", "1"], "semi.weight"),
-        (["--set", "augment.frame_shift=0.5"], "augment.frame_shift"),  # units have no seam to shift across
+        (["--set", "augment.frame_shift=0", "--semi", "1"], "semi.weight"),
+        ([], "augment.frame_shift"),  # on by default, and units have no seam to shift across
     ):
         args = ["--out", str(tmp_path / "r"), *FAST, "--set", "data.train_on_frames=true", *flags]
         assert main(["train", "--data", str(tiny_npz), *args]) == 2

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cross_validation import difference_text
 
 from marsseg.data.ai4mars import find_pairs, import_ai4mars, read_label
 from marsseg.data.frames import read_gray_image
@@ -142,7 +143,7 @@ def main() -> None:
     ):
         low, high = bootstrap_difference(first, second)
         difference = mean_iou(first.sum(0)) - mean_iou(second.sum(0))
-        print(f"  {name}: mIoU {difference:+.3f} ({low:+.3f} to {high:+.3f})")
+        print(f"  {name}: mIoU {difference_text(difference, low, high)}")
 
 
 if __name__ == "__main__":

@@ -94,13 +94,13 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
 
 def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_path, tiny_npz):
     fit(tiny_config(tiny_npz, **{"optim.ema_decay": 0.9, "optim.epochs": 2, "optim.keep": "best"}), tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
-    model, _ = load_model(tmp_path / "run", "last")
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    model, _ = load_model(tmp_path / "run", "last")  # on the CPU, as load_checkpoint maps every run
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     for name, value in model.state_dict().items():
         assert torch.equal(value, ema[name]), name
     assert any(not torch.equal(state["model"][k], ema[k]) for k in ema)  # the trained weights are not the EMA's
-    best_state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    best_state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
     if best_state["epoch"] == state["epoch"]:  # the last epoch was the best: both files hold one scored model
         assert all(torch.equal(best_state["model"][k], v) for k, v in model.state_dict().items())
 

@@ -14,7 +14,7 @@ from marsseg.data.prepare import prepare_data
 from marsseg.data.split import kfold_splits
 from marsseg.errors import UserError
 from marsseg.metrics import iou_per_class, mean_iou
-from tests.tiny_runs import tiny_config
+from tests.tiny_runs import ON_CPU, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from cross_validation import cross_validate, fold_plan, member_seed, pooled_matrices  # noqa: E402
@@ -81,7 +81,7 @@ def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run
     def variant_config(args, name, seed):
         patience = {"patient": 9, "impatient": 1}[name]
         overrides = {"optim.epochs": 5, "optim.early_stopping_patience": patience, "optim.keep": "best", "seed": seed}
-        return tiny_config(tiny_npz, **overrides)
+        return tiny_config(tiny_npz, **overrides, **ON_CPU)  # the carried-on run is compared with a fresh one
 
     args = Namespace(
         out=str(tmp_path), data=str(tiny_npz), folds=2, first_seed=0, seeds=1, only_folds="0", against="impatient"
@@ -112,7 +112,7 @@ def test_a_continued_fold_carries_on_where_early_stopping_ended_the_finished_run
         cross_validate(
             Namespace(**vars(args), variants="longer"),
             ["longer"],
-            lambda a, n, s: tiny_config(tiny_npz, **{"optim.epochs": 6, "optim.keep": "best", "seed": s}),
+            lambda a, n, s: tiny_config(tiny_npz, **{"optim.epochs": 6, "optim.keep": "best", "seed": s}, **ON_CPU),
             continues={"longer": "impatient"},
         )
     assert not (tmp_path / "longer_seed0_fold0").exists()

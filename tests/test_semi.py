@@ -29,7 +29,7 @@ from marsseg.semi import (
     unlabeled_images,
 )
 from marsseg.training import compute_loss, training_step
-from tests.tiny_runs import tiny_config
+from tests.tiny_runs import ON_CPU, tiny_config
 
 
 class FixedLogits(nn.Module):
@@ -142,7 +142,7 @@ def test_training_step_adds_the_weighted_unlabeled_loss_in_one_forward_pass():
 def test_semi_supervised_run_trains_on_the_pool_and_repeats_from_its_seed(tiny_npz, tmp_path):
     # threshold 0: every pixel is pseudo-labeled (a few steps' EMA is nowhere near a real threshold)
     semi = {"semi.weight": 1.0, "semi.threshold": 0.0, "semi.rare_threshold": 0.0, "semi.batch_size": 8}
-    semi["precision"] = "fp32"
+    semi.update(precision="fp32", **ON_CPU)
     first = fit(tiny_config(tiny_npz, **semi), tmp_path / "a")
     second = fit(tiny_config(tiny_npz, **semi), tmp_path / "b")
     unsure = fit(tiny_config(tiny_npz, **{**semi, "semi.threshold": 1.0, "semi.rare_threshold": 1.0}), tmp_path / "c")
@@ -156,7 +156,7 @@ def test_semi_supervised_run_trains_on_the_pool_and_repeats_from_its_seed(tiny_n
 
 def test_each_member_of_an_ensemble_run_trains_semi_supervised_as_a_run_of_its_own(tiny_npz, tmp_path):
     semi = {"semi.weight": 1.0, "semi.threshold": 0.0, "semi.rare_threshold": 0.0, "semi.batch_size": 8}
-    semi["precision"] = "fp32"
+    semi.update(precision="fp32", **ON_CPU)
     alone = fit(tiny_config(tiny_npz, **semi, seed=1), tmp_path / "alone")
     ensemble = fit(tiny_config(tiny_npz, **semi, **{"model.members": 2}), tmp_path / "vote")
     second = ensemble.members[1]
@@ -189,7 +189,14 @@ def test_train_flags_set_the_semi_fields_and_a_bad_pool_is_one_line_before_any_f
 
 
 def test_an_interrupted_semi_run_resumes_to_the_uninterrupted_one(tiny_npz, tmp_path):
-    semi = {"semi.weight": 1.0, "semi.threshold": 0.5, "semi.batch_size": 8, "precision": "fp32", "optim.epochs": 3}
+    semi = {
+        "semi.weight": 1.0,
+        "semi.threshold": 0.5,
+        "semi.batch_size": 8,
+        "precision": "fp32",
+        "optim.epochs": 3,
+        **ON_CPU,
+    }
     whole = fit(tiny_config(tiny_npz, **semi), tmp_path / "whole")
 
     class Interrupted(Exception):
@@ -285,7 +292,7 @@ def test_offline_self_training_repeats_from_its_seed_and_its_pseudo_labels_chang
     trained_run, tiny_npz, tmp_path
 ):
     student = {"semi.weight": 1.0, "semi.teachers": [str(trained_run)], "semi.loss": "recipe", "semi.batch_size": 8}
-    student.update({"precision": "fp32", "semi.threshold": 0.5, "semi.rare_threshold": 0.5})
+    student.update({"precision": "fp32", "semi.threshold": 0.5, "semi.rare_threshold": 0.5, **ON_CPU})
     first = fit(tiny_config(tiny_npz, **student), tmp_path / "a")
     second = fit(tiny_config(tiny_npz, **student), tmp_path / "b")
     unsure = fit(

@@ -59,7 +59,7 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
 def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(tmp_path, tiny_npz, monkeypatch):
     results = {}
     # The last of the 4 epochs at 100x the schedule's learning rate, so that it ends below the best on any machine (a
-    # tiny run's validation often rises every epoch, and whether it does hangs on the machine's arithmetic, bf16 or not)
+    # tiny run's validation often rises every epoch, and whether it does depends on the machine's arithmetic)
     monkeypatch.setattr(
         "marsseg.engine.lr_factor", lambda done, *rest: lr_factor(done, *rest) * (100.0 if done >= 0.75 else 1.0)
     )

@@ -6,7 +6,8 @@ from marsseg.config import Config, load_config
 FAST = ["--width", "8", "--batch-size", "32", "--set", "augment.brightness_contrast=0", "--members", "1"]
 
 # A test that compares two runs number for number trains on the CPU, where a seed repeats a run bit for bit; on a GPU,
-# cuDNN's kernels make repeats differ in the last digits (README, "On a GPU"). Other tests train where "auto" puts them.
+# cuDNN's kernels make repeats differ in the last digits (README, "The test suite on CUDA"). Other tests train where
+# "auto" puts them.
 ON_CPU = {"device": "cpu"}
 
 

@@ -69,7 +69,7 @@ def finish_run(
         metrics.update(
             test_miou=test.miou,
             test_iou=dict(zip(CLASS_KEYS, test.ious.tolist(), strict=True)),
-            test_miou_interval90=[round(low, 4), round(high, 4)],
+            test_miou_interval90=[low, high],  # unrounded: `train` prints it as `evaluate` prints its own
             test_groups=groups,
         )
         report.plot_confusion(test.matrix, run_dir / "confusion.png", title="local test part")

@@ -82,6 +82,14 @@ VARIANTS: dict[str, dict] = {
         "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],
         "semi.loss": "recipe",
     },
+    # The same through soft targets: the teachers' averaged probabilities of classes 1..4 on every pixel, no threshold
+    # (not measured yet). The current default's networks as teachers: `cutmix_80_epochs_frame_shift`.
+    "self_training_soft": {"semi.weight": 1.0, "semi.teachers": ["default"], "semi.loss": "soft"},
+    "distill_ensemble_soft": {
+        "semi.weight": 1.0,
+        "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],
+        "semi.loss": "soft",
+    },
     "balanced_curriculum": {"data.curriculum_epochs": 10},  # half big-rock draws at first, x4's share at epoch 10
     "plain_unet": {"model.name": "unet"},
     "full_res_unet16": {"model.name": "unet", "model.width": 16, "model.options": {"levels": 5}},

@@ -25,7 +25,9 @@ from marsseg.semi import (
     label_pool,
     pseudo_label_loss,
     pseudo_labels,
+    soft_target_loss,
     strong_view,
+    teacher_probabilities,
     unlabeled_images,
 )
 from marsseg.training import compute_loss, training_step
@@ -340,3 +342,100 @@ def test_a_teacher_that_saw_the_runs_held_out_crops_is_refused_before_any_file(t
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "validation and local-test crops" in error
     assert not run.exists()
+
+
+# Distillation through soft targets (semi.loss "soft"): the teacher's probabilities of classes 1..4, no threshold.
+
+
+def test_soft_target_loss_is_cross_entropy_against_the_teachers_probabilities_and_least_when_they_agree():
+    logits = torch.randn(2, 5, 3, 4)
+    hard = torch.randint(1, 5, (2, 3, 4))
+    one_hot = F.one_hot(hard - 1, 4).permute(0, 3, 1, 2).float()
+    # one-hot targets: the plain cross-entropy over classes 1..4, averaged over pixels
+    expected = F.cross_entropy(logits[:, 1:], hard - 1)
+    assert soft_target_loss(logits, one_hot).item() == pytest.approx(expected.item(), rel=1e-6)
+    teacher = torch.randn(2, 4, 3, 4).softmax(dim=1)
+    entropy = -(teacher * teacher.log()).sum(dim=1).mean()
+    agreeing = torch.cat([torch.full((2, 1, 3, 4), 9.0), teacher.log()], dim=1)  # background's logit plays no part
+    assert soft_target_loss(agreeing, teacher).item() == pytest.approx(entropy.item(), rel=1e-5)  # KL 0
+    assert soft_target_loss(logits, teacher).item() > entropy.item() + 1e-3
+    logits.requires_grad_(True)
+    soft_target_loss(logits, teacher).backward()
+    assert (logits.grad[:, 0] == 0).all()
+    # in the training step: the labeled loss plus the weighted soft-target loss, one forward pass
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 5, 3, padding=1)
+    images, masks, strong = torch.randn(4, 1, 3, 4), torch.randint(1, 5, (4, 3, 4)), torch.randn(2, 1, 3, 4)
+    loss_fn = build_loss(load_config().loss, masks.numpy())
+    expected = compute_loss(loss_fn, model(images), masks) + 0.5 * soft_target_loss(model(strong), teacher)
+    pseudo = PseudoLabeled(strong, teacher, 0.5, loss="soft")
+    loss = training_step(model, images, masks, loss_fn, torch.optim.SGD(model.parameters(), lr=0.0), unlabeled=pseudo)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_teacher_probabilities_are_its_shares_of_classes_1_to_4_on_every_pixel():
+    probabilities = [[0.80, 0.10, 0.05, 0.05], [0.10, 0.10, 0.15, 0.65]]
+    teacher = FixedLogits(logits_for(probabilities))
+    soft = teacher_probabilities(teacher, torch.zeros(3, 1, 1, 2), "cpu")
+    assert soft.shape == (3, 4, 1, 2)
+    np.testing.assert_allclose(soft[1, :, 0].T.numpy(), probabilities, rtol=1e-5)  # unsure pixels kept as they are
+
+
+def test_strong_view_moves_soft_targets_with_their_pixels_as_it_moves_labels():
+    batch = 32
+    labels = torch.arange(1, 5).repeat(batch // 4)[:, None, None].expand(batch, 16, 32).clone()
+    soft = F.one_hot(labels - 1, 4).permute(0, 3, 1, 2).float() * 0.7 + 0.075  # the label's class at 0.775
+    images = labels[:, None].float() / 4
+    views, moved_labels = strong_view(images, labels, torch.Generator().manual_seed(3))
+    same_views, moved_soft = strong_view(images, soft, torch.Generator().manual_seed(3))
+    assert torch.equal(views, same_views)  # the same draws whatever the targets' shape
+    assert moved_soft.shape == soft.shape and not torch.equal(moved_soft, soft)  # CutMix moved some
+    assert torch.equal(moved_soft.argmax(dim=1) + 1, moved_labels)
+    assert torch.allclose(moved_soft.sum(dim=1), torch.ones(batch, 16, 32))
+
+
+def test_a_soft_labelled_pool_averages_the_teachers_probabilities_and_is_flipped_with_its_crops(
+    trained_run, tiny_npz, monkeypatch
+):
+    images = np.load(tiny_npz)["test_set"][:24]
+    model, cfg = load_model(trained_run)
+    probabilities = torch.cat(list(predict_probabilities(model, images, **inference_settings(cfg))))
+    scored = scale_big_rock(probabilities, cfg.big_rock_scale)[:, 1:]
+    expected = scored / scored.sum(dim=1, keepdim=True)
+    soft = label_pool([str(trained_run)], images, 0.9, 0.7, "cpu", progress=False, soft=True)
+    assert soft.dtype == torch.float16 and soft.shape == (len(images), 4, 64, 128)
+    torch.testing.assert_close(soft.float(), expected, atol=1e-3, rtol=0)  # float16: about three digits
+    assert (soft.float().sum(dim=1) - 1).abs().max() < 2e-3  # a distribution over classes 1..4 on every pixel
+    # drawn from the stream: each crop's probabilities, flipped left-right with it
+    monkeypatch.setattr(semi_module, "strong_view", lambda images, targets, generator: (images, targets))
+    stream_cfg = tiny_config(tiny_npz, **{"semi.weight": 1.0, "semi.batch_size": 16, "semi.loss": "soft"})
+    stream = UnlabeledStream(stream_cfg, images, "cpu", labels=soft)
+    batch = stream.next_batch(teacher=None)
+    assert batch.loss == "soft" and batch.targets.dtype == torch.float32
+    flips = 0
+    for view, target in zip(batch.images[:, 0], batch.targets, strict=True):
+        shown = torch.round(view * 127.5 + 127.5).to(torch.uint8).numpy()
+        crop = next(
+            k
+            for k in range(len(images))
+            if np.array_equal(images[k], shown[:, ::-1]) or np.array_equal(images[k], shown)
+        )
+        flipped = not np.array_equal(images[crop], shown)
+        flips += flipped
+        assert torch.equal(target, soft[crop].float().flip(-1) if flipped else soft[crop].float())
+    assert 0 < flips < len(batch.targets)
+
+
+def test_an_online_soft_run_and_a_soft_student_train_on_every_pixel_of_the_teachers_view(
+    trained_run, tiny_npz, tmp_path
+):
+    semi = {"semi.weight": 1.0, "semi.loss": "soft", "semi.batch_size": 8, "precision": "fp32", **ON_CPU}
+    online = fit(tiny_config(tiny_npz, **semi), tmp_path / "online")
+    labels = fit(tiny_config(tiny_npz, **{**semi, "semi.loss": "cross_entropy"}), tmp_path / "labels")
+    # thresholds 0.9 / 0.7 keep few pixels of a barely trained EMA; soft targets keep all: the losses differ
+    losses = [[row["train_loss"] for row in run.history] for run in (online, labels)]
+    assert all(np.isfinite(losses[0])) and losses[0] != losses[1]
+    student = fit(tiny_config(tiny_npz, **{**semi, "semi.teachers": [str(trained_run)]}), tmp_path / "student")
+    again = fit(tiny_config(tiny_npz, **{**semi, "semi.teachers": [str(trained_run)]}), tmp_path / "again")
+    assert [r["train_loss"] for r in student.history] == [r["train_loss"] for r in again.history]
+    assert [r["train_loss"] for r in student.history] != losses[0]

@@ -156,8 +156,10 @@ class SemiConfig:
     # Offline self-training: run directories whose best checkpoints label the pool once, before training, instead
     # of the EMA labelling each batch; several are an ensemble, their probabilities averaged (distillation).
     teachers: list[str] = field(default_factory=list)
-    # "cross_entropy" on the confident pixels over all pixels (FixMatch), or "recipe": the labeled loss (loss.*,
-    # class weights included) with pseudo-labels as labels and unsure pixels as background (loss.ignore_background)
+    # "cross_entropy" on the confident pixels over all pixels (FixMatch); "recipe": the labeled loss (loss.*,
+    # class weights included) with pseudo-labels as labels and unsure pixels as background (loss.ignore_background);
+    # "soft": cross-entropy against the teacher's probabilities of classes 1..4 on every pixel (distillation through
+    # soft targets; the thresholds do not apply)
     loss: str = "cross_entropy"
 
 
@@ -204,7 +206,7 @@ CHOICES = {
     "optim.optimizer": ("adam", "adamw"),
     "optim.scheduler": ("cosine", "cosine_restarts", "plateau", "onecycle", "none"),
     "optim.keep": ("best_and_last", "last", "best"),
-    "semi.loss": ("cross_entropy", "recipe"),
+    "semi.loss": ("cross_entropy", "recipe", "soft"),
 }
 NON_NEGATIVE = (
     "optim.weight_decay",

@@ -4,7 +4,8 @@ Each step also draws a batch of unlabeled crops. The teacher (the EMA of the mod
 a weak view of them (a random left-right flip); where it is confident, the model must give the same labels on a
 strong view (CutMix between the unlabeled crops, contrast, brightness, noise and blur), trained in the same forward
 pass as the labeled batch. Pseudo-labels starve a rare class (the teacher is seldom confident about it), so big
-rock has a threshold of its own.
+rock has a threshold of its own. With semi.loss "soft" the target is the teacher's whole distribution over classes
+1..4 on every pixel instead (distillation through soft targets): no threshold, so its doubt about big rock is kept.
 
 The pool (data.unlabeled): by default the data file's test_set plus the images, never the masks, of the
 validation and local-test parts, so that the local estimate sees what the hidden test sees; or another .npz, whose
@@ -53,9 +54,24 @@ class PseudoLabeled:
     """A strong view of unlabeled crops and what the model must say about it."""
 
     images: torch.Tensor  # (B, C, H, W) model input
-    targets: torch.Tensor  # (B, H, W) long: pseudo-labels 1..4, IGNORED where the teacher was not sure
+    # (B, H, W) long: pseudo-labels 1..4, IGNORED where the teacher was not sure; with semi.loss "soft",
+    # (B, 4, H, W) float: the teacher's probabilities of classes 1..4
+    targets: torch.Tensor
     weight: float  # of this batch's loss against the labeled loss
-    loss: str = "cross_entropy"  # semi.loss: "cross_entropy" (pseudo_label_loss) or "recipe" (the labeled loss)
+    # semi.loss: "cross_entropy" (pseudo_label_loss), "recipe" (the labeled loss) or "soft" (soft_target_loss)
+    loss: str = "cross_entropy"
+
+
+def teacher_probabilities(teacher: nn.Module, images: torch.Tensor, device, precision: str = "fp32") -> torch.Tensor:
+    """(B, 4, H, W) float: the teacher's probabilities of classes 1..4 for `images` (B, C, H, W), summing to 1 over
+    the four (background is never a target: no pixel is scored as background). The teacher predicts in eval mode
+    and is given its mode back."""
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad(), autocast(device, precision):
+        logits = final_logits(teacher(images))
+    teacher.train(was_training)
+    return logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1)
 
 
 def pseudo_labels(
@@ -67,14 +83,8 @@ def pseudo_labels(
     precision: str = "fp32",
 ) -> torch.Tensor:
     """(B, H, W) the teacher's labels in 1..4 for `images` (B, C, H, W), IGNORED below the confidence threshold
-    (`rare_threshold` where the label is big rock). Background (0) is never a pseudo-label: no pixel is scored
-    as background."""
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad(), autocast(device, precision):
-        logits = final_logits(teacher(images))
-    teacher.train(was_training)
-    return confident_labels(logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1), threshold, rare_threshold)
+    (`rare_threshold` where the label is big rock)."""
+    return confident_labels(teacher_probabilities(teacher, images, device, precision), threshold, rare_threshold)
 
 
 def confident_labels(scored: torch.Tensor, threshold: float, rare_threshold: float) -> torch.Tensor:
@@ -108,9 +118,16 @@ def check_teachers(teachers: list[str], prepared: PreparedData) -> None:
 
 
 def label_pool(
-    teachers: list[str], images: np.ndarray, threshold: float, rare_threshold: float, device, progress: bool = True
+    teachers: list[str],
+    images: np.ndarray,
+    threshold: float,
+    rare_threshold: float,
+    device,
+    progress: bool = True,
+    soft: bool = False,
 ) -> torch.Tensor:
-    """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`.
+    """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`;
+    with `soft`, (M, 4, H, W) float16: the averaged probabilities themselves (soft targets, no threshold).
 
     Each teacher's probabilities (its own flip TTA and big-rock scale, as its predictions have them), renormalised
     over classes 1..4 (background is never a label), are averaged over teachers; then confident_labels.
@@ -134,16 +151,20 @@ def label_pool(
             scale_big_rock(probs, scale)[:, FIRST_SCORED_CLASS:] for probs, scale in zip(batch, scales, strict=True)
         ]
         averaged = torch.stack([p / p.sum(dim=1, keepdim=True).clamp(min=1e-12) for p in scored]).mean(dim=0)
-        labels.append(confident_labels(averaged, threshold, rare_threshold).to(torch.int8))
+        if soft:
+            labels.append(averaged.to(torch.float16))
+        else:
+            labels.append(confident_labels(averaged, threshold, rare_threshold).to(torch.int8))
     return torch.cat(labels)
 
 
 def strong_view(
     images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A strong augmentation of model inputs (B, C, H, W) in about -1..1 and their pseudo-labels (B, H, W):
-    CutMix with another crop of the batch (half of the crops; labels follow), then per crop a contrast factor in
-    0.6..1.4, a brightness shift of +-0.3, Gaussian noise of std up to 0.05 and, for half of them, a 3x3 blur."""
+    """A strong augmentation of model inputs (B, C, H, W) in about -1..1 and their pseudo-labels (B, H, W), or soft
+    targets (B, 4, H, W): CutMix with another crop of the batch (half of the crops; targets follow), then per crop a
+    contrast factor in 0.6..1.4, a brightness shift of +-0.3, Gaussian noise of std up to 0.05 and, for half of
+    them, a 3x3 blur."""
     batch, _, height, width = images.shape
     originals, original_targets = images, targets
     images, targets = images.clone(), targets.clone()
@@ -158,7 +179,7 @@ def strong_view(
         box = (slice(top, top + box_height), slice(left, left + box_width))
         partner = int(partners[i])
         images[i, :, box[0], box[1]] = originals[partner, :, box[0], box[1]]
-        targets[i, box[0], box[1]] = original_targets[partner, box[0], box[1]]
+        targets[i, ..., box[0], box[1]] = original_targets[partner, ..., box[0], box[1]]
     contrast = torch.empty(batch, 1, 1, 1).uniform_(0.6, 1.4, generator=generator)
     brightness = torch.empty(batch, 1, 1, 1).uniform_(-0.3, 0.3, generator=generator)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
@@ -185,14 +206,22 @@ def pseudo_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return (nll * kept).sum() / targets.numel()
 
 
+def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the teacher's probabilities (B, 4, H, W) of classes 1..4, averaged over pixels: the
+    KL divergence from teacher to student plus the teacher's entropy, which has no gradient."""
+    log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
+    return -(targets.float() * log_probabilities).sum(dim=1).mean()
+
+
 class UnlabeledStream:
     """Batches of the unlabeled pool for the training step, drawn by a generator that each epoch reseeds (so a
-    resumed run draws what an uninterrupted one would). With `labels` (the pool labelled once by teachers), a batch
-    takes them; else the teacher given to next_batch labels a weak view."""
+    resumed run draws what an uninterrupted one would). With `labels` (the pool labelled once by teachers: labels, or
+    with semi.loss "soft" probabilities), a batch takes them; else the teacher given to next_batch labels a weak
+    view."""
 
     def __init__(self, cfg: Config, images: np.ndarray, device, processes: int = 1, labels: torch.Tensor | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images))  # (M, H, W) uint8
-        self.labels = labels  # (M, H, W) int8 or None
+        self.labels = labels  # (M, H, W) int8, (M, 4, H, W) float16 (soft targets) or None
         self.cfg, self.device = cfg, device
         # Each process's share of a step's unlabeled crops, as each takes batch_size / processes labeled ones.
         self.batch_size = max(1, cfg.semi.batch_size // processes)
@@ -210,13 +239,16 @@ class UnlabeledStream:
         flipped = torch.rand(len(weak), generator=self.generator) < 0.5
         weak = torch.where(flipped[:, None, None, None], weak.flip(-1), weak)
         if self.labels is not None:
-            targets = self.labels[chosen].long()
-            targets = torch.where(flipped[:, None, None], targets.flip(-1), targets)
+            targets = self.labels[chosen]
+            targets = targets.float() if semi.loss == "soft" else targets.long()
+            flipped_targets = flipped.view(-1, *[1] * (targets.dim() - 1))
+            targets = torch.where(flipped_targets, targets.flip(-1), targets)
         else:
             weak_on_device = weak.to(self.device).contiguous(memory_format=memory_format)
-            targets = pseudo_labels(
-                teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, self.cfg.precision
-            ).cpu()
+            targets = teacher_probabilities(teacher, weak_on_device, self.device, self.cfg.precision)
+            if semi.loss != "soft":
+                targets = confident_labels(targets, semi.threshold, semi.rare_threshold)
+            targets = targets.cpu()
         strong, targets = strong_view(weak, targets, self.generator)
         strong = strong.to(self.device).contiguous(memory_format=memory_format)
         return PseudoLabeled(strong, targets.to(self.device), semi.weight, semi.loss)
@@ -232,14 +264,23 @@ def build_unlabeled_stream(
     images = unlabeled_images(cfg, prepared)
     labels = None
     if cfg.semi.teachers:
-        check_teachers(cfg.semi.teachers, prepared)
-        labels = label_pool(cfg.semi.teachers, images, cfg.semi.threshold, cfg.semi.rare_threshold, device, progress)
-        kept = labels != IGNORED
+        semi = cfg.semi
+        check_teachers(semi.teachers, prepared)
+        soft = semi.loss == "soft"
+        labels = label_pool(semi.teachers, images, semi.threshold, semi.rare_threshold, device, progress, soft)
         if progress:
-            rock = (labels == RARE_CLASS).sum() / max(int(kept.sum()), 1)
-            print(
-                f"pseudo-labels: {len(images)} unlabeled crops by {len(cfg.semi.teachers)} teacher(s); "
-                f"{kept.float().mean():.1%} of pixels kept, {rock:.1%} of them big rock",
-                flush=True,
-            )
+            teachers = f"{len(images)} unlabeled crops by {len(semi.teachers)} teacher(s)"
+            print(f"pseudo-labels: {teachers}; {_pool_words(labels)}", flush=True)
     return UnlabeledStream(cfg, images, device, processes, labels)
+
+
+def _pool_words(labels: torch.Tensor) -> str:
+    """What the teachers said of the pool: the share of pixels kept and of big rock among them; for soft targets,
+    big rock's share of the probability and of the pixels where it is the most likely class."""
+    if labels.is_floating_point():  # (M, 4, H, W) soft targets
+        rock = RARE_CLASS - FIRST_SCORED_CLASS
+        share, likeliest = labels[:, rock].float().mean(), (labels.argmax(dim=1) == rock).float().mean()
+        return f"soft targets; big rock {share:.1%} of the probability, the likeliest on {likeliest:.1%} of pixels"
+    kept = labels != IGNORED
+    rock = (labels == RARE_CLASS).sum() / max(int(kept.sum()), 1)
+    return f"{kept.float().mean():.1%} of pixels kept, {rock:.1%} of them big rock"

@@ -25,7 +25,7 @@ from marsseg.evaluation import evaluate
 from marsseg.losses import BACKGROUND, build_loss
 from marsseg.models import Ensemble, create_model, final_logits
 from marsseg.precision import autocast, resolve_precision
-from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss
+from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss, soft_target_loss
 
 AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
 
@@ -226,6 +226,8 @@ def training_step(
         loss = compute_loss(loss_fn, output, masks)
         if unlabeled.loss == "recipe":  # pseudo-labels as labels; an unsure pixel counts as background, not scored
             pseudo = compute_loss(loss_fn, final[labeled:], unlabeled.targets.clamp(min=BACKGROUND))
+        elif unlabeled.loss == "soft":  # the teacher's probabilities of classes 1..4 on every pixel
+            pseudo = soft_target_loss(final[labeled:], unlabeled.targets)
         else:
             pseudo = pseudo_label_loss(final[labeled:], unlabeled.targets)
         loss = loss + unlabeled.weight * pseudo

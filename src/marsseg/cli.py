@@ -569,7 +569,8 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="WEIGHT",
         help="semi-supervised training: each step also learns the EMA's confident labels of unlabeled crops (a strong "
-        "view against a weak one), with this weight; 0 switches it off (semi.* holds thresholds and batch size)",
+        "view against a weak one; with --teacher, the teachers' labels, or with --set semi.loss=soft their "
+        "probabilities), with this weight; 0 switches it off (semi.* holds thresholds and batch size)",
     )
     parser.add_argument(
         "--unlabeled",

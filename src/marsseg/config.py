@@ -158,8 +158,8 @@ class SemiConfig:
     teachers: list[str] = field(default_factory=list)
     # "cross_entropy" on the confident pixels over all pixels (FixMatch); "recipe": the labeled loss (loss.*,
     # class weights included) with pseudo-labels as labels and unsure pixels as background (loss.ignore_background);
-    # "soft": cross-entropy against the teacher's probabilities of classes 1..4 on every pixel (distillation through
-    # soft targets; the thresholds do not apply)
+    # "soft" (with teachers): the KL divergence from the teachers' averaged probabilities of classes 1..4 (without
+    # their big-rock scales) on every pixel: distillation through soft targets, to which the thresholds do not apply
     loss: str = "cross_entropy"
 
 
@@ -357,6 +357,10 @@ def validate(config: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: field '{dotted}': found {get_field(config, dotted)}, expected 0..1")
     if config.semi.loss == "recipe" and not config.loss.ignore_background:
         raise ConfigError(f"{source}: field 'semi.loss': 'recipe' needs loss.ignore_background (unsure pixels are 0)")
+    if config.semi.loss == "soft" and config.semi.weight > 0 and not config.semi.teachers:
+        raise ConfigError(
+            f"{source}: field 'semi.loss': 'soft' needs semi.teachers (--teacher RUN), whose probabilities it learns"
+        )
     if not all(isinstance(t, str) and t for t in config.semi.teachers):
         raise ConfigError(f"{source}: field 'semi.teachers': found {config.semi.teachers}, expected run directories")
     if config.semi.teachers and config.semi.weight <= 0:

@@ -4,8 +4,9 @@ Each step also draws a batch of unlabeled crops. The teacher (the EMA of the mod
 a weak view of them (a random left-right flip); where it is confident, the model must give the same labels on a
 strong view (CutMix between the unlabeled crops, contrast, brightness, noise and blur), trained in the same forward
 pass as the labeled batch. Pseudo-labels starve a rare class (the teacher is seldom confident about it), so big
-rock has a threshold of its own. With semi.loss "soft" the target is the teacher's whole distribution over classes
-1..4 on every pixel instead (distillation through soft targets): no threshold, so its doubt about big rock is kept.
+rock has a threshold of its own. With semi.loss "soft" and teachers (finished runs), the target is instead their
+averaged distribution over classes 1..4 on every pixel (distillation through soft targets): no threshold, so their
+doubt about big rock is kept.
 
 The pool (data.unlabeled): by default the data file's test_set plus the images, never the masks, of the
 validation and local-test parts, so that the local estimate sees what the hidden test sees; or another .npz, whose
@@ -55,23 +56,11 @@ class PseudoLabeled:
 
     images: torch.Tensor  # (B, C, H, W) model input
     # (B, H, W) long: pseudo-labels 1..4, IGNORED where the teacher was not sure; with semi.loss "soft",
-    # (B, 4, H, W) float: the teacher's probabilities of classes 1..4
+    # (B, 4, H, W) float: the teachers' probabilities of classes 1..4
     targets: torch.Tensor
     weight: float  # of this batch's loss against the labeled loss
     # semi.loss: "cross_entropy" (pseudo_label_loss), "recipe" (the labeled loss) or "soft" (soft_target_loss)
     loss: str = "cross_entropy"
-
-
-def teacher_probabilities(teacher: nn.Module, images: torch.Tensor, device, precision: str = "fp32") -> torch.Tensor:
-    """(B, 4, H, W) float: the teacher's probabilities of classes 1..4 for `images` (B, C, H, W), summing to 1 over
-    the four (background is never a target: no pixel is scored as background). The teacher predicts in eval mode
-    and is given its mode back."""
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad(), autocast(device, precision):
-        logits = final_logits(teacher(images))
-    teacher.train(was_training)
-    return logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1)
 
 
 def pseudo_labels(
@@ -83,8 +72,14 @@ def pseudo_labels(
     precision: str = "fp32",
 ) -> torch.Tensor:
     """(B, H, W) the teacher's labels in 1..4 for `images` (B, C, H, W), IGNORED below the confidence threshold
-    (`rare_threshold` where the label is big rock)."""
-    return confident_labels(teacher_probabilities(teacher, images, device, precision), threshold, rare_threshold)
+    (`rare_threshold` where the label is big rock). Background (0) is never a pseudo-label: no pixel is scored
+    as background."""
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad(), autocast(device, precision):
+        logits = final_logits(teacher(images))
+    teacher.train(was_training)
+    return confident_labels(logits.float()[:, FIRST_SCORED_CLASS:].softmax(dim=1), threshold, rare_threshold)
 
 
 def confident_labels(scored: torch.Tensor, threshold: float, rare_threshold: float) -> torch.Tensor:
@@ -127,11 +122,13 @@ def label_pool(
     soft: bool = False,
 ) -> torch.Tensor:
     """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`;
-    with `soft`, (M, 4, H, W) float16: the averaged probabilities themselves (soft targets, no threshold).
+    with `soft`, (M, 4, H, W) float16: their averaged probabilities themselves (soft targets, no threshold).
 
     Each teacher's probabilities (its own flip TTA and big-rock scale, as its predictions have them), renormalised
-    over classes 1..4 (background is never a label), are averaged over teachers; then confident_labels.
-    Loading the teachers leaves the global random state as it was, so the student starts as it would without them."""
+    over classes 1..4 (background is never a label), are averaged over teachers; then confident_labels. Soft targets
+    leave out the big-rock scales, which were chosen for an argmax, not as probabilities: the student learns the
+    teachers' own shares and chooses its own scale. Loading the teachers leaves the global random state as it was,
+    so the student starts as it would without them."""
     from marsseg.checkpoints import load_model  # checkpoints -> training -> semi: imported when called
 
     with torch.random.fork_rng(devices=[]):
@@ -142,7 +139,7 @@ def label_pool(
         )
         for model, cfg in models
     ]
-    scales = [cfg.big_rock_scale or 1.0 for _, cfg in models]
+    scales = [1.0 if soft else cfg.big_rock_scale or 1.0 for _, cfg in models]
     labels = []
     batches = zip(*streams, strict=True)
     total = -(-len(images) // PREDICT_BATCH)
@@ -207,10 +204,13 @@ def pseudo_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against the teacher's probabilities (B, 4, H, W) of classes 1..4, averaged over pixels: the
-    KL divergence from teacher to student plus the teacher's entropy, which has no gradient."""
+    """The KL divergence from the teachers' probabilities (B, 4, H, W) of classes 1..4 to the model's, averaged over
+    pixels: 0 where they agree (the cross-entropy against them has the same gradient)."""
     log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
-    return -(targets.float() * log_probabilities).sum(dim=1).mean()
+    if targets.shape != log_probabilities.shape:
+        raise ValueError(f"soft targets: found shape {tuple(targets.shape)}, expected {tuple(log_probabilities.shape)}")
+    targets = targets.float()
+    return (torch.xlogy(targets, targets) - targets * log_probabilities).sum(dim=1).mean()
 
 
 class UnlabeledStream:
@@ -240,15 +240,14 @@ class UnlabeledStream:
         weak = torch.where(flipped[:, None, None, None], weak.flip(-1), weak)
         if self.labels is not None:
             targets = self.labels[chosen]
-            targets = targets.float() if semi.loss == "soft" else targets.long()
+            targets = targets.float() if targets.is_floating_point() else targets.long()  # soft targets, or labels
             flipped_targets = flipped.view(-1, *[1] * (targets.dim() - 1))
             targets = torch.where(flipped_targets, targets.flip(-1), targets)
         else:
             weak_on_device = weak.to(self.device).contiguous(memory_format=memory_format)
-            targets = teacher_probabilities(teacher, weak_on_device, self.device, self.cfg.precision)
-            if semi.loss != "soft":
-                targets = confident_labels(targets, semi.threshold, semi.rare_threshold)
-            targets = targets.cpu()
+            targets = pseudo_labels(
+                teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, self.cfg.precision
+            ).cpu()
         strong, targets = strong_view(weak, targets, self.generator)
         strong = strong.to(self.device).contiguous(memory_format=memory_format)
         return PseudoLabeled(strong, targets.to(self.device), semi.weight, semi.loss)
@@ -278,8 +277,8 @@ def _pool_words(labels: torch.Tensor) -> str:
     """What the teachers said of the pool: the share of pixels kept and of big rock among them; for soft targets,
     big rock's share of the probability and of the pixels where it is the most likely class."""
     if labels.is_floating_point():  # (M, 4, H, W) soft targets
-        rock = RARE_CLASS - FIRST_SCORED_CLASS
-        share, likeliest = labels[:, rock].float().mean(), (labels.argmax(dim=1) == rock).float().mean()
+        rock = labels[:, RARE_CLASS - FIRST_SCORED_CLASS]
+        share, likeliest = rock.float().mean(), (rock >= labels.amax(dim=1)).float().mean()
         return f"soft targets; big rock {share:.1%} of the probability, the likeliest on {likeliest:.1%} of pixels"
     kept = labels != IGNORED
     rock = (labels == RARE_CLASS).sum() / max(int(kept.sum()), 1)

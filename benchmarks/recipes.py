@@ -83,8 +83,8 @@ VARIANTS: dict[str, dict] = {
         "semi.loss": "recipe",
     },
     # The same through soft targets: the teachers' averaged probabilities of classes 1..4 on every pixel, no threshold
-    # (not measured yet). With the current default's networks as the teacher: `cutmix_80_epochs_frame_shift`'s folds.
-    "self_training_soft": {"semi.weight": 1.0, "semi.teachers": ["cutmix_80_epochs_frame_shift"], "semi.loss": "soft"},
+    # (not measured yet). The same teachers as the two rows above, so that each pairs with its thresholded row.
+    "self_training_soft": {"semi.weight": 1.0, "semi.teachers": ["default"], "semi.loss": "soft"},
     "distill_ensemble_soft": {
         "semi.weight": 1.0,
         "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],

@@ -139,7 +139,7 @@ def label_pool(
         )
         for model, cfg in models
     ]
-    scales = [1.0 if soft else cfg.big_rock_scale or 1.0 for _, cfg in models]
+    scales = [1.0 if soft else (cfg.big_rock_scale or 1.0) for _, cfg in models]
     labels = []
     batches = zip(*streams, strict=True)
     total = -(-len(images) // PREDICT_BATCH)

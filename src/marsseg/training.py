@@ -226,7 +226,7 @@ def training_step(
         loss = compute_loss(loss_fn, output, masks)
         if unlabeled.loss == "recipe":  # pseudo-labels as labels; an unsure pixel counts as background, not scored
             pseudo = compute_loss(loss_fn, final[labeled:], unlabeled.targets.clamp(min=BACKGROUND))
-        elif unlabeled.loss == "soft":  # the teacher's probabilities of classes 1..4 on every pixel
+        elif unlabeled.loss == "soft":  # the teachers' probabilities of classes 1..4 on every pixel
             pseudo = soft_target_loss(final[labeled:], unlabeled.targets)
         else:
             pseudo = pseudo_label_loss(final[labeled:], unlabeled.targets)

@@ -167,7 +167,6 @@ def test_each_member_of_an_ensemble_run_trains_semi_supervised_as_a_run_of_its_o
 
 
 def test_semi_settings_are_checked(tiny_npz):
-
     for field, value in (("semi.weight", -1.0), ("semi.threshold", 1.5), ("semi.batch_size", 0)):
         with pytest.raises(ConfigError, match=field):
             load_config(None, {field: value})

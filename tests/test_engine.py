@@ -128,6 +128,21 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
         load_config(str(tmp_path / "old.yaml"))
 
 
+def test_a_vote_whose_best_epoch_is_its_last_keeps_that_network_once(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    flags = ["--data", str(tiny_npz), *FAST, "--epochs", "1", "--set", "threads=1", "--set", "big_rock_scale=1"]
+    assert main(["train", "--out", str(run), *flags]) == 0  # optim.keep "best_and_last", the default
+    assert "at epoch 1, both the best on validation and the last, kept" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] == [1, 1]
+    kept, cfg = load_model(run)
+    final, _ = load_model(run, "last")
+    assert cfg.optim.keep == "best_and_last" and not isinstance(kept, Ensemble)
+    assert kept.state_dict().keys() == final.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True))
+    assert main(["predict", str(run), "--out", str(tmp_path / "submission.csv")]) == 0
+    assert len((tmp_path / "submission.csv").read_text().splitlines()) == 1 + 16  # the tiny file's 16 test images
+
+
 def test_bad_config_and_bad_data_exit_2_with_one_line(tmp_path, tiny_npz, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("optim:\n  lr: -0.1\n")

@@ -56,8 +56,9 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
         cfg = from_dict(state["config"], str(path))
         # last.pt and snapshots hold one network a member: a side-by-side ensemble of an older marsseg held several
         networks = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, keep="last"))
-        model = build_model(cfg if which == "best" else networks)
-        model.load_state_dict(scored_weights(state))
+        weights = scored_weights(state)
+        model = build_model(cfg, weights) if which == "best" else build_model(networks)
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg
@@ -112,19 +113,21 @@ def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, imp
 BEST_EPOCH_FILE = "best_epoch.pt"  # optim.keep "best_and_last": the best epoch on validation so far, one network
 
 
-def save_best_and_last(run_dir: Path, cfg: Config) -> tuple[list[int], Ensemble]:
+def save_best_and_last(run_dir: Path, cfg: Config) -> tuple[list[int], nn.Module]:
     """At the end of a run with optim.keep "best_and_last": best.pt becomes the soft vote (Ensemble) of the best epoch
-    on validation (best_epoch.pt) and the last epoch's scored model (last.pt). Returns their epochs and the vote."""
+    on validation (best_epoch.pt) and the last epoch's scored model (last.pt). When the best epoch is the last, the
+    two are one network, and best.pt holds it once (a vote of it with itself predicts the same, at twice the cost).
+    Returns their epochs and the model."""
     best, last = load_checkpoint(run_dir / BEST_EPOCH_FILE), load_checkpoint(run_dir / "last.pt")
+    epochs = [best["epoch"] + 1, last["epoch"] + 1]  # counted from 1, as in metrics.csv
     networks = []
-    for state in (best, last):
+    for state in (best, last)[: 1 if epochs[0] == epochs[1] else 2]:
         network = build_network(cfg)
         network.load_state_dict(scored_weights(state))
         networks.append(network)
-    epochs = [best["epoch"] + 1, last["epoch"] + 1]  # counted from 1, as in metrics.csv
-    vote = Ensemble(networks).eval()
-    save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": vote.state_dict(), "epochs": epochs})
-    return epochs, vote
+    model = (Ensemble(networks) if len(networks) == 2 else networks[0]).eval()
+    save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": model.state_dict(), "epochs": epochs})
+    return epochs, model
 
 
 def restore_training_state(state: TrainingState, checkpoint: dict) -> None:

@@ -298,6 +298,8 @@ def _kept_words(keep: str, epoch: int | list[int]) -> str:
     """Which model a run kept (optim.keep), for the line that gives its validation mIoU."""
     if keep == "best_and_last":
         best, last = epoch
+        if best == last:
+            return f"at epoch {last}, both the best on validation and the last, kept"
         return f"for the vote of epoch {best} (the best on validation) and epoch {last} (the last), kept"
     return f"at epoch {epoch}, the {keep}, kept"
 

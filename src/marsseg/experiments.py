@@ -24,7 +24,7 @@ from marsseg.errors import UserError
 from marsseg.evaluation import CLASS_KEYS, best_big_rock_scale, evaluate_probabilities
 from marsseg.models import count_parameters, gflops_per_image
 from marsseg.predict import predict_probabilities
-from marsseg.training import build_model, configure_threads, resolve_device, with_resolved_precision
+from marsseg.training import configure_threads, resolve_device, with_resolved_precision
 
 FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_miou", "test_miou"] + [
     f"test_{name}" for name in CLASS_KEYS
@@ -46,7 +46,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
     if not (run_dir / "metrics.json").is_file():
         fit(cfg, run_dir, resume=can_resume(run_dir), force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = build_model(cfg)  # the run's model as it predicts: params and GFLOP count every network of a vote
+    model = load_model(run_dir)[0]  # the run's model as it predicts: params and GFLOP count every network it holds
     row = {
         "model": cfg.model.name if cfg.model.members == 1 else f"{cfg.model.name} x{cfg.model.members}",
         "seed": cfg.seed,

@@ -34,7 +34,8 @@ GRAPH_CONTRACT = (
     "whole_frames true predicts two crops that are the halves of one frame as one (2H, W) image; with tta_scales "
     "other than [1.0] it also predicts each image resized by each factor (padded to the multiple, probabilities "
     "resized back) and averages. For an "
-    "ensemble (config model.members > 1, or optim.keep best_and_last: the best epoch's network and the last's) "
+    "ensemble (config model.members > 1, or optim.keep best_and_last: the best epoch's network and the last's, "
+    "unless they are one) "
     "`logits` are the log of the members' mean probabilities."
 )
 INPUT, OUTPUTS = "pixels", ("logits", "probabilities")

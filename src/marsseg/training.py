@@ -79,18 +79,21 @@ def build_network(cfg: Config) -> nn.Module:
     return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
 
 
-def build_model(cfg: Config) -> nn.Module:
+def build_model(cfg: Config, weights: dict | None = None) -> nn.Module:
     """The shape of a run's model (best.pt): one network, or with optim.keep "best_and_last" the soft vote (Ensemble)
     of two, its best epoch on validation and its last; with model.members > 1, an Ensemble of that many such members,
-    which train one at a time (members.py)."""
+    which train one at a time (members.py). Given best.pt's `weights`, a vote whose best epoch was its last holds
+    that network once (checkpoints.save_best_and_last), and the shape follows."""
 
-    def member() -> nn.Module:
-        if cfg.optim.keep == "best_and_last":
+    def member(prefix: str) -> nn.Module:
+        voted = weights is None or any(name.startswith(f"{prefix}members.1.") for name in weights)
+        if cfg.optim.keep == "best_and_last" and voted:
             return Ensemble([build_network(cfg), build_network(cfg)])
         return build_network(cfg)
 
-    members = [member() for _ in range(cfg.model.members)]
-    return Ensemble(members) if len(members) > 1 else members[0]
+    if cfg.model.members == 1:
+        return member("")
+    return Ensemble([member(f"members.{k}.") for k in range(cfg.model.members)])
 
 
 def ema_average(decay: float):

@@ -63,6 +63,26 @@ def test_build_model_makes_an_ensemble_of_differently_initialised_members():
         Ensemble(members(1))
 
 
+def test_build_model_given_weights_takes_the_shape_they_were_saved_in():
+    # a run whose best epoch was its last holds that network once, not a vote of it with itself
+    cfg = load_config(None, {"model.width": 8})
+    single = build_network(cfg).state_dict()
+    model = build_model(cfg, single)
+    assert not isinstance(model, Ensemble)
+    model.load_state_dict(single)  # strict: every tensor has its place
+    assert isinstance(build_model(cfg, build_model(cfg).state_dict()), Ensemble)
+    # members of an ensemble run may differ: one held once, one a vote of two networks
+    torch.manual_seed(1)
+    cfg3 = load_config(None, {"model.width": 8, "model.members": 2})
+    saved = Ensemble([build_network(cfg3), Ensemble([build_network(cfg3), build_network(cfg3)])])
+    model = build_model(cfg3, saved.state_dict())
+    assert [type(m) for m in model.members] == [ResUNet, Ensemble]
+    model.load_state_dict(saved.state_dict())
+    x = torch.rand(1, 1, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), saved.eval()(x))
+
+
 def test_a_checkpoint_config_without_members_holds_one_network():
     assert from_dict({"model": {"name": "unet", "width": 16}}).model.members == 1
     assert from_dict({"model": {"members": 3}}).model.members == 3

@@ -51,7 +51,7 @@ def main() -> None:
     if args.run:
         model, cfg = load_model(args.run)
     else:
-        # one network; the default's model, the vote of a run's best and last epochs, costs twice
+        # one network; the default's model, the vote of a run's best and last epochs, costs twice (unless they are one)
         cfg = load_config(None, {"model.members": 1})
         torch.manual_seed(0)
         model, cfg.big_rock_scale = build_network(cfg).eval(), 1.0

@@ -310,12 +310,15 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     flags += ["--set", "device=cpu"]  # member 1 is compared with a run of its own (ON_CPU)
     assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3"]) == 0
     said = capsys.readouterr().out
-    assert (
-        "member_1 (2 of 2, seed 4)" in said
-        and "member_1: validation mIoU" in said
-        and "for the vote of epoch " in said
-        and "(the best on validation) and epoch 2 (the last), kept" in said
-    )
+    assert "member_1 (2 of 2, seed 4)" in said and "member_1: validation mIoU" in said
+    kept = [torch.load(run / f"member_{k}" / "best.pt", weights_only=False)["epochs"] for k in range(2)]
+    for k, (best, last) in enumerate(kept):  # each member keeps the vote of its best and last epochs, or one network
+        words = (
+            "at epoch 2, both the best on validation and the last, kept"
+            if best == last
+            else f"for the vote of epoch {best} (the best on validation) and epoch 2 (the last), kept"
+        )
+        assert last == 2 and f"member_{k}: validation mIoU" in said and words in said
     assert "soft vote of 2 members: validation mIoU" in said and "member_K/" in said
     # member 1 is the run a single network with seed 3 + 1 makes, on the same split
     assert main(["train", "--out", str(alone), *flags, "--members", "1", "--seed", "4"]) == 0
@@ -328,8 +331,9 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     assert isinstance(model, Ensemble) and cfg.model.members == 2 and cfg.seed == 3
     saved = yaml.safe_load((run / "config.yaml").read_text())  # what "auto" resolved to, as a single run's says
     assert saved["precision"] == cfg.precision != "auto" and saved["model"]["members"] == 2
-    for k, net in enumerate(model.members):  # each member's best epoch, as its own run kept it
+    for k, net in enumerate(model.members):  # each member's kept model, as its own run kept it
         own = load_model(run / f"member_{k}")[0]
+        assert isinstance(net, Ensemble) == (kept[k][0] != kept[k][1]) == isinstance(own, Ensemble)
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), own.state_dict().values(), strict=True))
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["best_epoch"]) == 2 and metrics["epochs_run"] == 4

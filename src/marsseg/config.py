@@ -135,8 +135,9 @@ class OptimConfig:
     early_stopping_patience: int = 0
     # The run's model (best.pt): "best_and_last", the soft vote of the epoch with the best validation mIoU and the last
     # epoch's (+0.005 cross-validated on mars64 against the last alone, big rock 0.220 -> 0.246, the same training at
-    # twice the prediction time; README, Recipes); "last", the last epoch's, at the end of the schedule (+0.013 for two
-    # 40-epoch networks voting against the best epoch with early stopping after 15); or "best", the best epoch alone.
+    # twice the prediction time; one network when the best epoch is the last; README, Recipes); "last", the last
+    # epoch's, at the end of the schedule (+0.013 for two 40-epoch networks voting against the best epoch with early
+    # stopping after 15); or "best", the best epoch alone.
     # "last" (and the vote's second network) assumes the schedule has ended by then: cosine or one-cycle over the
     # epochs, or over a time budget with one process; with "plateau" or "none", or a budget shared by several processes
     # (whose schedule follows steps), "best" may be the better choice.

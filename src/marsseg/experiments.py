@@ -107,11 +107,16 @@ def ensemble_scores(
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds, one line per model (in the order first seen)."""
+    """Mean and standard deviation over seeds, one line per model (in the order first seen). Params and GFLOP are the
+    largest over seeds: a run whose best epoch was its last holds one network where the others hold a vote of two."""
     summary = []
     for name in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == name]
-        line = {"model": name, "seeds": len(group), "params": group[0]["params"], "gflops": group[0]["gflops"]}
+        line = {
+            "model": name,
+            "seeds": len(group),
+            **{k: max(float(r[k]) for r in group) for k in ("params", "gflops")},
+        }
         for key in ["train_minutes", "val_miou", "test_miou"] + [f"test_{c}" for c in CLASS_KEYS]:
             values = np.array([float(r[key]) for r in group])
             line[key] = (values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0)

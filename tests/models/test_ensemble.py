@@ -75,12 +75,14 @@ def test_build_model_given_weights_takes_the_shape_they_were_saved_in():
     torch.manual_seed(1)
     cfg3 = load_config(None, {"model.width": 8, "model.members": 2})
     saved = Ensemble([build_network(cfg3), Ensemble([build_network(cfg3), build_network(cfg3)])])
-    model = build_model(cfg3, saved.state_dict())
-    assert [type(m) for m in model.members] == [ResUNet, Ensemble]
-    model.load_state_dict(saved.state_dict())
     x = torch.rand(1, 1, 64, 128)
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), saved.eval()(x))
+    for order, shapes in (([0, 1], [ResUNet, Ensemble]), ([1, 0], [Ensemble, ResUNet])):  # each member's own
+        saved = Ensemble([saved.members[k] for k in order])
+        model = build_model(cfg3, saved.state_dict())
+        assert [type(m) for m in model.members] == shapes
+        model.load_state_dict(saved.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x), saved.eval()(x))
 
 
 def test_a_checkpoint_config_without_members_holds_one_network():

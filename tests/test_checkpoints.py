@@ -40,7 +40,7 @@ def test_resume_after_kill_finishes_and_matches_an_uninterrupted_run(tmp_path, t
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    epochs_before = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["epoch"] + 1
+    epochs_before = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] + 1
     assert epochs_before < 5  # it was killed mid-run
     # resumed with the command that started it, plus --resume
     assert main(["train", "--out", str(tmp_path / "killed"), *args, "--resume"]) == 0
@@ -78,7 +78,7 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
     save_npz(tiny_npz.parent / "changed.npz", changed)
     cfg = tiny_config(tiny_npz.parent / "changed.npz")
 
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = torch.load(run / "last.pt", weights_only=True)
     state["config"]["data"]["path"] = str(tiny_npz.parent / "changed.npz")
     torch.save(state, run / "last.pt")
     with pytest.raises(UserError, match="differs"):  # the resumed run's data changed under it
@@ -89,18 +89,18 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
     torch.save(state, run / "last.pt")
     with pytest.raises(UserError, match="side by side"):
         fit(cfg, run, resume=True)
-    assert torch.load(run / "last.pt", weights_only=False)["config"]["model"]["members"] == 2  # nothing overwritten
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["model"]["members"] == 2  # nothing overwritten
 
 
 def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_path, tiny_npz):
     fit(tiny_config(tiny_npz, **{"optim.ema_decay": 0.9, "optim.epochs": 2, "optim.keep": "best"}), tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
     model, _ = load_model(tmp_path / "run", "last")  # on the CPU, as load_checkpoint maps every run
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     for name, value in model.state_dict().items():
         assert torch.equal(value, ema[name]), name
     assert any(not torch.equal(state["model"][k], ema[k]) for k in ema)  # the trained weights are not the EMA's
-    best_state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    best_state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=True)
     if best_state["epoch"] == state["epoch"]:  # the last epoch was the best: both files hold one scored model
         assert all(torch.equal(best_state["model"][k], v) for k, v in model.state_dict().items())
 
@@ -141,3 +141,70 @@ def test_an_unfinished_vote_run_says_so_and_an_old_side_by_side_ensembles_last_c
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ensemble.state_dict().values(), strict=True)
     )
+
+
+class PlantedPayload:
+    """What a crafted model file can carry: unpickling it calls open(path, "w"), which creates the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_model_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "1"]) == 0
+    state = torch.load(run / "best.pt", weights_only=True)
+    side_effect = tmp_path / "side_effect"
+    state["model"]["payload"] = PlantedPayload(side_effect)
+    torch.save(state, run / "best.pt")
+    capsys.readouterr()
+    for command in (
+        ["predict", str(run), "--out", str(tmp_path / "sub.csv")],
+        ["evaluate", str(run)],
+        ["export", str(run), "--out", str(tmp_path / "model.onnx")],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(run / "best.pt") in err and "refused" in err, err
+        assert not side_effect.exists()  # the payload never ran
+    assert not (tmp_path / "sub.csv").exists() and not (tmp_path / "model.onnx").exists()
+    torch.load(run / "best.pt", weights_only=False)  # what an unsafe loader would have done
+    assert side_effect.exists()
+
+
+def test_every_checkpoint_a_run_writes_loads_with_weights_only(tmp_path, tiny_npz):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "2"]) == 0
+    files = sorted(run.glob("*.pt"))
+    assert {f.name for f in files} >= {"best.pt", "last.pt"}
+    for path in files:
+        state = torch.load(path, weights_only=True)
+        assert "config" in state
+    rng = torch.load(run / "last.pt", weights_only=True)["rng"]
+    assert rng["numpy"]["state"]["key"].dtype == torch.int64 and rng["numpy"]["state"]["key"].shape == (624,)
+
+
+def test_a_run_of_an_earlier_marsseg_is_refused_until_converted(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "2"]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    np.random.seed(7)
+    legacy = np.random.get_state()  # the tuple, with its key array, that earlier versions saved
+    state["rng"]["numpy"] = legacy
+    torch.save(state, run / "last.pt")
+    capsys.readouterr()
+    resume = ["train", "--data", str(tiny_npz), "--out", str(run), *FAST, "--epochs", "2", "--resume"]
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert str(run / "last.pt") in err and "convert-run" in err
+    assert main(["convert-run", str(run)]) == 0
+    assert "trusting" in capsys.readouterr().out
+    converted = torch.load(run / "last.pt", weights_only=True)["rng"]["numpy"]
+    assert converted["state"]["key"].numpy().astype(np.uint32).tolist() == legacy[1].tolist()
+    assert converted["state"]["pos"] == legacy[2]
+    assert main(resume) == 0  # a finished run, resumed: it reads last.pt and finishes again
+    assert len(np.genfromtxt(run / "metrics.csv", delimiter=",", names=True)) == 2
+    assert main(["convert-run", str(tmp_path / "empty")]) == 2

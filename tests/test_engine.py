@@ -85,10 +85,10 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     final, _ = load_model(tmp_path / "last", "last")  # the last epoch's EMA weights
     for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert torch.load(tmp_path / "last" / "best.pt", weights_only=False)["epoch"] == 3  # 0-based: the fourth
+    assert torch.load(tmp_path / "last" / "best.pt", weights_only=True)["epoch"] == 3  # 0-based: the fourth
     best, best_history = run("best", **{"optim.keep": "best"})
     assert best_history == history  # what is kept does not change training
-    assert torch.load(tmp_path / "best" / "best.pt", weights_only=False)["epoch"] == best["best_epoch"] - 1
+    assert torch.load(tmp_path / "best" / "best.pt", weights_only=True)["epoch"] == best["best_epoch"] - 1
     assert history[best["best_epoch"] - 1] == pytest.approx(max(history), abs=1e-5)  # metrics.csv rounds to 5 places
     assert best["val_miou"] == pytest.approx(max(history), abs=1e-5)
     # the default: the soft vote of those two networks, the best epoch's and the last's, one training
@@ -311,7 +311,7 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     assert main(["train", "--out", str(run), *flags, "--members", "2", "--seed", "3"]) == 0
     said = capsys.readouterr().out
     assert "member_1 (2 of 2, seed 4)" in said and "member_1: validation mIoU" in said
-    kept = [torch.load(run / f"member_{k}" / "best.pt", weights_only=False)["epochs"] for k in range(2)]
+    kept = [torch.load(run / f"member_{k}" / "best.pt", weights_only=True)["epochs"] for k in range(2)]
     for k, (best, last) in enumerate(kept):  # each member keeps the vote of its best and last epochs, or one network
         words = (
             "at epoch 2, both the best on validation and the last, kept"

@@ -241,7 +241,7 @@ def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, 
     # the same weights with scale 1: an ensemble of two teachers averages their shares of classes 1..4
     other = tmp_path / "unscaled_teacher"
     shutil.copytree(trained_run, other)
-    state = torch.load(other / "best.pt", weights_only=False)
+    state = torch.load(other / "best.pt", weights_only=True)
     state["config"]["big_rock_scale"] = 1.0
     torch.save(state, other / "best.pt")
     two = label_pool([str(trained_run), str(other)], images, 0.6, 0.4, "cpu", progress=False)
@@ -391,7 +391,7 @@ def test_a_soft_labelled_pool_averages_the_teachers_unscaled_probabilities_and_i
     images = np.load(tiny_npz)["test_set"][:24]
     other = tmp_path / "other_teacher"  # the same run with its convolutions perturbed: another teacher
     shutil.copytree(trained_run, other)
-    state = torch.load(other / "best.pt", weights_only=False)
+    state = torch.load(other / "best.pt", weights_only=True)
     generator = torch.Generator().manual_seed(0)
     for value in state["model"].values():
         if value.dim() == 4:

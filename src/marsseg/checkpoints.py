@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import pickle
 import random
 import re
 import shutil
@@ -27,17 +28,67 @@ from marsseg.training import TrainingState, build_model, build_network, resolve_
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
-    write_atomically(path, lambda temporary: torch.save(state, temporary))
+    """Write atomically: a kill during the write leaves the previous checkpoint intact. `state` must hold only
+    tensors and plain values (dicts, lists, tuples, str, int, float, bool, None), so that load_checkpoint can read
+    it back without running code; the check here keeps a writer from making a file its own reader refuses."""
+
+    def write(temporary: str) -> None:
+        torch.save(state, temporary)
+        try:
+            torch.load(temporary, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise RuntimeError(f"{path}: a checkpoint must hold only tensors and plain values ({error})") from None
+
+    write_atomically(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint's contents, read with weights_only: tensors and plain values only, so a crafted file cannot run
+    code here. A file that holds anything else (a pickle of another kind, or a run of a marsseg older than this
+    rule, whose last.pt kept numpy's RNG state as an array) is refused, naming the file.
+
+    Raises:
+        UserError: the file is missing, unreadable, or holds more than tensors and plain values.
+    """
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path}: refused: it holds objects other than tensors and plain values, which could run code when "
+            "loaded; if it is a run of an earlier marsseg that you trust, `marsseg convert-run RUN` rewrites it"
+        ) from None
     except Exception as error:  # a truncated or foreign file
         raise UserError(f"{path}: not a readable marsseg checkpoint ({type(error).__name__})") from None
+
+
+def convert_trusted_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Rewrite the checkpoints of a run written by an earlier marsseg so that they hold only tensors and plain values:
+    each is loaded as a full pickle (which runs whatever code it holds: only for files the user trusts), its
+    numpy RNG state turned into a tensor, and written back. Returns the files rewritten.
+
+    Raises:
+        UserError: no checkpoint in `run_dir`, or one that is not a marsseg checkpoint even as a pickle.
+    """
+    run_dir = Path(run_dir)
+    paths = sorted(p for p in [*run_dir.glob("*.pt"), *run_dir.glob("member_*/*.pt")] if p.is_file())
+    if not paths:
+        raise UserError(f"{run_dir}: no checkpoints (*.pt) to convert; is it a marsseg run directory?")
+    for path in paths:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            raise UserError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
+        if not isinstance(state, dict) or "config" not in state:
+            raise UserError(f"{path}: not a marsseg checkpoint (no config); left as it was")
+        if isinstance(state.get("rng", {}).get("numpy"), tuple):  # np.random.get_state()'s legacy tuple
+            _, key, pos, has_gauss, gauss = state["rng"]["numpy"]
+            state["rng"]["numpy"] = _plain_numpy_state(
+                {"bit_generator": "MT19937", "state": {"key": key, "pos": pos}, "has_gauss": has_gauss, "gauss": gauss}
+            )
+        save_checkpoint(path, state)
+    return paths
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
@@ -72,13 +123,33 @@ def scored_weights(checkpoint: dict) -> dict:
     return checkpoint["model"]
 
 
+def _plain_numpy_state(state: dict) -> dict:
+    """np.random.get_state(legacy=False) with its key array as a tensor and its numbers as Python numbers."""
+    return {
+        "bit_generator": str(state["bit_generator"]),
+        "state": {
+            "key": torch.from_numpy(np.asarray(state["state"]["key"], dtype=np.int64)),
+            "pos": int(state["state"]["pos"]),
+        },
+        "has_gauss": int(state["has_gauss"]),
+        "gauss": float(state["gauss"]),
+    }
+
+
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's and torch's RNG states, as tensors and plain values."""
+    return {
+        "python": random.getstate(),
+        "numpy": _plain_numpy_state(np.random.get_state(legacy=False)),
+        "torch": torch.get_rng_state(),
+    }
 
 
 def _restore_rng(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
 
 

@@ -36,6 +36,11 @@ def cmd_data_inspect(args) -> int:
     if data.frame_ids is not None:
         size = f", frames resized to {data.frame_size} before cutting" if data.frame_size else ""
         print(f"  frame_id:     {len(np.unique(data.frame_ids))} camera frames{size}")
+    if data.sources is not None:
+        shares = ", ".join(
+            f"{name} {count}" for name, count in zip(data.source_names, np.bincount(data.sources), strict=False)
+        )
+        print(f"  source:       {len(data.source_names)} merged files ({shares} samples)")
     counts = np.bincount(data.masks.reshape(-1), minlength=5)
     present = [(data.masks == c).any(axis=(1, 2)).sum() for c in range(5)]
     print(f"  {'class':<12}{'pixel share':>12}{'images containing':>20}")
@@ -89,6 +94,26 @@ def cmd_data_import(args) -> int:
     )
     if result.labels_without_image:
         print(f"  ignored {result.labels_without_image} labels whose image is not in {result.images_folder}")
+    return 0
+
+
+def cmd_data_merge(args) -> int:
+    from marsseg.data.io import refuse_to_overwrite, save_npz
+    from marsseg.data.merge import merge_data_files
+
+    refuse_to_overwrite(args.out, args.force)
+    if any(Path(args.out).resolve() == Path(path).resolve() for path in args.files):
+        raise UserError(f"{args.out}: is one of the input files; write the merged data to a new file")
+    arrays = merge_data_files(args.files, keep_test=not args.drop_test)
+    save_npz(args.out, arrays)
+    counts = np.bincount(arrays["source"], minlength=len(arrays["source_name"]))
+    tests = arrays.get("test_set")
+    print(
+        f"wrote {args.out}: training_set {len(arrays['training_set'])} crops of {len(np.unique(arrays['frame_id']))} "
+        f"frames, test_set {'dropped' if args.drop_test else len(tests) if tests is not None else 'none'}"
+    )
+    for name, count in zip(arrays["source_name"], counts, strict=True):
+        print(f"  {count:6d}  {name}")
     return 0
 
 
@@ -470,6 +495,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert_run(args) -> int:
+    from marsseg.checkpoints import convert_trusted_run
+
+    print(
+        f"trusting the checkpoints in {args.run_dir} as written by an earlier marsseg: each is loaded once as a full "
+        "pickle, which runs any code it holds, and rewritten with tensors and plain values only"
+    )
+    for path in convert_trusted_run(args.run_dir):
+        print(f"rewrote {path}")
+    return 0
+
+
 def cmd_overfit_batch(args) -> int:
     from marsseg.config import load_config
     from marsseg.training import overfit_one_batch
@@ -607,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="inspect, import, synthesize, clean or split data files")
+    data = commands.add_parser("data", help="inspect, import, merge, synthesize, clean or split data files")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_commands.add_parser("inspect", help="validate a file and print class shares and duplicate groups")
     p.add_argument("file")
@@ -638,6 +675,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=cmd_data_import)
+    p = data_commands.add_parser(
+        "merge",
+        help="merge data files into one (a source per file, frame ids kept apart) to train on all of them",
+        description="Concatenate the training sets (and test sets) of several course-layout files. Each sample keeps "
+        "its source (the file's name), so the local test figure is also given per source; frame ids stay distinct "
+        "per file and are inferred from frame halves where a file has none (the course file), so no frame "
+        "straddles a split. Duplicates across files are grouped when the merged file is split.",
+    )
+    p.add_argument("files", nargs="+", help="two or more .npz files in the course layout (e.g. `data import` output)")
+    p.add_argument("--out", required=True, help="the merged .npz to write")
+    p.add_argument("--drop-test", action="store_true", help="leave the inputs' test sets out (default: keep them)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(run=cmd_data_merge)
     p = data_commands.add_parser("clean", help="remove contaminated samples; writes CLEAN.npz and CLEAN.removed.json")
     p.add_argument("file")
     p.add_argument("--out", required=True, help="the cleaned .npz (the report goes beside it)")
@@ -727,6 +777,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser(
+        "convert-run",
+        help="rewrite a trusted run of an earlier marsseg so that its checkpoints hold no code",
+        description="marsseg loads model files with weights_only: tensors and plain values only, so a file someone "
+        "sends you cannot run code. Runs written by marsseg before that rule kept numpy's RNG state in last.pt and "
+        "are refused. This command loads such a run's checkpoints once as full pickles (which runs any code they "
+        "hold: use it only on runs you made or trust) and rewrites them in the safe form.",
+    )
+    p.add_argument("run_dir", help="a run directory written by an earlier marsseg train")
+    p.set_defaults(run=cmd_convert_run)
 
     p = commands.add_parser(
         "experiments",

@@ -33,18 +33,20 @@ def gradient_image(side: int, shift: int = 0) -> np.ndarray:
 def test_label_values_map_both_ways():
     assert TO_COURSE[[0, 1, 2, 3, 255]].tolist() == [1, 2, 3, 4, 0]
     assert TO_AI4MARS[[0, 1, 2, 3, 4]].tolist() == [255, 0, 1, 2, 3]
-    assert MASK_TIE_ORDER == (1, 2, 3, 4, 0)
+    assert MASK_TIE_ORDER == (0, 1, 2, 3, 4)
 
 
 def test_mask_majority_and_its_tie_rule():
-    # 2x2 blocks, course values: a 3-1 majority wins; ties go to the lowest AI4Mars value (soil first, no label last)
+    # 2x2 blocks, course values: a 3-1 majority wins; ties go to the lowest course value (background first), as
+    # mars64.npz was made (its data README)
     blocks = {
         (4, 4, 4, 1): 4,
-        (0, 0, 1, 1): 1,  # no label against soil: soil
-        (0, 0, 4, 4): 4,  # no label against big rock: big rock
+        (0, 0, 1, 1): 0,  # no label against soil: no label
+        (0, 0, 4, 4): 0,  # no label against big rock: no label
         (2, 2, 1, 1): 1,  # bedrock against soil: soil
         (4, 4, 3, 3): 3,  # big rock against sand: sand
-        (0, 3, 2, 4): 2,  # four values: bedrock, the lowest AI4Mars value among them
+        (0, 3, 2, 4): 0,  # four values: no label, the lowest course value among them
+        (3, 1, 2, 4): 1,  # four labeled values: soil
     }
     mask = np.zeros((2, 2 * len(blocks)), np.uint8)
     for i, block in enumerate(blocks):
@@ -102,9 +104,10 @@ def test_sample_import_reproduces_the_mars64_recipe(ai4mars_sample, tmp_path, ca
         image = cv2.resize(gray, (128, 128), interpolation=cv2.INTER_AREA)
         assert np.abs(np.concatenate(data.images[2 * frame : 2 * frame + 2]).astype(int) - image).max() <= 1
         label = cv2.imread(str(ai4mars_sample / "labels" / f"{names[frame]}.png"), cv2.IMREAD_UNCHANGED)
-        blocks = label.reshape(128, 2, 128, 2).swapaxes(1, 2).reshape(128, 128, 4)
-        mode = np.array([[np.bincount(b, minlength=256).argmax() for b in row] for row in blocks])  # lowest wins
-        assert np.array_equal(np.concatenate(data.masks[2 * frame : 2 * frame + 2]), TO_COURSE[mode])
+        blocks = TO_COURSE[label].reshape(128, 2, 128, 2).swapaxes(1, 2).reshape(128, 128, 4)
+        # the mode of the course values, ties to the lowest (background first), as mars64 was made
+        mode = np.array([[np.bincount(b, minlength=5).argmax() for b in row] for row in blocks])
+        assert np.array_equal(np.concatenate(data.masks[2 * frame : 2 * frame + 2]), mode)
     again = tmp_path / "again.npz"
     assert main(["data", "import", str(ai4mars_sample), "--out", str(again)]) == 0
     assert np.array_equal(load_npz(again).images, data.images) and np.array_equal(load_npz(again).masks, data.masks)

@@ -4,6 +4,8 @@ The course layout is an `.npz` with `training_set` (N, 2, 64, 128) uint8 — `[:
 `[:, 1]` the label mask with values 0..4 — and `test_set` (M, 64, 128) uint8 images without labels.
 An optional `frame_id` (N,) integer array says which training samples come from the same camera frame, and an
 optional `frame_size` integer the side the frames were resized to before cutting (`marsseg data import` writes it).
+A merged file (`marsseg data merge`) also has `source` (N,) integers indexing `source_name` (S,) strings: which
+input file each training sample came from, so that figures can be given per source.
 """
 
 from __future__ import annotations
@@ -40,14 +42,26 @@ class MarsData:
     frame_ids: np.ndarray | None  # (N,) int64, or None
     path: str = ""
     frame_size: int | None = None  # the side whole frames were resized to before cutting, when the file says
+    sources: np.ndarray | None = None  # (N,) int64 index into source_names, for a merged file; else None
+    source_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, indices: np.ndarray) -> MarsData:
-        """The training samples at `indices` (test images and path kept)."""
+        """The training samples at `indices` (test images, path and source names kept)."""
         frames = None if self.frame_ids is None else self.frame_ids[indices]
-        return MarsData(self.images[indices], self.masks[indices], self.test_images, frames, self.path, self.frame_size)
+        sources = None if self.sources is None else self.sources[indices]
+        return MarsData(
+            self.images[indices],
+            self.masks[indices],
+            self.test_images,
+            frames,
+            self.path,
+            self.frame_size,
+            sources,
+            self.source_names,
+        )
 
 
 def _describe(array: np.ndarray) -> str:
@@ -106,7 +120,32 @@ def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool
         if frame_size.shape != () or not np.issubdtype(frame_size.dtype, np.integer) or frame_size < 1:
             raise DataError(f"{path}: field 'frame_size': found {_describe(frame_size)}, expected one integer >= 1")
         frame_size = int(frame_size)
-    return MarsData(np.ascontiguousarray(train[:, 0]), np.ascontiguousarray(masks), test, frames, str(path), frame_size)
+    sources, source_names = _validate_sources(path, arrays, train.shape[0])
+    return MarsData(
+        np.ascontiguousarray(train[:, 0]),
+        np.ascontiguousarray(masks),
+        test,
+        frames,
+        str(path),
+        frame_size,
+        sources,
+        source_names,
+    )
+
+
+def _validate_sources(path: str, arrays: dict[str, np.ndarray], samples: int) -> tuple[np.ndarray | None, tuple]:
+    sources, names = arrays.get("source"), arrays.get("source_name")
+    if sources is None and names is None:
+        return None, ()
+    if sources is None or names is None:
+        raise DataError(f"{path}: fields 'source' and 'source_name': found one without the other, expected both")
+    if sources.shape != (samples,) or not np.issubdtype(sources.dtype, np.integer):
+        raise DataError(f"{path}: field 'source': found {_describe(sources)}, expected integers of shape ({samples},)")
+    if names.ndim != 1 or names.dtype.kind != "U" or len(names) == 0:
+        raise DataError(f"{path}: field 'source_name': found {_describe(names)}, expected a list of names")
+    if sources.min() < 0 or sources.max() >= len(names):
+        raise DataError(f"{path}: field 'source': found values outside 0..{len(names) - 1} (one per source_name)")
+    return sources.astype(np.int64), tuple(str(name) for name in names)
 
 
 def load_npz(path: str | os.PathLike, require_test: bool = False) -> MarsData:
@@ -201,4 +240,7 @@ def to_course_layout(data: MarsData) -> dict[str, np.ndarray]:
         arrays["frame_id"] = data.frame_ids
     if data.frame_size is not None:
         arrays["frame_size"] = np.array(data.frame_size)
+    if data.sources is not None:
+        arrays["source"] = data.sources
+        arrays["source_name"] = np.array(data.source_names)
     return arrays

@@ -162,16 +162,9 @@ def frame_units(below: np.ndarray) -> list[list[int]]:
     return [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(below)) if i not in bottoms]
 
 
-def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
-    """(N,) group id: samples that share an exact image, a near-duplicate key or a frame share a group.
-
-    Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from the pairs of both
-    seam matchers: `seam_pairs` and `frame_halves`, which finds 868 pairs in mars64's cleaned training crops to
-    seam_pairs' 688 (seam_pairs alone left 83 of them with a half on each side of the default split).
-    `seams_only` groups by seam_pairs alone, as every split and fold did before 2026-11-29: only for reproducing
-    the cross-validated tables measured on those folds (benchmarks/recipes.py --seams-only).
-    """
-    parent = list(range(len(data)))
+def _union_find_roots(count: int, pairs: list[tuple[int, int]], keyings: list[list] = ()) -> np.ndarray:
+    """(count,) one root index per sample: samples joined by a pair, or by an equal key in any keying, share it."""
+    parent = list(range(count))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -179,9 +172,6 @@ def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = Fals
             i = parent[i]
         return i
 
-    keyings = [hash_each(data.images)]
-    if data.frame_ids is not None:
-        keyings.append(data.frame_ids.tolist())
     for keys in keyings:
         first_seen: dict = {}
         for index, key in enumerate(keys):
@@ -189,15 +179,44 @@ def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = Fals
                 parent[find(index)] = find(first_seen[key])
             else:
                 first_seen[key] = index
+    for first, second in pairs:
+        parent[find(second)] = find(first)
+    return np.array([find(i) for i in range(count)], dtype=np.int64)
+
+
+def inferred_frame_pairs(images: np.ndarray, seams_only: bool = False) -> list[tuple[int, int]]:
+    """Pairs of crops that look like the two halves of one camera frame: the pairs of both seam matchers,
+    `seam_pairs` and `frame_halves` (or seam_pairs alone with `seams_only`)."""
+    pairs = seam_pairs(images)
+    if not seams_only:
+        below = frame_halves(images)
+        pairs += [(top, int(below[top])) for top in np.flatnonzero(below >= 0).tolist()]
+    return pairs
+
+
+def inferred_frame_ids(images: np.ndarray) -> np.ndarray:
+    """(N,) a frame id per crop for data without one (`data merge` writes them): crops that inferred_frame_pairs
+    joins share an id; ids are 0.. in the order of each frame's first crop."""
+    roots = _union_find_roots(len(images), inferred_frame_pairs(images))
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
+
+
+def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
+    """(N,) group id: samples that share an exact image, a near-duplicate key or a frame share a group.
+
+    Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from inferred_frame_pairs,
+    whose frame_halves finds 868 pairs in mars64's cleaned training crops to seam_pairs' 688 (seam_pairs alone left
+    83 of them with a half on each side of the default split). `seams_only` groups by seam_pairs alone, as every
+    split and fold did before 2026-11-29: only for reproducing the cross-validated tables measured on those folds
+    (benchmarks/recipes.py --seams-only).
+    """
+    keyings = [hash_each(data.images)]
+    if data.frame_ids is not None:
+        keyings.append(data.frame_ids.tolist())
     linked = near_duplicate_pairs(data.images)
     if data.frame_ids is None and infer_frames:
-        linked += seam_pairs(data.images)
-        if not seams_only:
-            below = frame_halves(data.images)
-            linked += [(top, int(below[top])) for top in np.flatnonzero(below >= 0).tolist()]
-    for first, second in linked:
-        parent[find(second)] = find(first)
-    return np.array([find(i) for i in range(len(data))], dtype=np.int64)
+        linked += inferred_frame_pairs(data.images, seams_only)
+    return _union_find_roots(len(data), linked, keyings)
 
 
 def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:

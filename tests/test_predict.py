@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from marsseg.checkpoints import load_model
@@ -7,6 +8,7 @@ from marsseg.cli import main
 from marsseg.config import inference_settings
 from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
+from marsseg.report import LABEL_COLORS, overlay_labels
 
 
 def test_submission_csv_layout(tmp_path):
@@ -90,7 +92,11 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     assert (big_labels == nearest).mean() > 0.95  # the probabilities were resized back bilinearly, not nearest
     assert np.array(Image.open(out / "labels" / "odd.png")).shape == (50, 90)
     overlay = np.array(Image.open(out / "overlays" / "big.png"))
-    assert overlay.shape == (256, 512, 3) and overlay.dtype == np.uint8
+    assert overlay.shape == (256 + 16, 512, 3) and overlay.dtype == np.uint8  # a legend row under the picture
+    legend_colours = {tuple(c) for c in overlay[256:].reshape(-1, 3).tolist()}
+    assert {tuple(int(round(255 * c)) for c in to_rgb(colour)) for colour in LABEL_COLORS.colors[1:]} <= legend_colours
+    small_overlay = np.array(Image.open(out / "overlays" / "small.png"))  # 128 wide: the legend wraps onto rows
+    assert small_overlay.shape[0] > 64 + 16 and np.array_equal(small_overlay[:64], overlay_labels(crop, expected))
     assert sorted(p.name for p in out.iterdir()) == ["labels", "overlays"]  # nothing else, no temporaries
 
 

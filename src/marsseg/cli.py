@@ -724,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--precision",
             choices=("auto", "fp32", "bf16"),
-            help="inference precision (default: the run's own; fp32 reproduces an exported .onnx file's labels)",
+            help="inference precision (default: the run's inference_precision, fp32, whose labels an exported .onnx "
+            "file reproduces; bf16 is about 1.4x faster on a CPU with native bf16)",
         )
         tta = p.add_mutually_exclusive_group()
         tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average over a flip")

@@ -319,7 +319,8 @@ def _validate(
     indices, frames = shard
     # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
-    val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **inference_settings(cfg))
+    settings = inference_settings(cfg, precision=cfg.precision)  # part of training: in its precision
+    val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **settings)
     return summed_evaluation(val, ranks)
 
 

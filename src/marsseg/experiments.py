@@ -91,7 +91,7 @@ def ensemble_scores(
                 c.data.in_channels,
                 tta=tta,
                 device=device,
-                precision=c.precision,
+                precision=c.inference_precision,
                 whole_frames=whole_frames,
                 scales=scales,
             )

@@ -285,13 +285,14 @@ def predict_image_files(
 ) -> tuple[list[Path], np.ndarray]:
     """Predict image files (or folders of them) of any size; write per image `out_dir/labels/NAME.png` (AI4Mars
     values: 0 soil, 1 bedrock, 2 sand, 3 big rock, 255 no label) and `out_dir/overlays/NAME.png` (colours over the
-    image), all or nothing. Returns the files predicted and the pixel count of each label 0..4 over all of them.
+    image, a legend of them under it), all or nothing. Returns the files predicted and the pixel count of each
+    label 0..4 over all of them.
 
     Raises:
         UserError: a missing path, an unreadable image, two images with one name, or an existing output
             without `force`; nothing is written then.
     """
-    from marsseg.report import overlay_labels
+    from marsseg.report import overlay_with_legend
 
     files = find_image_files(paths)
     seen: dict[str, Path] = {}
@@ -320,7 +321,7 @@ def predict_image_files(
                     model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision, scales
                 )
                 Image.fromarray(TO_AI4MARS[labels]).save(staging / "labels" / f"{path.stem}.png")
-                Image.fromarray(overlay_labels(image, labels)).save(staging / "overlays" / f"{path.stem}.png")
+                Image.fromarray(overlay_with_legend(image, labels)).save(staging / "overlays" / f"{path.stem}.png")
                 counts += np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)
     return files, counts
 

@@ -25,6 +25,43 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, opacity: float = 0.45)
     return np.where(labels[..., None] > 0, tinted, gray).round().astype(np.uint8)
 
 
+LEGEND_ROW = 16  # pixels: the height of one row of the legend under an overlay
+
+
+def legend_strip(width: int) -> np.ndarray:
+    """(H, width, 3) uint8 RGB: a swatch and the name of each labeled class, in rows as wide as `width`."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    entries = []  # (swatch colour, name, width of the entry in pixels)
+    for colour, name in zip(LABEL_COLORS.colors[1:], CLASS_NAMES[1:], strict=True):
+        text_width = int(np.ceil(font.getlength(name)))
+        entries.append((colour, name, LEGEND_ROW + text_width + 10))
+    rows, x = 1, 0
+    for *_, entry_width in entries:
+        if x and x + entry_width > width:
+            rows, x = rows + 1, 0
+        x += entry_width
+    strip = Image.new("RGB", (width, rows * LEGEND_ROW), "white")
+    draw = ImageDraw.Draw(strip)
+    row, x = 0, 0
+    for colour, name, entry_width in entries:
+        if x and x + entry_width > width:
+            row, x = row + 1, 0
+        top = row * LEGEND_ROW
+        rgb = tuple(int(round(255 * c)) for c in to_rgb(colour))
+        draw.rectangle([x + 2, top + 3, x + LEGEND_ROW - 3, top + LEGEND_ROW - 4], fill=rgb)
+        draw.text((x + LEGEND_ROW, top + 2), name, fill="black", font=font)
+        x += entry_width
+    return np.asarray(strip)
+
+
+def overlay_with_legend(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """overlay_labels' picture with a legend of the class colours under it: (H + legend, W, 3) uint8 RGB."""
+    overlay = overlay_labels(image, labels)
+    return np.concatenate([overlay, legend_strip(overlay.shape[1])])
+
+
 def save_figure(figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))

@@ -135,7 +135,11 @@ def label_pool(
         models = [load_model(run_dir) for run_dir in teachers]
     streams = [
         predict_probabilities(
-            model.to(device), images, batch_size=PREDICT_BATCH, device=device, **inference_settings(cfg)
+            model.to(device),
+            images,
+            batch_size=PREDICT_BATCH,
+            device=device,
+            **inference_settings(cfg, precision=cfg.precision),
         )
         for model, cfg in models
     ]

@@ -1,6 +1,15 @@
-"""Camera frames cut into shuffled halves, as the course data has them, for the tests of pairing them."""
+"""Camera frames cut into shuffled halves, as the course data has them, for the tests of pairing them; image files."""
+
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+
+def save_image(path: Path, array: np.ndarray, fmt: str | None = None) -> None:
+    """Write an image file (format from the suffix, or `fmt`), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
 
 
 def shuffled_halves(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -134,8 +136,17 @@ def test_predict_precision_flag_overrides_the_runs(trained_run, exported, tmp_pa
     )
     assert main(["predict", str(trained_run), "--out", str(tmp_path / "bf16.csv"), "--precision", "bf16"]) == 0
     assert set(seen) == {"bf16"}
+    # a run trained in bf16 predicts in fp32 by default (inference_precision), so that it gives its ONNX graph's labels
+    bf16_run = tmp_path / "bf16_run"
+    shutil.copytree(trained_run, bf16_run)
+    state = torch.load(bf16_run / "best.pt", weights_only=True)
+    state["config"]["precision"] = "bf16"
+    torch.save(state, bf16_run / "best.pt")
     seen.clear()
-    assert main(["predict", str(trained_run), "--out", str(tmp_path / "run.csv")]) == 0
-    assert set(seen) == {load_model(trained_run)[1].precision}
+    assert main(["predict", str(bf16_run), "--out", str(tmp_path / "run.csv")]) == 0
+    assert set(seen) == {"fp32"} and load_model(bf16_run)[1].precision == "bf16"
+    assert main(["predict", str(exported), "--out", str(tmp_path / "onnx.csv")]) == 0
+    torch_labels, onnx_labels = read_submission(tmp_path / "run.csv")[1], read_submission(tmp_path / "onnx.csv")[1]
+    assert (torch_labels == onnx_labels).mean() >= 0.999
     assert main(["predict", str(exported), "--out", str(tmp_path / "x.csv"), "--precision", "bf16"]) == 2
     assert "computes in fp32" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

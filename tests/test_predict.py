@@ -9,6 +9,7 @@ from marsseg.config import inference_settings
 from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
 from marsseg.report import LABEL_COLORS, overlay_labels
+from tests.frames import save_image
 
 
 def test_submission_csv_layout(tmp_path):
@@ -33,7 +34,10 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, tiny_npz, capsys
     out = capsys.readouterr().out
     assert "mIoU" in out and (run / "worst_test.png").is_file() and (run / "confusion_test.png").is_file()
     assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in out  # the config's default
-    assert main(["evaluate", str(run), "--split", "test", "--no-whole-frames", "--no-tta"]) == 0
+    before = (run / "worst_test.png").read_bytes()
+    assert main(["evaluate", str(run), "--split", "test", "--no-whole-frames", "--no-tta"]) == 2  # pictures exist
+    assert "--force" in capsys.readouterr().err and (run / "worst_test.png").read_bytes() == before
+    assert main(["evaluate", str(run), "--split", "test", "--no-whole-frames", "--no-tta", "--force"]) == 0
     assert "images (no TTA):" in capsys.readouterr().out
     csv_path = tmp_path / "submission.csv"
     assert main(["predict", str(run), "--out", str(csv_path)]) == 0
@@ -66,11 +70,6 @@ def test_overfit_batch_command_reports_steps(tiny_npz, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "overfit one batch of 8" in out and "steps" in out
-
-
-def save_image(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
 
 
 def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays, capsys):
@@ -255,14 +254,18 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             assert "tta_scales" in str(error)
         else:
             raise AssertionError(f"tta_scales {bad} was accepted")
-    assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875"]) == 0
+    assert main(["evaluate", str(trained_run), "--split", "test", "--tta-scales", "1,0.875", "--force"]) == 0
     assert "(flip TTA at scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
     assert set(seen) == {1.0, 0.875}
     seen.clear()
-    assert main(["evaluate", str(trained_run), "--split", "test", "--no-tta"]) == 0  # no TTA at all: no flip, scale 1
+    assert (
+        main(["evaluate", str(trained_run), "--split", "test", "--no-tta", "--force"]) == 0
+    )  # no TTA at all: no flip, scale 1
     assert "(no TTA, halves of a frame together)" in capsys.readouterr().out and set(seen) == {1.0}
     seen.clear()
-    assert main(["evaluate", str(trained_run), "--split", "test", "--no-tta", "--tta-scales", "1,0.875"]) == 0
+    assert (
+        main(["evaluate", str(trained_run), "--split", "test", "--no-tta", "--tta-scales", "1,0.875", "--force"]) == 0
+    )
     assert "(no flips, scales 1, 0.875, halves of a frame together)" in capsys.readouterr().out
     assert set(seen) == {1.0, 0.875}
     seen.clear()

@@ -91,17 +91,26 @@ def convert_trusted_run(run_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
+# The model marsseg ships (docs/model-card.md; `make model` rebuilds it): used wherever no run is named.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "navcam.pt"
+
+
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
     "best" is the run's model (best.pt: the epoch optim.keep keeps), "last" the last epoch's (its EMA when the run
     keeps one, as that is what is scored); "epoch_N" a snapshot of the scored model after epoch N, written as best.pt
     is (benchmarks/cross_validation.py keeps them). Only best.pt's config holds the big-rock scale chosen on
-    validation; the others have the configured one."""
+    validation; the others have the configured one. `run_dir` may also name a model file itself (a best.pt, a file
+    `marsseg pack` wrote, the shipped model): that file's model is returned, in fp32 whatever its weights are."""
     if which not in ("best", "last") and not re.fullmatch(r"epoch_\d+", which):
         raise ValueError(f"which: found {which!r}, expected 'best', 'last' or 'epoch_N'")
     path = Path(run_dir) / f"{which}.pt"
-    if which == "best" and not path.is_file() and (Path(run_dir) / BEST_EPOCH_FILE).is_file():
+    if Path(run_dir).is_file():
+        path, which = Path(run_dir), "best"
+    elif which == "best" and not path.is_file() and (Path(run_dir) / BEST_EPOCH_FILE).is_file():
         raise UserError(f"{run_dir}: the run has not finished (no best.pt yet); --resume it to make its model")
+    elif not Path(run_dir).exists():
+        raise UserError(f"{run_dir}: not found, expected a run directory written by marsseg train or a model file")
     state = load_checkpoint(path)
     try:
         cfg = from_dict(state["config"], str(path))
@@ -109,10 +118,23 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
         networks = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, keep="last"))
         weights = scored_weights(state)
         model = build_model(cfg, weights) if which == "best" else build_model(networks)
-        model.load_state_dict(weights)
+        model.load_state_dict(weights)  # copies into the model's fp32 parameters, from fp16 weights too
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
     return model.eval(), cfg
+
+
+def pack_model(
+    run_dir: str | os.PathLike, out: str | os.PathLike, *, half: bool = False, card: dict | None = None
+) -> None:
+    """One file that holds a run's model (best.pt's config and weights, nothing to resume from), to share or ship;
+    with `half`, its floating-point weights in fp16 (half the size; they are computed in fp32 when loaded). `card`:
+    plain values to keep beside them (the shipped model's figures)."""
+    source = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "best.pt"
+    state = load_checkpoint(source)
+    weights = {k: v.half() if half and v.is_floating_point() else v for k, v in state["model"].items()}
+    packed = {"config": state["config"], "model": weights, "epochs": state.get("epochs"), "card": card or {}}
+    save_checkpoint(out, packed)
 
 
 def scored_weights(checkpoint: dict) -> dict:

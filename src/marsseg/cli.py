@@ -384,11 +384,84 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
     return model, cfg, prepared
 
 
+def _model_source(run_dir: str | None) -> str:
+    """The model a command uses: the one named, or the shipped model, said in one line."""
+    from marsseg.checkpoints import SHIPPED_MODEL
+
+    if run_dir is not None:
+        return run_dir
+    if not SHIPPED_MODEL.is_file():
+        raise UserError(f"{SHIPPED_MODEL}: the shipped model is missing; name a run, or rebuild it with `make model`")
+    print(f"using the shipped model {SHIPPED_MODEL} (MSL NavCam frames at 128 px; see docs/model-card.md)")
+    return str(SHIPPED_MODEL)
+
+
+def _evaluate_frames(args) -> int:
+    from marsseg import report
+    from marsseg.data.io import refuse_to_overwrite, write_text_atomically
+    from marsseg.evaluation import CLASS_KEYS, evaluate_labeled_frames
+    from marsseg.export import load_for_inference
+    from marsseg.training import resolve_device
+
+    if args.json:
+        refuse_to_overwrite(args.json, args.force)
+    source = _model_source(args.run_dir)
+    model, cfg = load_for_inference(source)
+    device = resolve_device(args.device or cfg.device)
+    if hasattr(model, "to"):
+        model = model.to(device)
+    settings = _inference_settings(cfg, args)
+    scored = evaluate_labeled_frames(
+        model,
+        args.images,
+        cfg.data.frame_size,
+        in_channels=settings["in_channels"],
+        tta=settings["tta"],
+        scales=settings["scales"],
+        precision=settings["precision"],
+        device=device,
+        big_rock_scale=cfg.big_rock_scale or 1.0,
+        progress=True,
+    )
+    result, (low, high) = scored.evaluation, scored.interval
+    words = f"{_inference_words(settings['tta'], False, settings['scales'])}, {settings['precision']}"
+    title = f"{args.images}: {len(scored.names)} labeled frames at their own size ({words}):"
+    print(report.format_iou_table(result.ious, result.miou, title))
+    print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {len(scored.names)} frames)")
+    if args.json:
+        figures = {
+            "model": str(source),
+            "images": str(args.images),
+            "frames": len(scored.names),
+            "miou": result.miou,
+            "miou_interval90": [low, high],
+            "iou": dict(zip(CLASS_KEYS, result.ious.tolist(), strict=True)),
+            "tta": settings["tta"],
+            "scales": list(settings["scales"]),
+            "precision": settings["precision"],
+        }
+        write_text_atomically(args.json, json.dumps(figures, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from marsseg import report
+    from marsseg.data.io import refuse_to_overwrite
     from marsseg.evaluation import evaluate, miou_interval
     from marsseg.training import resolve_device
 
+    if args.images:
+        return _evaluate_frames(args)
+    if args.run_dir is None or not Path(args.run_dir).is_dir():
+        raise UserError(
+            f"{args.run_dir or 'RUN'}: --split scores a run directory on its own parts; name one, or score any "
+            "model on labeled frames with --images DIR"
+        )
+    out = Path(args.run_dir)
+    pictures = [out / f"confusion_{args.split}.png", out / f"worst_{args.split}.png"]
+    for picture in pictures:
+        refuse_to_overwrite(picture, args.force)
     model, cfg, prepared = _prepared_for_run(args.run_dir, args.data)
     device = resolve_device(args.device or cfg.device)
     indices = getattr(prepared.split, args.split)
@@ -410,10 +483,9 @@ def cmd_evaluate(args) -> int:
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
     print("confusion matrix (rows true 1..4, columns predicted 0..4):")
     print(np.array2string(result.matrix[1:], max_line_width=120))
-    out = Path(args.run_dir)
-    report.plot_confusion(result.matrix, out / f"confusion_{args.split}.png", title=name)
-    report.plot_predictions(images, masks, result.predictions, result.per_image_miou, out / f"worst_{args.split}.png")
-    print(f"wrote {out / f'confusion_{args.split}.png'} and {out / f'worst_{args.split}.png'}")
+    report.plot_confusion(result.matrix, pictures[0], title=name)
+    report.plot_predictions(images, masks, result.predictions, result.per_image_miou, pictures[1])
+    print(f"wrote {pictures[0]} and {pictures[1]}")
     return 0
 
 
@@ -441,13 +513,16 @@ def cmd_predict(args) -> int:
         raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
     if not args.images:
         refuse_to_overwrite(args.out, args.force)
-    model, cfg = load_for_inference(args.run_dir)  # a run directory or an exported .onnx file
+    if args.run_dir is None and not args.images and args.data is None:
+        raise UserError("no RUN_DIR: with the shipped model, name the images (--images) or the data file (--data)")
+    source = _model_source(args.run_dir)
+    model, cfg = load_for_inference(source)  # a run directory, a model file or an exported .onnx file
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)
     settings = _inference_settings(cfg, args)
     if settings["precision"] == "bf16" and not isinstance(model, nn.Module):
-        raise UserError(f"--precision bf16: {args.run_dir} is an .onnx file, which computes in fp32")
+        raise UserError(f"--precision bf16: {source} is an .onnx file, which computes in fp32")
     scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
         files, counts = predict_image_files(
@@ -489,9 +564,38 @@ def cmd_export(args) -> int:
     if not str(args.out).endswith(".onnx"):
         raise UserError(f"--out {args.out}: expected a file name ending in .onnx")
     refuse_to_overwrite(args.out, args.force)
-    model, cfg = load_model(args.run_dir)
+    model, cfg = load_model(_model_source(args.run_dir))
     export_onnx(model, cfg, args.out)
     print(f"wrote {args.out} (big-rock scale {cfg.big_rock_scale or 1.0:g} inside). {GRAPH_CONTRACT}")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from marsseg.checkpoints import load_model, pack_model
+    from marsseg.data.io import refuse_to_overwrite
+    from marsseg.predict import predict_labels
+
+    if not str(args.out).endswith(".pt"):
+        raise UserError(f"--out {args.out}: expected a file name ending in .pt")
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"{args.run_dir}: not a run directory, expected one written by marsseg train")
+    refuse_to_overwrite(args.out, args.force)
+    pack_model(args.run_dir, args.out, half=args.half)
+    words = "fp16 weights" if args.half else "fp32 weights"
+    if args.half:
+        model, cfg, prepared = _prepared_for_run(args.run_dir, None)
+        indices = np.concatenate([prepared.split.val, prepared.split.test])
+        images = prepared.data.images[indices]
+        settings, scale = inference_settings(cfg), cfg.big_rock_scale or 1.0
+        full = predict_labels(model, images, big_rock_scale=scale, progress=True, **settings)
+        half = predict_labels(load_model(args.out)[0], images, big_rock_scale=scale, progress=True, **settings)
+        agreement = float((full == half).mean())
+        words += f"; labels agree with the fp32 model's on {100 * agreement:.3f} % of {len(images)} crops' pixels"
+        if agreement < 0.999:
+            os.remove(args.out)
+            print(f"marsseg: fp16 weights change {100 * (1 - agreement):.3f} % of the labels; {args.out} not written")
+            return 1
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB, {words})")
     return 0
 
 
@@ -718,7 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", cmd_predict, "write a Kaggle CSV for the test_set, or label images for image files (--images)"),
     ):
         p = commands.add_parser(name, help=text)
-        p.add_argument("run_dir", help="a run directory written by marsseg train (predict: or an exported .onnx)")
+        p.add_argument(
+            "run_dir",
+            nargs="?",
+            help="a run directory written by marsseg train, a model file (.pt: a run's best.pt, marsseg pack's) or "
+            "an exported .onnx; omit it to use the model marsseg ships (docs/model-card.md)",
+        )
         p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
         p.add_argument("--device", choices=("auto", "cpu", "cuda"))
         p.add_argument(
@@ -750,12 +859,25 @@ def build_parser() -> argparse.ArgumentParser:
         )
         halves.add_argument("--no-whole-frames", dest="whole_frames", action="store_false", help="every crop alone")
         p.set_defaults(run=function)
-    commands.choices["evaluate"].add_argument("--split", choices=("val", "test", "train"), default="val")
+    p = commands.choices["evaluate"]
+    p.description = (
+        "Score a run on its validation, local-test or training part (as split when it trained), or, with --images, "
+        "any model on labeled frames of any size in the AI4Mars layout, predicted as predict --images labels them."
+    )
+    p.add_argument("--split", choices=("val", "test", "train"), default="val")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        help="labeled frames: DIR/images/NAME.jpg with DIR/labels/NAME.png (AI4Mars values), or the AI4Mars "
+        "release's layout; each scored at its own size",
+    )
+    p.add_argument("--json", metavar="FILE", help="with --images, also write the figures to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite --json, confusion_SPLIT.png and worst_SPLIT.png")
     p = commands.choices["predict"]
     p.description = (
-        "RUN_DIR is a run directory or an .onnx file from marsseg export (run by onnxruntime). Without --images: "
-        "the Kaggle CSV for the data file's test_set. With --images: a label PNG (AI4Mars values) and a colour "
-        "overlay per image, for images of any size."
+        "RUN_DIR is a run directory, a model file (.pt) or an .onnx file from marsseg export (run by onnxruntime); "
+        "without it, the model marsseg ships. Without --images: the Kaggle CSV for the data file's test_set. With "
+        "--images: a label PNG (AI4Mars values) and a colour overlay with a legend per image, for images of any size."
     )
     p.add_argument("--out", required=True, help="the CSV to write; with --images, the folder for labels/ and overlays/")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -774,10 +896,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = commands.add_parser("export", help="write a run's model as an ONNX file (dynamic batch, height, width)")
-    p.add_argument("run_dir", help="a run directory written by marsseg train")
+    p.add_argument(
+        "run_dir",
+        nargs="?",
+        help="a run directory written by marsseg train or a model file (.pt); omit it for the shipped model",
+    )
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser(
+        "pack",
+        help="write a run's model as one file to share or ship (weights and config only; --half: fp16 weights)",
+        description="One .pt file with the run's model (best.pt's weights and config, nothing to resume from), which "
+        "predict, evaluate, export and marsseg.load accept in place of the run directory. Like every marsseg model "
+        "file it holds only tensors and plain values. With --half the weights are stored in fp16 (half the size) "
+        "and computed in fp32; the labels are compared with the fp32 model's on the run's validation and local "
+        "test parts, and a file that changes more than 0.1 % of them is not written.",
+    )
+    p.add_argument("run_dir", help="a run directory written by marsseg train")
+    p.add_argument("--out", required=True, help="the .pt file to write")
+    p.add_argument("--half", action="store_true", help="store the weights in fp16")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(run=cmd_pack)
 
     p = commands.add_parser(
         "convert-run",

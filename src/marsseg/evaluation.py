@@ -1,18 +1,24 @@
 """Evaluation: a model's predictions scored against masks (Evaluation: mIoU, per-class IoU, confusion matrices), the
-bootstrap interval of a test mIoU, and the choice of the big-rock scale on validation (BIG_ROCK_SCALES)."""
+bootstrap interval of a test mIoU, the choice of the big-rock scale on validation (BIG_ROCK_SCALES), and labeled
+frames of any size scored as `predict --images` labels them (evaluate_labeled_frames)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from marsseg.data.ai4mars import find_pairs, read_label
+from marsseg.data.frames import read_gray_image
 from marsseg.data.io import NUM_CLASSES, MarsData
 from marsseg.data.split import group_ids
 from marsseg.metrics import bootstrap_miou_interval, confusion_matrices_per_image, iou_per_class, mean_iou
-from marsseg.predict import labels_from_probabilities, predict_probabilities
+from marsseg.predict import labels_from_probabilities, predict_frame, predict_probabilities
 
 CLASS_KEYS = ("soil", "bedrock", "sand", "big_rock")  # the names of classes 1..4 in metrics.json
 
@@ -103,3 +109,48 @@ def best_big_rock_scale(probabilities: torch.Tensor, masks: np.ndarray) -> tuple
     """For probabilities (N, C, H, W) of the images whose masks are `masks`: the best scale and every scale's mIoU."""
     scores = {s: evaluate_probabilities([probabilities], masks, big_rock_scale=s).miou for s in BIG_ROCK_SCALES}
     return max(scores, key=scores.get), scores
+
+
+@dataclass
+class FramesEvaluation:
+    """Labeled frames (AI4Mars layout) predicted as `predict --images` does and scored at their own size."""
+
+    evaluation: Evaluation  # image_matrices: one per frame
+    names: list[str]  # the frames' file stems, in order
+    interval: tuple[float, float]  # 90 % bootstrap interval of the mIoU over frames
+
+
+def evaluate_labeled_frames(
+    model,
+    directory: str | os.PathLike,
+    frame_size: int,
+    *,
+    in_channels: int = 1,
+    tta: bool = True,
+    scales: tuple[float, ...] = (1.0,),
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    big_rock_scale: float = 1.0,
+    progress: bool = False,
+) -> FramesEvaluation:
+    """Score `model` on the labeled frames under `directory` (`images/` + `labels/`, or the AI4Mars release's
+    layout): each image predicted whole at its own size (predict.predict_frame, as `predict --images` writes its
+    labels), one confusion matrix over every pixel whose true label is not background.
+
+    Raises:
+        UserError: no images, an image without a label, or an unreadable file (data.ai4mars.find_pairs, read_label).
+    """
+    _, pairs, _ = find_pairs(Path(directory), require_labels=True)
+    matrices = []
+    for image_path, label_path in tqdm(pairs, desc="evaluate", unit="frame", disable=not progress, leave=False):
+        image = read_gray_image(image_path)
+        truth = read_label(label_path, image.shape, image_path)
+        labels = predict_frame(
+            model, image, frame_size, in_channels, tta, device, big_rock_scale, precision=precision, scales=scales
+        )
+        matrices.append(confusion_matrices_per_image(torch.from_numpy(truth[None]), torch.from_numpy(labels[None])))
+    image_matrices = torch.cat(matrices).numpy()
+    matrix = image_matrices.sum(axis=0)
+    evaluation = Evaluation(matrix, mean_iou(matrix), iou_per_class(matrix), image_matrices=image_matrices)
+    interval = bootstrap_miou_interval(image_matrices, np.arange(len(pairs)))
+    return FramesEvaluation(evaluation, [image.stem for image, _ in pairs], interval)

@@ -243,6 +243,30 @@ def frame_probabilities(
     return (total / count)[:, :height, :width]
 
 
+def image_probabilities(
+    model: ImageModel,
+    image: np.ndarray,
+    frame_size: int,
+    in_channels: int = 1,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    max_pixels: int = MAX_FRAME_PIXELS,
+    precision: str = "fp32",
+    scales: tuple[float, ...] = (1.0,),
+) -> torch.Tensor:
+    """(C, H, W) probabilities for a gray frame (H, W) of any size.
+
+    The frame is resized by frame_size / its longer side, the scale the model was trained at (`data.frame_size`),
+    predicted whole (see `frame_probabilities`), and its probabilities resized back bilinearly.
+    """
+    shape = resized_shape(image.shape, frame_size)
+    frame = resize_image(image, shape)
+    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision, scales)
+    if shape != image.shape:
+        probs = resize(probs[None], image.shape)[0]  # (C, H, W)
+    return probs
+
+
 def predict_frame(
     model: ImageModel,
     image: np.ndarray,
@@ -255,17 +279,9 @@ def predict_frame(
     precision: str = "fp32",
     scales: tuple[float, ...] = (1.0,),
 ) -> np.ndarray:
-    """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size.
-
-    The frame is resized by frame_size / its longer side, the scale the model was trained at (`data.frame_size`),
-    predicted whole (see `frame_probabilities`), and its probabilities resized back bilinearly before the argmax.
-    """
-    shape = resized_shape(image.shape, frame_size)
-    frame = resize_image(image, shape)
-    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision, scales)[None]
-    if shape != image.shape:
-        probs = resize(probs, image.shape)  # (1, C, H, W)
-    return labels_from_probabilities(probs, big_rock_scale)[0].numpy().astype(np.uint8)
+    """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size (image_probabilities, then the argmax)."""
+    probs = image_probabilities(model, image, frame_size, in_channels, tta, device, max_pixels, precision, scales)
+    return labels_from_probabilities(probs[None], big_rock_scale)[0].numpy().astype(np.uint8)
 
 
 def predict_image_files(

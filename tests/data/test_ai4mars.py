@@ -1,20 +1,15 @@
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from marsseg.cli import main
 from marsseg.data.ai4mars import MASK_TIE_ORDER, TO_AI4MARS, TO_COURSE, import_ai4mars
 from marsseg.data.frames import resize_mask
 from marsseg.data.io import load_npz
+from tests.frames import save_image
 
 # mars64.npz's class shares (shared/data/README.md): background, soil, bedrock, sand, big rock
 MARS64_SHARES = np.array([0.423, 0.197, 0.302, 0.074, 0.0039])
-
-
-def save_image(path, array, fmt=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format=fmt)
 
 
 def quadrant_label(side: int) -> np.ndarray:

@@ -23,9 +23,10 @@ import torch
 from marsseg.checkpoints import load_model
 from marsseg.config import load_config
 from marsseg.export import OnnxModel, export_onnx
+from marsseg.models import build_network
 from marsseg.precision import cpu_has_native_bf16
 from marsseg.predict import torch_probabilities
-from marsseg.training import build_network, configure_threads
+from marsseg.training import configure_threads
 
 
 def images_per_second(predict, images: np.ndarray, seconds: float) -> float:

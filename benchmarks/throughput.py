@@ -26,9 +26,9 @@ import torch
 
 from marsseg.config import Config, load_config
 from marsseg.losses import build_loss
-from marsseg.models import MODELS, count_parameters, gflops_per_image
+from marsseg.models import MODELS, build_network, count_parameters, gflops_per_image
 from marsseg.precision import autocast, cpu_has_native_bf16
-from marsseg.training import build_ema, build_network, build_optimizer, configure_threads, training_step
+from marsseg.training import build_ema, build_optimizer, configure_threads, training_step
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 BATCH = 64

@@ -122,8 +122,7 @@ def test_a_run_of_another_split_is_not_reused(tmp_path):
 def test_an_unfinished_vote_run_says_so_and_an_old_side_by_side_ensembles_last_checkpoint_still_loads(tmp_path):
     from marsseg.checkpoints import save_checkpoint
     from marsseg.config import from_dict, load_config, to_dict
-    from marsseg.models import Ensemble
-    from marsseg.training import build_model
+    from marsseg.models import Ensemble, build_model
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best_epoch.pt").write_bytes(b"")  # optim.keep best_and_last, killed before the vote

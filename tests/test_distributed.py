@@ -13,7 +13,8 @@ from marsseg.config import load_config
 from marsseg.data.dataset import SegmentationDataset
 from marsseg.data.prepare import prepare_data
 from marsseg.losses import build_loss
-from marsseg.training import build_network, seed_everything, training_memory_format
+from marsseg.models import build_network
+from marsseg.training import seed_everything, training_memory_format
 from tests.ddp_worker import CONFIG
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

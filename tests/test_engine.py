@@ -16,7 +16,8 @@ from marsseg.data.augment import crop_around_class
 from marsseg.data.sampling import curriculum_indices
 from marsseg.engine import fit
 from marsseg.models import Ensemble
-from marsseg.training import lr_factor, resolve_device
+from marsseg.precision import resolve_device
+from marsseg.training import lr_factor
 from tests.tiny_runs import FAST, ON_CPU, tiny_config
 
 

@@ -106,7 +106,7 @@ def test_bad_export_and_onnx_inputs_get_one_line_and_exit_2(trained_run, exporte
 def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels, members):
     from marsseg.config import load_config
     from marsseg.export import export_onnx
-    from marsseg.training import build_model
+    from marsseg.models import build_model
 
     # one network, or an ensemble of two (optim.keep "last": one network a member; the vote of a run's best and last
     # epochs has the ensemble's shape)

@@ -15,17 +15,14 @@ from marsseg.checkpoints import load_model
 from marsseg.config import ConfigError, inference_settings, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
-from marsseg.losses import build_loss
+from marsseg.losses import IGNORED, build_loss, pseudo_label_loss, soft_target_loss
 from marsseg.predict import predict_probabilities, scale_big_rock
 from marsseg.semi import (
-    IGNORED,
     PseudoLabeled,
     UnlabeledStream,
     confident_labels,
     label_pool,
-    pseudo_label_loss,
     pseudo_labels,
-    soft_target_loss,
     strong_view,
     unlabeled_images,
 )

@@ -110,7 +110,7 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto") -> Segm
     """
     from marsseg.checkpoints import SHIPPED_MODEL
     from marsseg.export import load_for_inference
-    from marsseg.training import resolve_device
+    from marsseg.precision import resolve_device
 
     source = SHIPPED_MODEL if path is None else Path(path)
     model, cfg = load_for_inference(source)

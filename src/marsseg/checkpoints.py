@@ -22,9 +22,8 @@ from marsseg.config import Config, from_dict, get_field, to_dict
 from marsseg.data.io import write_atomically
 from marsseg.data.split import Split
 from marsseg.errors import UserError
-from marsseg.models import Ensemble
-from marsseg.precision import resolve_precision
-from marsseg.training import TrainingState, build_model, build_network, resolve_device
+from marsseg.models import Ensemble, build_model, build_network
+from marsseg.precision import resolve_device, resolve_precision
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -158,7 +157,7 @@ def _plain_numpy_state(state: dict) -> dict:
     }
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     """Python's, numpy's and torch's RNG states, as tensors and plain values."""
     return {
         "python": random.getstate(),
@@ -167,40 +166,12 @@ def _rng_state() -> dict:
     }
 
 
-def _restore_rng(state: dict) -> None:
+def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
     key = numpy_state["state"]["key"].numpy().astype(np.uint32)
     np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
-
-
-def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
-    """At the end of an epoch: the scored model alone, to best.pt if the run keeps this epoch's (optim.keep "best":
-    when it `improved` on validation; "last": every epoch's in turn), or with "best_and_last" to best_epoch.pt when it
-    improved (save_best_and_last makes best.pt at the end); then last.pt, which adds the optimizer, schedule, EMA,
-    history, progress and RNG states that a resumed run continues from."""
-    checkpoint = {
-        "config": to_dict(cfg),
-        "model": state.scored_model.state_dict(),
-        "epoch": state.epoch,
-        "best": state.best,
-        "stale": state.stale,
-    }
-    if cfg.optim.keep == "last" or (improved and cfg.optim.keep == "best"):
-        save_checkpoint(run_dir / "best.pt", checkpoint)
-    elif improved and cfg.optim.keep == "best_and_last":
-        save_checkpoint(run_dir / BEST_EPOCH_FILE, checkpoint)
-    checkpoint.update(
-        model=state.model.state_dict(),
-        optimizer=state.optimizer.state_dict(),
-        history=state.history,
-        progress=state.progress,
-        rng=_rng_state(),
-        plateau=state.plateau.state_dict() if state.plateau is not None else None,
-        ema=state.ema.state_dict() if state.ema is not None else None,
-    )
-    save_checkpoint(run_dir / "last.pt", checkpoint)
 
 
 BEST_EPOCH_FILE = "best_epoch.pt"  # optim.keep "best_and_last": the best epoch on validation so far, one network
@@ -221,21 +192,6 @@ def save_best_and_last(run_dir: Path, cfg: Config) -> tuple[list[int], nn.Module
     model = (Ensemble(networks) if len(networks) == 2 else networks[0]).eval()
     save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": model.state_dict(), "epochs": epochs})
     return epochs, model
-
-
-def restore_training_state(state: TrainingState, checkpoint: dict) -> None:
-    """Continue from `checkpoint` (a last.pt): weights, optimizer, schedule, EMA and RNG streams, and the run's
-    history, best epoch and progress."""
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if state.plateau is not None:
-        state.plateau.load_state_dict(checkpoint["plateau"])
-    if state.ema is not None:
-        state.ema.load_state_dict(checkpoint["ema"])
-    _restore_rng(checkpoint["rng"])
-    state.history, state.best, state.stale = checkpoint["history"], checkpoint["best"], checkpoint["stale"]
-    state.progress = checkpoint["progress"]
-    state.epoch = checkpoint["epoch"]
 
 
 HISTORY_FIELDS = [
@@ -285,7 +241,7 @@ RUN_FILES = (
 
 
 def member_dir(run_dir: str | os.PathLike, k: int) -> Path:
-    """Member k's own run directory inside an ensemble run's (members.py)."""
+    """Member k's own run directory inside an ensemble run's (engine.fit)."""
     return Path(run_dir) / f"member_{k}"
 
 
@@ -301,7 +257,7 @@ def check_same_split(run_dir: str | os.PathLike, split: Split) -> None:
 
 
 def can_resume(run_dir: str | os.PathLike) -> bool:
-    """The run left a last.pt to continue from: its own, or its first member's (an ensemble run, members.py)."""
+    """The run left a last.pt to continue from: its own, or its first member's (an ensemble run, engine.fit)."""
     return any((folder / "last.pt").is_file() for folder in (Path(run_dir), member_dir(run_dir, 0)))
 
 
@@ -318,7 +274,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> Pa
     if force and not resume:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
-        for member in run_dir.glob("member_*"):  # an ensemble run's (members.py)
+        for member in run_dir.glob("member_*"):  # an ensemble run's (engine.fit)
             if member.is_dir() and member.name.removeprefix("member_").isdigit():
                 shutil.rmtree(member)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -312,6 +312,10 @@ def cmd_train(args) -> int:
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
         low, high = metrics["test_miou_interval90"]
         print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {metrics['test_groups']} frame groups)")
+        if "test_by_source" in metrics:
+            from marsseg.evaluation import by_source_text
+
+            print("by source:\n" + by_source_text(metrics["test_by_source"]))
     files = "metrics.json, metrics.csv, curves.png, confusion.png, best.pt"
     if result.members:  # their metrics.csv and last.pt are in the members' folders
         files = "metrics.json, curves.png, confusion.png, best.pt; member_K/: each member's run, with its metrics.csv"
@@ -401,7 +405,7 @@ def _evaluate_frames(args) -> int:
     from marsseg.data.io import refuse_to_overwrite, write_text_atomically
     from marsseg.evaluation import CLASS_KEYS, evaluate_labeled_frames
     from marsseg.export import load_for_inference
-    from marsseg.training import resolve_device
+    from marsseg.precision import resolve_device
 
     if args.json:
         refuse_to_overwrite(args.json, args.force)
@@ -448,8 +452,8 @@ def _evaluate_frames(args) -> int:
 def cmd_evaluate(args) -> int:
     from marsseg import report
     from marsseg.data.io import refuse_to_overwrite
-    from marsseg.evaluation import evaluate, miou_interval
-    from marsseg.training import resolve_device
+    from marsseg.evaluation import by_source_text, evaluate, figures_by_source, miou_interval
+    from marsseg.precision import resolve_device
 
     if args.images:
         return _evaluate_frames(args)
@@ -481,6 +485,9 @@ def cmd_evaluate(args) -> int:
     )
     low, high, groups = miou_interval(result, prepared.data.subset(indices))
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
+    by_source = figures_by_source(result, prepared.data.subset(indices))
+    if by_source:
+        print("by source:\n" + by_source_text(by_source))
     print("confusion matrix (rows true 1..4, columns predicted 0..4):")
     print(np.array2string(result.matrix[1:], max_line_width=120))
     report.plot_confusion(result.matrix, pictures[0], title=name)
@@ -503,8 +510,8 @@ def cmd_predict(args) -> int:
     from marsseg.data.io import refuse_to_overwrite
     from marsseg.data.prepare import load_data
     from marsseg.export import load_for_inference
+    from marsseg.precision import resolve_device
     from marsseg.predict import MAX_FRAME_PIXELS, predict_image_files, predict_labels, write_submission
-    from marsseg.training import resolve_device
 
     if args.images and args.data is not None:
         raise UserError("--images and --data: found both, expected one (image files, or a data file's test_set)")

@@ -97,7 +97,7 @@ class ModelConfig:
     width: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
     # members > 1 trains that many networks one after another, from seeds seed, seed + 1, ..., each keeping its own
-    # model (optim.keep; members.py), and predicts their soft vote (models.Ensemble): members times the
+    # model (optim.keep; engine.fit), and predicts their soft vote (models.Ensemble): members times the
     # training and prediction time. One network of 80 epochs beat two of 40 voting, in the same training time
     # (cross-validated on mars64; README, Recipes).
     members: int = 1
@@ -413,7 +413,7 @@ def inference_settings(config: Config, *, precision: str | None = None) -> dict:
 
 def _check_model(config: Config, source: str) -> None:
     """The model section names a model and arguments its class accepts (building it is the sure test)."""
-    from marsseg.training import build_network
+    from marsseg.models import build_network  # imported when called: it imports torch
 
     try:
         build_network(config)

@@ -16,7 +16,7 @@ from marsseg.data.split import frame_units
 from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation
 from marsseg.metrics import iou_per_class, mean_iou
-from marsseg.training import resolve_device
+from marsseg.precision import resolve_device
 
 
 @dataclass

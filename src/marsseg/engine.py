@@ -8,6 +8,8 @@ its data, the training loader and its per-epoch seeds, the learning rate at each
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,15 +26,16 @@ from tqdm import tqdm
 from marsseg.checkpoints import (
     HISTORY_FIELDS,
     load_checkpoint,
+    load_model,
     member_dir,
     prepare_run_dir,
-    restore_training_state,
     run_device_name,
     save_best_and_last,
-    save_epoch_checkpoints,
+    save_checkpoint,
+    saved_config,
     write_history,
 )
-from marsseg.config import Config, from_dict, inference_settings, save_config
+from marsseg.config import Config, from_dict, inference_settings, one_network, save_config, to_dict
 from marsseg.data.augment import build_augmentation
 from marsseg.data.dataset import SegmentationDataset, make_loader
 from marsseg.data.frames import whole_frame_units
@@ -52,12 +55,15 @@ from marsseg.errors import UserError
 from marsseg.evaluation import Evaluation, evaluate
 from marsseg.finish import finish_run, predict_validation
 from marsseg.losses import build_loss
+from marsseg.models import Ensemble
 from marsseg.semi import UnlabeledStream, build_unlabeled_stream
 from marsseg.training import (
     TrainingState,
     build_training_state,
     configure_threads,
     lr_factor,
+    restore_training_state,
+    save_epoch_checkpoints,
     seed_everything,
     train_one_epoch,
     training_memory_format,
@@ -69,7 +75,7 @@ from marsseg.training import (
 class FitResult:
     run_dir: str
     best_val_miou: float
-    # with optim.keep "best_and_last" [best, last]; an ensemble run (members.py): each member's
+    # with optim.keep "best_and_last" [best, last]; an ensemble run (engine.fit): each member's
     best_epoch: int | list[int] | list[list[int]]
     epochs_run: int
     train_seconds: float
@@ -100,13 +106,11 @@ def fit(
         on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
         score_test: score the kept model (best.pt) on the local test part at the end (the final figure only).
 
-    With model.members > 1 (in the run's own config.yaml when resuming), members.fit_members trains the members
-    one after another and makes their soft vote the run's model.
+    With model.members > 1 (in the run's own config.yaml when resuming), _fit_members trains the members one after
+    another and makes their soft vote the run's model.
     """
     if run_is_ensemble(cfg, run_dir, resume):
-        from marsseg.members import fit_members
-
-        return fit_members(cfg, run_dir, resume, force, prepared, on_epoch, score_test)
+        return _fit_members(cfg, run_dir, resume, force, prepared, on_epoch, score_test)
     ranks = init_distributed(run_device_name(cfg, run_dir, resume))
     if ranks.is_main:
         run_dir = prepare_run_dir(run_dir, resume, force)
@@ -116,7 +120,7 @@ def fit(
     last = load_checkpoint(run_dir / "last.pt") if resume else None
     if last is not None:
         cfg = from_dict(last["config"], str(run_dir / "last.pt"))
-        if cfg.model.members > 1:  # marsseg before members.py trained an ensemble's members side by side
+        if cfg.model.members > 1:  # an older marsseg trained an ensemble's members side by side
             raise UserError(
                 f"{run_dir}: its {cfg.model.members} members were trained side by side by an older marsseg, which "
                 "cannot be resumed; evaluate, predict and export still read it; start a new run with --force"
@@ -388,7 +392,7 @@ def _end_run(
     result = FitResult(str(run_dir), best["miou"], best["epoch"], len(state.history), seconds, state.history)
     result.model = state.model
     if ranks.is_main:
-        from marsseg import report
+        from marsseg import report  # matplotlib: imported where a picture is drawn
 
         vote_val = None  # the vote's validation probabilities, predicted once for its figure and finish_run's
         if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
@@ -402,3 +406,85 @@ def _end_run(
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written its files
     return result
+
+
+# ---------------------------------------------------------------- ensemble runs
+# An ensemble run (model.members > 1): the members train one after another, each a whole run of its own in
+# RUN/member_K (seed + K, its own kept model (optim.keep), its share of a time budget), then their soft vote
+# (models.Ensemble) is the run's best.pt: one model to scoring, predict, evaluate and export. Its big-rock scale is
+# chosen on validation and it is scored once on the local test part, as a single network's run is (finish.py).
+# An interrupted run resumes at the member it had reached.
+
+
+def member_config(cfg: Config, k: int, minutes_spent: float = 0.0) -> Config:
+    """Member k's recipe: the run's, for one network, from seed + k. With a time budget (optim.minutes), its share
+    is what the members before it left, split evenly among it and those after it (at least 0.01 minutes, one epoch:
+    0 would mean no budget)."""
+    minutes = cfg.optim.minutes and max((cfg.optim.minutes - minutes_spent) / (cfg.model.members - k), 0.01)
+    return dataclasses.replace(
+        one_network(cfg), seed=cfg.seed + k, optim=dataclasses.replace(cfg.optim, minutes=minutes)
+    )
+
+
+def _fit_members(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    resume: bool,
+    force: bool,
+    prepared: PreparedData | None,
+    on_epoch=None,
+    score_test: bool = True,
+):
+    """fit for model.members > 1 (an ensemble run): train the members, save and score their vote.
+
+    A resumed run reads its own config, split and data record from `run_dir`; each member that has a last.pt
+    continues from it (a finished one stops at once; a member keeps the time share it started with), the others
+    start. `on_epoch(epoch, val_miou)` sees every member's epochs, member k's numbered from k * optim.epochs.
+    """
+    ranks = init_distributed(run_device_name(cfg, run_dir, resume))
+    if resume:  # the run's own recipe, as a single network's resume reads it from last.pt
+        cfg = saved_config(run_dir)
+        if cfg is None:
+            raise UserError(f"{run_dir}: nothing to resume (no config.yaml)")
+    check_config_for_ranks(cfg, ranks)  # before the run directory is written
+    if ranks.is_main:
+        run_dir = prepare_run_dir(run_dir, resume, force)
+    if ranks.world > 1:
+        dist.barrier()
+    run_dir = Path(run_dir)
+    device = process_device(cfg.device, ranks)
+    cfg = with_resolved_precision(cfg, device)  # config.yaml records what "auto" means here, as a single run's does
+    prepared = run_data(cfg, run_dir, resume, prepared, ranks)
+    members = []
+    for k in range(cfg.model.members):
+        path = member_dir(run_dir, k)
+        if ranks.is_main:
+            print(f"{path.name} ({k + 1} of {cfg.model.members}, seed {cfg.seed + k}): {path}", flush=True)
+        member_resume = resume and (path / "last.pt").is_file()
+        member_cfg = member_config(cfg, k, sum(m.train_seconds for m in members) / 60)
+        numbered = None if on_epoch is None else functools.partial(_numbered, on_epoch, k * cfg.optim.epochs)
+        members.append(fit(member_cfg, path, member_resume, True, prepared, numbered, score_test=False))
+    ensemble = Ensemble([load_model(result.run_dir)[0] for result in members]).to(device)
+    best_epochs = [result.best_epoch for result in members]
+    epochs_run = sum(result.epochs_run for result in members)
+    seconds = sum(result.train_seconds for result in members)
+    result = FitResult(str(run_dir), float("nan"), best_epochs, epochs_run, seconds, [], model=ensemble)
+    result.members = members
+    if ranks.is_main:
+        save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
+        # predicted once, for the vote's figure (as a single run's: without the big-rock scale) and finish_run
+        vote_val, result.best_val_miou = predict_validation(ensemble, cfg, prepared, device)
+        from marsseg import report
+
+        report.plot_member_curves([m.history for m in members], result.best_val_miou, run_dir / "curves.png")
+        if score_test:
+            result.val, result.test = finish_run(
+                run_dir, cfg, prepared, device, best_epochs, epochs_run, seconds, vote_val
+            )
+    if ranks.world > 1:
+        dist.barrier()  # every rank returns once rank 0 has written the vote's files
+    return result
+
+
+def _numbered(on_epoch, offset: int, epoch: int, val_miou: float) -> None:
+    on_epoch(offset + epoch, val_miou)

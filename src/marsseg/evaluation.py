@@ -101,6 +101,29 @@ def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.
     return low, high, len(np.unique(groups))
 
 
+def figures_by_source(evaluation: Evaluation, data: MarsData) -> dict[str, dict]:
+    """For merged data (data.sources, in the order `evaluation` scored it): each source's crops, mIoU and per-class
+    IoU from its own confusion matrix; {} for data of one source."""
+    if data.sources is None:
+        return {}
+    figures = {}
+    for index, name in enumerate(data.source_names):
+        mine = data.sources == index
+        if mine.any():
+            matrix = evaluation.image_matrices[mine].sum(axis=0)
+            ious = dict(zip(CLASS_KEYS, iou_per_class(matrix).tolist(), strict=True))
+            figures[name] = {"crops": int(mine.sum()), "miou": mean_iou(matrix), "iou": ious}
+    return figures
+
+
+def by_source_text(figures: dict[str, dict]) -> str:
+    """One line per source: its mIoU and big-rock IoU."""
+    return "\n".join(
+        f"  {name}: mIoU {f['miou']:.4f}, big rock {f['iou']['big_rock']:.4f} ({f['crops']} crops)"
+        for name, f in figures.items()
+    )
+
+
 # Below 1 for recipes that show the model more big rock than the data has (copy-paste), which can over-predict it.
 BIG_ROCK_SCALES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 

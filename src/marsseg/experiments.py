@@ -23,8 +23,9 @@ from marsseg.engine import fit
 from marsseg.errors import UserError
 from marsseg.evaluation import CLASS_KEYS, best_big_rock_scale, evaluate_probabilities
 from marsseg.models import count_parameters, gflops_per_image
+from marsseg.precision import resolve_device
 from marsseg.predict import predict_probabilities
-from marsseg.training import configure_threads, resolve_device, with_resolved_precision
+from marsseg.training import configure_threads, with_resolved_precision
 
 FIELDS = ["model", "seed", "params", "gflops", "train_minutes", "epochs", "val_miou", "test_miou"] + [
     f"test_{name}" for name in CLASS_KEYS

@@ -18,6 +18,7 @@ from marsseg.evaluation import (
     best_big_rock_scale,
     evaluate,
     evaluate_probabilities,
+    figures_by_source,
     miou_interval,
 )
 from marsseg.predict import predict_probabilities
@@ -35,7 +36,7 @@ def finish_run(
 ) -> tuple[Evaluation, Evaluation | None]:
     """Choose the big-rock scale on validation if asked, then score best.pt (the kept model) on validation and, once,
     on the local test part; write metrics.json. Returns (validation, local test or None when that part is empty).
-    An ensemble run (members.py) passes each member's best epoch and the epochs of all its members.
+    An ensemble run (engine.fit) passes each member's best epoch and the epochs of all its members.
     `val_probabilities`: best.pt's on the validation part (predict_validation), when the caller has them already."""
     from marsseg import report
 
@@ -49,6 +50,7 @@ def finish_run(
         "whole_frames": cfg.whole_frames,
         "tta_scales": list(cfg.tta_scales),
         "precision": cfg.precision,
+        "inference_precision": cfg.inference_precision,
     }
     val_masks = data.masks[split.val]
     if val_probabilities is None:  # predicted once: for the scale, then scored with it
@@ -72,6 +74,9 @@ def finish_run(
             test_miou_interval90=[low, high],  # unrounded: `train` prints it as `evaluate` prints its own
             test_groups=groups,
         )
+        by_source = figures_by_source(test, data.subset(split.test))
+        if by_source:  # merged data: each source's own figure
+            metrics["test_by_source"] = by_source
         report.plot_confusion(test.matrix, run_dir / "confusion.png", title="local test part")
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     return val, test

@@ -1,4 +1,5 @@
-"""Losses: class-weighted Dice, categorical focal, their sum (the study's), cross-entropy, and Lovasz-softmax.
+"""Losses: class-weighted Dice, categorical focal, their sum (the study's), cross-entropy, Lovasz-softmax, and the
+pseudo-label losses of semi-supervised training (hard pseudo-labels, and soft targets from teachers).
 
 All take logits (B, C, H, W) and labels (B, H, W). With `ignore_background`, pixels whose true label is 0
 take no part, as in the metric.
@@ -14,6 +15,8 @@ from torch import nn
 from marsseg.config import LossConfig
 
 BACKGROUND = 0
+FIRST_SCORED_CLASS = 1  # classes 1..4 are scored; a pseudo-label is one of them
+IGNORED = -1  # the pseudo-label of a pixel the teacher is not confident about (semi.py)
 
 
 def class_weights(
@@ -185,3 +188,23 @@ def build_loss(cfg: LossConfig, train_masks: np.ndarray) -> nn.Module:
     if cfg.name not in losses:
         raise ValueError(f"unknown loss '{cfg.name}'; choose one of: {', '.join(losses)}")
     return losses[cfg.name]()
+
+
+def pseudo_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over classes 1..4 on the confident pixels, divided by all pixels (as in FixMatch: while the
+    teacher is unsure, the unlabeled loss stays small)."""
+    log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
+    kept = targets != IGNORED
+    picked = (targets - FIRST_SCORED_CLASS).clamp(min=0)
+    nll = -log_probabilities.gather(1, picked.unsqueeze(1)).squeeze(1)  # (B, H, W)
+    return (nll * kept).sum() / targets.numel()
+
+
+def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The KL divergence from the teachers' probabilities (B, 4, H, W) of classes 1..4 to the model's, averaged over
+    pixels: 0 where they agree (the cross-entropy against them has the same gradient)."""
+    log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
+    if targets.shape != log_probabilities.shape:
+        raise ValueError(f"soft targets: found shape {tuple(targets.shape)}, expected {tuple(log_probabilities.shape)}")
+    targets = targets.float()
+    return (torch.xlogy(targets, targets) - targets * log_probabilities).sum(dim=1).mean()

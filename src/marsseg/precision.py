@@ -13,6 +13,8 @@ import subprocess
 
 import torch
 
+from marsseg.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # x86 flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles); Arm's FEAT_BF16 shows as "bf16".
@@ -68,3 +70,12 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     device = torch.device(device)
     enabled = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config names: "auto" is CUDA where it is available, else the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

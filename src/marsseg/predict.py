@@ -21,14 +21,14 @@ from marsseg.data.frames import find_image_files, read_gray_image, resize_image,
 from marsseg.data.io import NUM_CLASSES, refuse_to_overwrite, staged_directory, write_atomically
 from marsseg.data.split import RARE_CLASS, frame_halves
 from marsseg.errors import UserError
+from marsseg.losses import FIRST_SCORED_CLASS
 from marsseg.models import final_logits
 from marsseg.models.blocks import resize
 from marsseg.precision import autocast
 
-# Why labels are argmax over classes 1..4 only: a pixel whose true label is 0 is never scored, and 0 on a pixel
-# labelled 1..4 is never a hit. (0 can still beat a wrong class, removing its false positive; on mars64 a rule
-# that abstains gained no more than the big-rock scale: benchmarks/decision_rules.py.)
-FIRST_SCORED_CLASS = 1
+# Labels are the argmax over classes FIRST_SCORED_CLASS.. (1..4) only: a pixel whose true label is 0 is never scored,
+# and 0 on a pixel labelled 1..4 is never a hit. (0 can still beat a wrong class, removing its false positive; on
+# mars64 a rule that abstains gained no more than the big-rock scale: benchmarks/decision_rules.py.)
 BIG_ROCK = RARE_CLASS
 
 

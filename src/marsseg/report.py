@@ -98,7 +98,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
 
 
 def plot_member_curves(histories: list[list[dict]], vote_miou: float, path: str | os.PathLike) -> None:
-    """An ensemble run's members (members.py): each one's training loss, validation mIoU and big-rock IoU by epoch,
+    """An ensemble run's members (engine.fit): each one's training loss, validation mIoU and big-rock IoU by epoch,
     and the soft vote's validation mIoU."""
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.6))
     for k, history in enumerate(histories):

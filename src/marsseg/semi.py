@@ -24,16 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from marsseg.checkpoints import load_model
 from marsseg.config import Config, inference_settings
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.prepare import PreparedData, load_data, recorded_fingerprint
 from marsseg.data.split import RARE_CLASS, Split
 from marsseg.errors import UserError
+from marsseg.losses import FIRST_SCORED_CLASS, IGNORED
 from marsseg.models import final_logits
 from marsseg.precision import autocast
-from marsseg.predict import FIRST_SCORED_CLASS, predict_probabilities, scale_big_rock
+from marsseg.predict import predict_probabilities, scale_big_rock
 
-IGNORED = -1  # the pseudo-label of a pixel the teacher is not confident about
 PREDICT_BATCH = 128  # crops per forward pass when teachers label the pool
 
 
@@ -129,8 +130,6 @@ def label_pool(
     leave out the big-rock scales, which were chosen for an argmax, not as probabilities: the student learns the
     teachers' own shares and chooses its own scale. Loading the teachers leaves the global random state as it was,
     so the student starts as it would without them."""
-    from marsseg.checkpoints import load_model  # checkpoints -> training -> semi: imported when called
-
     with torch.random.fork_rng(devices=[]):
         models = [load_model(run_dir) for run_dir in teachers]
     streams = [
@@ -195,26 +194,6 @@ def strong_view(
         smooth = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), kernel, groups=channels)
         images = torch.where(blurred[:, None, None, None], smooth, images)
     return images, targets
-
-
-def pseudo_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over classes 1..4 on the confident pixels, divided by all pixels (as in FixMatch: while the
-    teacher is unsure, the unlabeled loss stays small)."""
-    log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
-    kept = targets != IGNORED
-    picked = (targets - FIRST_SCORED_CLASS).clamp(min=0)
-    nll = -log_probabilities.gather(1, picked.unsqueeze(1)).squeeze(1)  # (B, H, W)
-    return (nll * kept).sum() / targets.numel()
-
-
-def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The KL divergence from the teachers' probabilities (B, 4, H, W) of classes 1..4 to the model's, averaged over
-    pixels: 0 where they agree (the cross-entropy against them has the same gradient)."""
-    log_probabilities = logits.float()[:, FIRST_SCORED_CLASS:].log_softmax(dim=1)  # (B, 4, H, W)
-    if targets.shape != log_probabilities.shape:
-        raise ValueError(f"soft targets: found shape {tuple(targets.shape)}, expected {tuple(log_probabilities.shape)}")
-    targets = targets.float()
-    return (torch.xlogy(targets, targets) - targets * log_probabilities).sum(dim=1).mean()
 
 
 class UnlabeledStream:

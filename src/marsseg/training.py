@@ -10,35 +10,27 @@ import os
 import random
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from marsseg.config import Config
+from marsseg.checkpoints import BEST_EPOCH_FILE, restore_rng, rng_state, save_checkpoint
+from marsseg.config import Config, to_dict
 from marsseg.data.dataset import images_to_tensor
-from marsseg.data.io import NUM_CLASSES
 from marsseg.data.prepare import prepare_data
-from marsseg.errors import UserError
 from marsseg.evaluation import evaluate
-from marsseg.losses import BACKGROUND, build_loss
-from marsseg.models import Ensemble, create_model, final_logits
-from marsseg.precision import autocast, resolve_precision
-from marsseg.semi import PseudoLabeled, UnlabeledStream, pseudo_label_loss, soft_target_loss
+from marsseg.losses import BACKGROUND, build_loss, pseudo_label_loss, soft_target_loss
+from marsseg.models import build_network, final_logits
+from marsseg.precision import autocast, resolve_device, resolve_precision
+from marsseg.semi import PseudoLabeled, UnlabeledStream
 
 AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
 
 
 # ---------------------------------------------------------------- set-up
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def with_resolved_precision(cfg: Config, device: torch.device | None = None) -> Config:
@@ -72,28 +64,6 @@ def training_memory_format(cfg: Config, device: torch.device) -> torch.memory_fo
     ):
         return torch.channels_last
     return torch.contiguous_format
-
-
-def build_network(cfg: Config) -> nn.Module:
-    """One network of the config's model: what trains, and what last.pt holds."""
-    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
-
-
-def build_model(cfg: Config, weights: dict | None = None) -> nn.Module:
-    """The shape of a run's model (best.pt): one network, or with optim.keep "best_and_last" the soft vote (Ensemble)
-    of two, its best epoch on validation and its last; with model.members > 1, an Ensemble of that many such members,
-    which train one at a time (members.py). Given best.pt's `weights`, a vote whose best epoch was its last holds
-    that network once (checkpoints.save_best_and_last), and the shape follows."""
-
-    def member(prefix: str) -> nn.Module:
-        voted = weights is None or any(name.startswith(f"{prefix}members.1.") for name in weights)
-        if cfg.optim.keep == "best_and_last" and voted:
-            return Ensemble([build_network(cfg), build_network(cfg)])
-        return build_network(cfg)
-
-    if cfg.model.members == 1:
-        return member("")
-    return Ensemble([member(f"members.{k}.") for k in range(cfg.model.members)])
 
 
 def ema_average(decay: float):
@@ -320,3 +290,49 @@ def overfit_one_batch(
             if miou >= target:
                 break
     return step, miou
+
+
+# ---------------------------------------------------------------- the training state in last.pt
+
+
+def save_epoch_checkpoints(run_dir: Path, cfg: Config, state: TrainingState, improved: bool) -> None:
+    """At the end of an epoch: the scored model alone, to best.pt if the run keeps this epoch's (optim.keep "best":
+    when it `improved` on validation; "last": every epoch's in turn), or with "best_and_last" to best_epoch.pt when it
+    improved (save_best_and_last makes best.pt at the end); then last.pt, which adds the optimizer, schedule, EMA,
+    history, progress and RNG states that a resumed run continues from."""
+    checkpoint = {
+        "config": to_dict(cfg),
+        "model": state.scored_model.state_dict(),
+        "epoch": state.epoch,
+        "best": state.best,
+        "stale": state.stale,
+    }
+    if cfg.optim.keep == "last" or (improved and cfg.optim.keep == "best"):
+        save_checkpoint(run_dir / "best.pt", checkpoint)
+    elif improved and cfg.optim.keep == "best_and_last":
+        save_checkpoint(run_dir / BEST_EPOCH_FILE, checkpoint)
+    checkpoint.update(
+        model=state.model.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        history=state.history,
+        progress=state.progress,
+        rng=rng_state(),
+        plateau=state.plateau.state_dict() if state.plateau is not None else None,
+        ema=state.ema.state_dict() if state.ema is not None else None,
+    )
+    save_checkpoint(run_dir / "last.pt", checkpoint)
+
+
+def restore_training_state(state: TrainingState, checkpoint: dict) -> None:
+    """Continue from `checkpoint` (a last.pt): weights, optimizer, schedule, EMA and RNG streams, and the run's
+    history, best epoch and progress."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.plateau is not None:
+        state.plateau.load_state_dict(checkpoint["plateau"])
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    restore_rng(checkpoint["rng"])
+    state.history, state.best, state.stale = checkpoint["history"], checkpoint["best"], checkpoint["stale"]
+    state.progress = checkpoint["progress"]
+    state.epoch = checkpoint["epoch"]

@@ -248,7 +248,7 @@ def claim_trial(study, rdb, n_trials: int, out_dir: Path):
 
 def run_trial(study, trial, base: Config, prepared, out_dir: Path, space: dict) -> None:
     optuna = _optuna()
-    # A trial tunes one network: an ensemble's members train one after another with the same recipe (members.py),
+    # A trial tunes one network: an ensemble's members train one after another with the same recipe (engine.fit),
     # and best.yaml keeps the base's number of members.
     cfg = suggest_config(trial, base, **space)
     cfg = one_network(cfg)

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from marsseg.config import from_dict, load_config
-from marsseg.members import member_config
-from marsseg.models import Ensemble, ResUNet, create_model
-from marsseg.training import build_model, build_network
+from marsseg.engine import member_config
+from marsseg.models import Ensemble, ResUNet, build_model, build_network, create_model
 
 
 def members(count: int, name: str = "res_unet", **kwargs) -> list[torch.nn.Module]:

@@ -1,4 +1,6 @@
-"""The model zoo: one file per architecture, `MODELS` maps names to classes, `create_model` builds one.
+"""The model zoo: one file per architecture, `MODELS` maps names to classes, `create_model` builds one, and
+`build_network` / `build_model` build a run's network and its model (one network or a vote) from its config: the one
+place a model is built.
 
 Every model maps a (B, in_channels, H, W) float image to (B, num_classes, H, W) logits, for H and W
 divisible by its `input_multiple` (8 to 64; 16 for the default `res_unet`): 64x128 crops in training, whole
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from marsseg.data.io import NUM_CLASSES
 from marsseg.models.danet import DANet
 from marsseg.models.deeplab import DeepLabV3
 from marsseg.models.dual_unet import DualUNet
@@ -33,6 +36,8 @@ __all__ = [
     "Ensemble",
     "ResUNet",
     "UNet",
+    "build_model",
+    "build_network",
     "count_parameters",
     "create_model",
     "final_logits",
@@ -57,6 +62,28 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 5, **kwargs
             f"accepted: in_channels, num_classes, {', '.join(accepted)}"
         )
     return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def build_network(cfg) -> nn.Module:
+    """One network of a config's model section (cfg: a marsseg.config.Config): what trains, what last.pt holds."""
+    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+
+
+def build_model(cfg, weights: dict | None = None) -> nn.Module:
+    """The shape of a run's model (best.pt): one network, or with optim.keep "best_and_last" the soft vote (Ensemble)
+    of two, its best epoch on validation and its last; with model.members > 1, an Ensemble of that many such members,
+    which train one at a time (engine.fit). Given best.pt's `weights`, a vote whose best epoch was its last holds
+    that network once (checkpoints.save_best_and_last), and the shape follows."""
+
+    def member(prefix: str) -> nn.Module:
+        voted = weights is None or any(name.startswith(f"{prefix}members.1.") for name in weights)
+        if cfg.optim.keep == "best_and_last" and voted:
+            return Ensemble([build_network(cfg), build_network(cfg)])
+        return build_network(cfg)
+
+    if cfg.model.members == 1:
+        return member("")
+    return Ensemble([member(f"members.{k}.") for k in range(cfg.model.members)])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""A soft-voting ensemble as one model: networks trained apart (members.py), voting by averaged probabilities. To
+"""A soft-voting ensemble as one model: networks trained apart (engine.fit), voting by averaged probabilities. To
 predict, evaluate and export it is one network."""
 
 import math
@@ -13,7 +13,7 @@ def final_logits(output: torch.Tensor | tuple) -> torch.Tensor:
 
 
 class Ensemble(nn.Module):
-    """Members trained one after another, from different seeds (members.py); their output is the log of the
+    """Members trained one after another, from different seeds (engine.fit); their output is the log of the
     members' mean softmax probabilities, so that a softmax of it is their soft vote."""
 
     def __init__(self, members: list[nn.Module]):

@@ -124,3 +124,30 @@ def test_readme_python_api_snippet_runs():
     labels = np.asarray(namespace["labels"])
     assert labels.shape == (64, 128)
     assert 1 <= labels.min() and labels.max() <= 4
+
+
+def test_every_flag_with_a_default_shows_it_in_help():
+    def parsers(parser, name="marsseg"):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from parsers(subparser, f"{name} {sub}")
+
+    missing = []
+    for name, parser in parsers(build_parser()):
+        text = " ".join(parser.format_help().split())  # the help as one line, whatever the wrapping
+        for action in parser._actions:
+            default = action.default
+            hidden = action.help == argparse.SUPPRESS
+            if (
+                hidden
+                or not action.option_strings
+                or default is None
+                or default is False
+                or default == argparse.SUPPRESS
+            ):
+                continue
+            if f"default: {default})" not in text and f"default {default}" not in text:
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, "flags whose --help does not show their default: " + ", ".join(missing)

@@ -709,11 +709,15 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         "even share of what the members before it left",
     )
     parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="images a step (default: the config's optim.batch_size, 64)")
     parser.add_argument(
         "--seed", type=int, help="seeds initialisation, sampling and augmentation (the split has data.split_seed)"
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where to train (default: the config's device, auto: CUDA if there)",
+    )
     parser.add_argument(
         "--semi",
         type=float,
@@ -745,13 +749,39 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default (where it has one); a text with line breaks keeps them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "%(default)" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with HelpFormatter, for the command and every subcommand (add_subparsers uses this class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="marsseg",
         description="Semantic segmentation of Mars terrain (0 unlabeled, 1 soil, 2 bedrock, 3 sand, 4 big rock) "
         "in 64x128 grayscale rover crops. Scored by mean IoU over classes 1..4, unlabeled pixels ignored.",
-        epilog="Start with: marsseg train --out runs/first  (embedded synthetic data), then "
-        "marsseg predict runs/first --out submission.csv",
+        epilog="start with:\n"
+        "  marsseg predict --images FRAMES/ --out labeled/   label your JPEGs with the shipped model (seconds)\n"
+        "  marsseg train --out runs/first --minutes 4        train on the embedded synthetic data (about 5 minutes)\n"
+        "  marsseg predict runs/first --out submission.csv   then its Kaggle CSV",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -761,10 +791,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(run=cmd_data_inspect)
     p = data_commands.add_parser("synth", help="write the embedded synthetic data set in the course layout")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-train", type=int, default=2615)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--n-train", type=int, default=2615, help="labeled training crops")
+    p.add_argument("--n-test", type=int, default=1000, help="test crops without labels")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=cmd_data_synth)
     p = data_commands.add_parser("import", help="read AI4Mars image and label files into the course layout")
@@ -808,9 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_data_clean)
     p = data_commands.add_parser("split", help="clean, then print the train/val/local-test split")
     p.add_argument("file", nargs="?", default="", help=DATA_HELP)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the crops in the validation part")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of the crops in the local test part")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (data.split_seed)")
     p.add_argument("--out", help="also save the indices as JSON")
     p.set_defaults(run=cmd_data_split)
 
@@ -836,7 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
             "an exported .onnx; omit it to use the model marsseg ships (docs/model-card.md)",
         )
         p.add_argument("--data", default=None, help="the data file (default: the one the run was trained on)")
-        p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+        p.add_argument(
+            "--device", choices=("auto", "cpu", "cuda"), help="where to predict (default: the run's device, auto)"
+        )
         p.add_argument(
             "--precision",
             choices=("auto", "fp32", "bf16"),
@@ -871,7 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Score a run on its validation, local-test or training part (as split when it trained), or, with --images, "
         "any model on labeled frames of any size in the AI4Mars layout, predicted as predict --images labels them."
     )
-    p.add_argument("--split", choices=("val", "test", "train"), default="val")
+    p.add_argument(
+        "--split", choices=("val", "test", "train"), default="val", help="the part of the run's split to score"
+    )
     p.add_argument(
         "--images",
         metavar="DIR",
@@ -969,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("overfit-batch", help="sanity check: can the model overfit one batch? exit 1 if not")
     _add_training_flags(p)
     p.add_argument("--target", type=float, default=0.95, help="mIoU to reach on the batch")
-    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=300, help="give up after this many steps (exit 1)")
     p.set_defaults(run=cmd_overfit_batch)
     return parser
 

@@ -1,4 +1,5 @@
-"""K-fold cross-validation of recipes (`benchmarks/recipes.py --folds K`): a measurement that sees small gains.
+"""K-fold cross-validation of recipes (`benchmarks/recipes.py --folds K`): `marsseg cv` (marsseg.cv) with the studies'
+extras: ensembles of finished rows, continued folds, snapshots, teachers named by variant.
 
 Every labeled crop is held out once (data.split.kfold_splits: whole frame groups, stratified on big rock). Each
 fold trains the recipe as `marsseg train` would, with the big-rock scale (and the variant's early stopping) on the
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from marsseg import report
+from marsseg import cv
 from marsseg.checkpoints import check_resume_matches_run, load_checkpoint, save_checkpoint, scored_weights
 from marsseg.config import (
-    DataConfig,
     dotted_names,
     from_dict,
     get_field,
@@ -31,33 +31,15 @@ from marsseg.config import (
     set_field,
     to_dict,
 )
+from marsseg.cv import CLASSES, difference_text, fold_dir, fold_plan, load_fold, pooled_matrices, write_table
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
-from marsseg.engine import fit
-from marsseg.metrics import bootstrap_miou_difference, bootstrap_miou_interval, iou_per_class, mean_iou
 
-CLASSES = ("soil", "bedrock", "sand", "big_rock")
-
-
-def difference_text(difference: float, low: float, high: float) -> str:
-    """A paired difference and its 90 % interval as the tables print it: "+0.008 (-0.004 to +0.019)"."""
-    return f"{difference:+.3f} ({low:+.3f} to {high:+.3f})"
-
-
-def fold_dir(out: Path, name: str, seed: int, fold: int) -> Path:
-    return out / f"{name}_seed{seed}_fold{fold}"
-
-
-def fold_plan(folds: int, cfg: DataConfig, prepared, seams_only: bool = False) -> str:
-    """What a fold's held-out crops depend on; a finished fold made under another plan is never reused. Folds
-    grouped by seam_pairs alone (`seams_only`, those of the tables measured before 2026-11-29) keep their plan."""
-    plan = f"{folds} folds, split seed {cfg.split_seed}, val {cfg.val_fraction}, data {prepared.fingerprint}"
-    return plan if seams_only else f"{plan}, frames by seam_pairs and frame_halves"
+__all__ = ["CLASSES", "difference_text", "fold_dir", "fold_plan", "load_fold", "pooled_matrices", "write_table"]
 
 
 def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = False, snapshot_every: int = 0) -> None:
-    """Train one fold (or carry on `run_dir`'s run) and keep its held-out crops' confusion matrices
-    (out_of_fold.npz); with `snapshot_every` N, also the scored model after every N-th epoch (epoch_N.pt), which an
+    """cv.run_fold, and with `snapshot_every` N also the scored model after every N-th epoch (epoch_N.pt), which an
     ensemble row names as "variant:epoch_N"."""
     on_epoch = None
     if not resume:
@@ -71,15 +53,7 @@ def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = Fals
             if (epoch + 1) % snapshot_every == 0:
                 save_snapshot(run_dir, epoch + 1)
 
-    fit_args = {"resume": resume, "force": not resume, "prepared": replace(prepared, split=split)}
-    result = fit(cfg, run_dir, on_epoch=on_epoch, **fit_args)
-    np.savez(
-        run_dir / "out_of_fold.npz",
-        indices=split.test,
-        matrices=result.test.image_matrices,
-        train_seconds=result.train_seconds,
-        plan=plan,
-    )
+    cv.run_fold(cfg, run_dir, prepared, split, plan, resume=resume, on_epoch=on_epoch)
 
 
 def save_snapshot(run_dir: Path, epoch: int) -> None:
@@ -159,102 +133,6 @@ def member_seed(member: str, seed: int) -> tuple[str, int, str]:
     member, _, checkpoint = member.partition(":")
     variant, _, offset = member.partition("@")
     return variant, seed + int(offset or 0), checkpoint or "best"
-
-
-def load_fold(path: Path, plan: str):
-    """A finished fold's out_of_fold.npz, or None when there is none; exits when it was made under another plan."""
-    if not path.is_file():
-        return None
-    saved = np.load(path)
-    if str(saved["plan"]) != plan:
-        raise SystemExit(f"{path}: made for {saved['plan']}, not {plan}; use another --out")
-    return saved
-
-
-def pooled_matrices(
-    out: Path, name: str, seed: int, folds: int, size: int, plan: str
-) -> tuple[np.ndarray, float] | None:
-    """(N, C, C) every crop's out-of-fold confusion matrix in sample order, and the training minutes of all folds;
-    None until every fold of (name, seed) has finished."""
-    matrices, minutes, scored = None, 0.0, np.zeros(size, dtype=np.int64)
-    for fold in range(folds):
-        saved = load_fold(fold_dir(out, name, seed, fold) / "out_of_fold.npz", plan)
-        if saved is None:
-            return None
-        if matrices is None:
-            matrices = np.zeros((size, *saved["matrices"].shape[1:]), dtype=np.int64)
-        matrices[saved["indices"]] = saved["matrices"]
-        np.add.at(scored, saved["indices"], 1)
-        minutes += float(saved["train_seconds"]) / 60
-    if not (scored == 1).all():
-        raise SystemExit(f"{out}: the folds of {name} seed {seed} do not score every crop exactly once")
-    return matrices, minutes
-
-
-def write_table(
-    out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray, plan: str, against: str = "default"
-) -> None:
-    """cv.md: per row the pooled out-of-fold mIoU (mean ± std over seeds), per-class IoU, the 90 % interval over
-    frame groups (seeds summed) and the paired difference from the row `against` on the seeds both have."""
-    pooled = {}
-    for name in names:
-        runs = {s: pooled_matrices(out, name, s, folds, len(groups), plan) for s in seeds}
-        pooled[name] = {s: r for s, r in runs.items() if r is not None}
-    lines = [
-        f"{folds}-fold cross-validation, pooled out of fold; interval: 90 % bootstrap over {len(np.unique(groups))} "
-        "frame groups",
-        "",
-        f"| variant | seeds | CV mIoU | 90 % interval | soil | bedrock | sand | big rock | vs {against} (90 %) "
-        "| minutes per fold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    differences = {}  # name -> (difference, low, high) against the row `against`, for the plot
-    for name, runs in pooled.items():
-        if not runs:
-            continue
-        per_seed = np.array([mean_iou(m.sum(axis=0)) for m, _ in runs.values()])
-        summed = sum(m for m, _ in runs.values())
-        low, high = bootstrap_miou_interval(summed, groups)
-        spread = f" ± {per_seed.std(ddof=1):.3f}" if len(per_seed) > 1 else ""
-        ious = iou_per_class(summed.sum(axis=0))
-        comparison = ""
-        shared = sorted(set(runs) & set(pooled.get(against, {})))
-        if name != against and shared:
-            ours = sum(runs[s][0] for s in shared)
-            theirs = sum(pooled[against][s][0] for s in shared)
-            difference, d_low, d_high = bootstrap_miou_difference(ours, theirs, groups)
-            differences[name] = (difference, d_low, d_high)
-            comparison = difference_text(difference, d_low, d_high)
-        minutes = np.mean([m for _, m in runs.values()]) / folds
-        lines.append(
-            f"| {name} | {len(runs)} | {per_seed.mean():.3f}{spread} | {low:.3f}-{high:.3f} | "
-            + " | ".join(f"{v:.3f}" for v in ious)
-            + f" | {comparison} | {minutes:.1f} |"
-        )
-    (out / "cv.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if differences:
-        plot_differences(differences, folds, out / "cv.png", against)
-
-
-def plot_differences(
-    differences: dict[str, tuple[float, float, float]], folds: int, path: Path, against: str = "default"
-) -> None:
-    """cv.png: each lever's pooled out-of-fold mIoU minus the row `against`'s, with its paired 90 % interval."""
-    plt = report.plt
-    names = list(differences)
-    values = np.array([differences[n] for n in names])  # (rows, 3): difference, low, high
-    figure, axis = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
-    errors = np.abs(values[:, 1:] - values[:, :1]).T
-    axis.errorbar(values[:, 0], names, xerr=errors, fmt="o", color="#6a7fa8", capsize=4)
-    axis.axvline(0, color="orange", label=against)
-    axis.set(
-        xlabel=f"mIoU minus {against}'s, pooled out of fold (90 % paired bootstrap)",
-        title=f"{folds}-fold cross-validation, same folds and seeds",
-    )
-    axis.invert_yaxis()
-    axis.legend(fontsize=8, loc="best")
-    report.save_figure(figure, path)
 
 
 def cross_validate(

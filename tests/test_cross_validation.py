@@ -58,7 +58,7 @@ def test_cross_validation_pools_every_crop_out_of_fold_and_compares_in_pairs(tmp
     cross_validate(args, ["default", "no_ema"], variant_config)
     assert (tmp_path / "default_seed0_fold0" / "out_of_fold.npz").stat().st_mtime == before
     # folds made under another plan (here 2 folds, asked for 3) are refused, never pooled
-    with pytest.raises(SystemExit, match="made for 2 folds"):
+    with pytest.raises(UserError, match="made for 2 folds"):
         cross_validate(Namespace(**{**vars(args), "folds": 3}), ["default", "no_ema"], variant_config)
     # a student's teachers are the named variant's models of the same fold and seed, never another fold's
     cross_validate(Namespace(**{**vars(args), "variants": "student"}), ["default", "student"], variant_config)
@@ -221,5 +221,5 @@ def test_fold_counts_pairs_one_rows_runs_image_by_image_and_gives_each_its_train
     assert itself.splitlines()[-1].endswith("| +0.000 (+0.000 to +0.000) |")
     with pytest.raises(SystemExit, match="has not finished all 2 folds of seeds \\[1\\]"):
         fold_count_table(str(tiny_npz), "row", [1], [(tmp_path / "cv2", 2)])
-    with pytest.raises(SystemExit, match="made for 2 folds"):  # another fold count's folds are never pooled
+    with pytest.raises(UserError, match="made for 2 folds"):  # another fold count's folds are never pooled
         fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 4)])

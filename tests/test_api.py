@@ -57,6 +57,8 @@ def test_pack_writes_one_file_that_predicts_as_the_run(trained_run, tiny_arrays,
     agreement = (marsseg.load(half).predict(crops) == marsseg.load(packed).predict(crops)).mean()
     assert agreement >= 0.999
     assert main(["pack", str(trained_run), "--out", str(packed)]) == 2  # exists: refused without --force
+    assert main(["predict", str(packed), "--out", str(tmp_path / "s.csv")]) == 2  # a model file: --data or --images
+    assert "--data" in capsys.readouterr().err
     assert main(["pack", str(trained_run), "--out", str(tmp_path / "model.bin")]) == 2
 
 

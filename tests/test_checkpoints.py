@@ -172,6 +172,11 @@ def test_a_model_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, 
     assert not (tmp_path / "sub.csv").exists() and not (tmp_path / "model.onnx").exists()
     torch.load(run / "best.pt", weights_only=False)  # what an unsafe loader would have done
     assert side_effect.exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["export", str(junk), "--out", str(tmp_path / "junk.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable marsseg checkpoint" in err and "convert-run" not in err  # no nudge to the unsafe loader
 
 
 def test_every_checkpoint_a_run_writes_loads_with_weights_only(tmp_path, tiny_npz):

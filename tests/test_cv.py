@@ -46,6 +46,24 @@ def test_cv_pools_every_crop_out_of_fold_and_compares_with_the_first(tmp_path, t
     assert float(rows["a"]["low"]) <= float(rows["a"]["miou"]) <= float(rows["a"]["high"])
     assert rows["a"]["difference"] == ""  # the first row is the one the others are compared with
     assert f"{difference:+.3f}" in (out / "cv.md").read_text() and (out / "cv.png").stat().st_size > 0
+    # rows share folds: one whose data section differs is refused before anything trains
+    (tmp_path / "c.yaml").write_text("data:\n  val_fraction: 0.2\n")
+    assert (
+        main(
+            [
+                "cv",
+                "--out",
+                str(tmp_path / "other"),
+                "--config",
+                str(tmp_path / "a.yaml"),
+                "--config",
+                str(tmp_path / "c.yaml"),
+                *TINY,
+            ]
+        )
+        == 2
+    )
+    assert "data.*" in capsys.readouterr().err and not (tmp_path / "other").exists()
     # a row whose recipe changed is refused: its folds would pool two recipes
     (tmp_path / "b.yaml").write_text("optim:\n  ema_decay: 0.5\n")
     assert main([*argv, *TINY]) == 2

@@ -146,6 +146,11 @@ def test_predict_precision_flag_overrides_the_runs(trained_run, exported, tmp_pa
     assert main(["predict", str(bf16_run), "--out", str(tmp_path / "run.csv")]) == 0
     assert set(seen) == {"fp32"} and load_model(bf16_run)[1].precision == "bf16"
     assert main(["predict", str(exported), "--out", str(tmp_path / "onnx.csv")]) == 0
+    # an .onnx file computes in fp32 whatever the run's inference_precision: its own predictions need no flag
+    state["config"]["inference_precision"] = "bf16"
+    torch.save(state, bf16_run / "best.pt")
+    assert main(["export", str(bf16_run), "--out", str(tmp_path / "bf16.onnx")]) == 0
+    assert main(["predict", str(tmp_path / "bf16.onnx"), "--out", str(tmp_path / "bf16_onnx.csv")]) == 0
     torch_labels, onnx_labels = read_submission(tmp_path / "run.csv")[1], read_submission(tmp_path / "onnx.csv")[1]
     assert (torch_labels == onnx_labels).mean() >= 0.999
     assert main(["predict", str(exported), "--out", str(tmp_path / "x.csv"), "--precision", "bf16"]) == 2

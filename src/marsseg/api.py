@@ -113,6 +113,8 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto") -> Segm
     from marsseg.precision import resolve_device
 
     source = SHIPPED_MODEL if path is None else Path(path)
+    if path is None and not SHIPPED_MODEL.is_file():
+        raise UserError(f"{SHIPPED_MODEL}: the shipped model is missing; name a run, or rebuild it with `make model`")
     model, cfg = load_for_inference(source)
     target = resolve_device(device)
     if isinstance(model, nn.Module):

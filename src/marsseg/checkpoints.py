@@ -11,6 +11,7 @@ import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # not a torch.save file at all: torch reports any such file this way
+            raise UserError(f"{path}: not a readable marsseg checkpoint (not a file torch.save wrote)") from None
         raise UserError(
             f"{path}: refused: it holds objects other than tensors and plain values, which could run code when "
             "loaded; if it is a run of an earlier marsseg that you trust, `marsseg convert-run RUN` rewrites it"
@@ -105,7 +108,9 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
         raise ValueError(f"which: found {which!r}, expected 'best', 'last' or 'epoch_N'")
     path = Path(run_dir) / f"{which}.pt"
     if Path(run_dir).is_file():
-        path, which = Path(run_dir), "best"
+        if which != "best":
+            raise ValueError(f"which: found {which!r} for the model file {run_dir}, which holds one model")
+        path = Path(run_dir)
     elif which == "best" and not path.is_file() and (Path(run_dir) / BEST_EPOCH_FILE).is_file():
         raise UserError(f"{run_dir}: the run has not finished (no best.pt yet); --resume it to make its model")
     elif not Path(run_dir).exists():

@@ -415,6 +415,8 @@ def _evaluate_frames(args) -> int:
     if hasattr(model, "to"):
         model = model.to(device)
     settings = _inference_settings(cfg, args)
+    if settings["precision"] == "bf16" and not hasattr(model, "to"):
+        raise UserError(f"--precision bf16: {source} is an .onnx file, which computes in fp32")
     scored = evaluate_labeled_frames(
         model,
         args.images,
@@ -520,8 +522,9 @@ def cmd_predict(args) -> int:
         raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
     if not args.images:
         refuse_to_overwrite(args.out, args.force)
-    if args.run_dir is None and not args.images and args.data is None:
-        raise UserError("no RUN_DIR: with the shipped model, name the images (--images) or the data file (--data)")
+    if (args.run_dir is None or Path(args.run_dir).is_file()) and not args.images and args.data is None:
+        what = "the shipped model" if args.run_dir is None else f"a model file ({args.run_dir})"
+        raise UserError(f"with {what}, name the images (--images) or the data file (--data) to predict")
     source = _model_source(args.run_dir)
     model, cfg = load_for_inference(source)  # a run directory, a model file or an exported .onnx file
     device = resolve_device(args.device or cfg.device)
@@ -587,21 +590,27 @@ def cmd_pack(args) -> int:
     if not Path(args.run_dir).is_dir():
         raise UserError(f"{args.run_dir}: not a run directory, expected one written by marsseg train")
     refuse_to_overwrite(args.out, args.force)
-    pack_model(args.run_dir, args.out, half=args.half)
+    staged = Path(args.out).with_name(f".{Path(args.out).name}.tmp")  # checked before it replaces --out
+    pack_model(args.run_dir, staged, half=args.half)
     words = "fp16 weights" if args.half else "fp32 weights"
-    if args.half:
-        model, cfg, prepared = _prepared_for_run(args.run_dir, None)
-        indices = np.concatenate([prepared.split.val, prepared.split.test])
-        images = prepared.data.images[indices]
-        settings, scale = inference_settings(cfg), cfg.big_rock_scale or 1.0
-        full = predict_labels(model, images, big_rock_scale=scale, progress=True, **settings)
-        half = predict_labels(load_model(args.out)[0], images, big_rock_scale=scale, progress=True, **settings)
-        agreement = float((full == half).mean())
-        words += f"; labels agree with the fp32 model's on {100 * agreement:.3f} % of {len(images)} crops' pixels"
-        if agreement < 0.999:
-            os.remove(args.out)
-            print(f"marsseg: fp16 weights change {100 * (1 - agreement):.3f} % of the labels; {args.out} not written")
-            return 1
+    try:
+        if args.half:
+            model, cfg, prepared = _prepared_for_run(args.run_dir, None)
+            indices = np.concatenate([prepared.split.val, prepared.split.test])
+            images = prepared.data.images[indices]
+            settings, scale = inference_settings(cfg), cfg.big_rock_scale or 1.0
+            full = predict_labels(model, images, big_rock_scale=scale, progress=True, **settings)
+            half = predict_labels(load_model(staged)[0], images, big_rock_scale=scale, progress=True, **settings)
+            agreement = float((full == half).mean())
+            words += f"; labels agree with the fp32 model's on {100 * agreement:.3f} % of {len(images)} crops' pixels"
+            if agreement < 0.999:
+                print(
+                    f"marsseg: fp16 weights change {100 * (1 - agreement):.3f} % of the labels; {args.out} not written"
+                )
+                return 1
+        os.replace(staged, args.out)
+    finally:
+        staged.unlink(missing_ok=True)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB, {words})")
     return 0
 
@@ -897,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--no-tta",
             dest="tta",
             action="store_false",
+            default=None,
             help="no test-time augmentation: no flip, and the run's own scale only unless --tta-scales",
         )
         p.add_argument(
@@ -912,7 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="predict crops that are the two halves of one frame together (default: the run's whole_frames, on)",
         )
-        halves.add_argument("--no-whole-frames", dest="whole_frames", action="store_false", help="every crop alone")
+        halves.add_argument(
+            "--no-whole-frames", dest="whole_frames", action="store_false", default=None, help="every crop alone"
+        )
         p.set_defaults(run=function)
     p = commands.choices["evaluate"]
     p.description = (
@@ -965,11 +977,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "pack",
         help="write a run's model as one file to share or ship (weights and config only; --half: fp16 weights)",
-        description="One .pt file with the run's model (best.pt's weights and config, nothing to resume from), which "
-        "predict, evaluate, export and marsseg.load accept in place of the run directory. Like every marsseg model "
-        "file it holds only tensors and plain values. With --half the weights are stored in fp16 (half the size) "
-        "and computed in fp32; the labels are compared with the fp32 model's on the run's validation and local "
-        "test parts, and a file that changes more than 0.1 % of them is not written.",
+        description="One .pt file with the run's model (best.pt's weights and config, nothing to resume from), "
+        "which predict, evaluate --images, export and marsseg.load accept in place of the run directory. Like every "
+        "marsseg model file it holds only tensors and plain values. With --half the weights are stored in fp16 "
+        "(half the size) and computed in fp32; the labels are compared with the fp32 model's on the run's "
+        "validation and local test parts, and a file that changes more than 0.1 % of them is not written.",
     )
     p.add_argument("run_dir", help="a run directory written by marsseg train")
     p.add_argument("--out", required=True, help="the .pt file to write")

@@ -66,7 +66,8 @@ def load_fold(path: Path, plan: str):
     """A finished fold's out_of_fold.npz, or None when there is none; exits when it was made under another plan."""
     if not path.is_file():
         return None
-    saved = np.load(path)
+    with np.load(path) as npz:
+        saved = {key: npz[key] for key in npz.files}
     if str(saved["plan"]) != plan:
         raise UserError(f"{path}: made for {saved['plan']}, not {plan}; use another --out")
     return saved
@@ -201,9 +202,12 @@ def cross_validate(
     names = [name for name, _ in rows]
     if len(set(names)) < len(names) or not names:
         raise UserError(f"cv: found configurations named {names}, expected one or more distinct names")
+    base = rows[0][1].data
+    for name, cfg in rows[1:]:  # one set of folds for every row: their data sections must agree
+        if replace(cfg.data, path=base.path) != base:
+            raise UserError(f"cv: the row {name!r} has other data.* settings than {names[0]!r}; every row shares folds")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = rows[0][1].data
     prepared = prepare_data(replace(base, path=data_path))
     splits = kfold_splits(prepared.data, folds, base.val_fraction, base.split_seed)
     plan = fold_plan(folds, base, prepared)

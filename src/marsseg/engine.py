@@ -321,7 +321,8 @@ def _validate(
     if state.ema is not None:
         state.scored_model.to(memory_format=memory_format)
     indices, frames = shard
-    # Scored as the final figure is (same TTA), so the epoch chosen is the one that is reported and deployed.
+    # Scored with the final figure's TTA, so the epoch chosen is the one that is reported and deployed (in the
+    # training precision: this is part of training; the final figures use inference_precision).
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     settings = inference_settings(cfg, precision=cfg.precision)  # part of training: in its precision
     val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **settings)

@@ -139,7 +139,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[nn.Module | OnnxModel, 
     if str(path).endswith(".onnx"):
         model = OnnxModel(path)
         cfg = model.config
-        cfg.big_rock_scale, cfg.precision = 1.0, "fp32"
+        cfg.big_rock_scale, cfg.precision, cfg.inference_precision = 1.0, "fp32", "fp32"
         return model, cfg
     from marsseg.checkpoints import load_model
 

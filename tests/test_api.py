@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import marsseg
@@ -57,8 +58,14 @@ def test_pack_writes_one_file_that_predicts_as_the_run(trained_run, tiny_arrays,
     agreement = (marsseg.load(half).predict(crops) == marsseg.load(packed).predict(crops)).mean()
     assert agreement >= 0.999
     assert main(["pack", str(trained_run), "--out", str(packed)]) == 2  # exists: refused without --force
-    assert main(["predict", str(packed), "--out", str(tmp_path / "s.csv")]) == 2  # a model file: --data or --images
-    assert "--data" in capsys.readouterr().err
+    # the tiny run trained on a data file, which the model file names; one trained on the synthetic data names none
+    assert main(["predict", str(packed), "--out", str(tmp_path / "s.csv")]) == 0
+    synthetic = tmp_path / "synthetic.pt"
+    state = torch.load(packed, weights_only=True)
+    state["config"]["data"]["path"] = ""
+    torch.save(state, synthetic)
+    assert main(["predict", str(synthetic), "--out", str(tmp_path / "t.csv")]) == 2
+    assert "--data" in capsys.readouterr().err and not (tmp_path / "t.csv").exists()
     assert main(["pack", str(trained_run), "--out", str(tmp_path / "model.bin")]) == 2
 
 

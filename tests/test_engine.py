@@ -71,6 +71,9 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
             "optim.lr": 0.02,
             "big_rock_scale": 1.0,
             **ON_CPU,  # the two rules' runs are compared epoch by epoch
+            # per-epoch validation runs in the training precision, the final figures in inference_precision (fp32):
+            # one precision for both, so that the kept epoch's record is its final figure on any CPU
+            "precision": "fp32",
             **overrides,
         }
         results[name] = fit(tiny_config(tiny_npz, **overrides), tmp_path / name)

@@ -314,7 +314,7 @@ def test_teacher_settings_and_flag(tmp_path, tiny_npz, capsys):
     flags = ["train", "--data", str(tiny_npz), "--out", str(run), "--semi", "1"]
     assert main([*flags, "--teacher", str(tmp_path / "none")]) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "checkpoint not found" in error
+    assert len(error.splitlines()) == 1 and str(tmp_path / "none") in error and "not found" in error
     assert not run.exists()
 
 

@@ -522,11 +522,13 @@ def cmd_predict(args) -> int:
         raise UserError(f"--max-pixels: found {max_pixels}, expected >= 1")
     if not args.images:
         refuse_to_overwrite(args.out, args.force)
-    if (args.run_dir is None or Path(args.run_dir).is_file()) and not args.images and args.data is None:
-        what = "the shipped model" if args.run_dir is None else f"a model file ({args.run_dir})"
-        raise UserError(f"with {what}, name the images (--images) or the data file (--data) to predict")
+    if args.run_dir is None and not args.images and args.data is None:
+        raise UserError("with the shipped model, name the images (--images) or the data file (--data) to predict")
     source = _model_source(args.run_dir)
     model, cfg = load_for_inference(source)  # a run directory, a model file or an exported .onnx file
+    if not args.images and args.data is None and not cfg.data.path:
+        # a model trained on the embedded synthetic data: its "own" data is no default for a file someone was sent
+        raise UserError(f"{source}: name the images (--images) or the data file (--data) to predict")
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)

@@ -31,11 +31,12 @@ from marsseg.config import (
     set_field,
     to_dict,
 )
-from marsseg.cv import CLASSES, difference_text, fold_dir, fold_plan, load_fold, pooled_matrices, write_table
+from marsseg.cv import difference_text, fold_dir, fold_plan, load_fold, pooled_matrices, write_table
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
+from marsseg.evaluation import CLASS_KEYS
 
-__all__ = ["CLASSES", "difference_text", "fold_dir", "fold_plan", "load_fold", "pooled_matrices", "write_table"]
+__all__ = ["CLASS_KEYS", "difference_text", "fold_dir", "fold_plan", "load_fold", "pooled_matrices", "write_table"]
 
 
 def run_fold(cfg, run_dir: Path, prepared, split, plan: str, resume: bool = False, snapshot_every: int = 0) -> None:

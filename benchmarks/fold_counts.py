@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from cross_validation import CLASSES, difference_text, fold_plan, pooled_matrices
+from cross_validation import CLASS_KEYS, difference_text, fold_plan, pooled_matrices
 
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
@@ -36,7 +36,7 @@ def fold_count_table(data: str, row: str, seeds: list[int], runs: list[tuple[Pat
         "training share",
         "CV mIoU, seeds pooled",
         "90 % interval",
-        *CLASSES,
+        *CLASS_KEYS,
         f"vs {runs[0][1]} folds (90 %)",
     ]
     lines = [

@@ -48,18 +48,7 @@ class SegmentationModel:
         """Softmax probabilities float32, (5, H, W) for an image (H, W) or (N, 5, H, W) for images (N, H, W): the
         model's, averaged over its test-time augmentation (an .onnx graph's include its big-rock scale). Keywords
         left at None keep the run's settings."""
-        batch, single = self._as_batch(images)
-        settings = self._settings(tta, scales, whole_frames, precision)
-        if batch.shape[1:] == (HEIGHT, WIDTH):
-            probs = torch.cat(list(predict_probabilities(self.model, batch, device=self.device, **settings)))
-        else:
-            settings.pop("whole_frames")
-            probs = torch.stack(
-                [
-                    image_probabilities(self.model, image, self.frame_size, device=self.device, **settings)
-                    for image in batch
-                ]
-            )
+        probs, single = self._probabilities(images, tta, scales, whole_frames, precision)
         probs = probs.numpy().astype(np.float32)
         return probs[0] if single else probs
 
@@ -76,11 +65,22 @@ class SegmentationModel:
         """uint8 labels 1..4 (1 soil, 2 bedrock, 3 sand, 4 big rock), (H, W) or (N, H, W) like `images`: the argmax of
         predict_proba over classes 1..4 after the big-rock probability is multiplied by `big_rock_scale` (None: the
         run's, chosen on its validation part)."""
-        probs = self.predict_proba(images, tta=tta, scales=scales, whole_frames=whole_frames, precision=precision)
+        probs, single = self._probabilities(images, tta, scales, whole_frames, precision)
         scale = (self.config.big_rock_scale or 1.0) if big_rock_scale is None else big_rock_scale
-        batch = torch.from_numpy(probs if probs.ndim == 4 else probs[None])
-        labels = labels_from_probabilities(batch, scale).numpy().astype(np.uint8)
-        return labels if probs.ndim == 4 else labels[0]
+        labels = labels_from_probabilities(probs, scale).numpy().astype(np.uint8)
+        return labels[0] if single else labels
+
+    def _probabilities(self, images, tta, scales, whole_frames, precision) -> tuple[torch.Tensor, bool]:
+        """(N, 5, H, W) probabilities of `images` as a batch, and whether they were one image (H, W)."""
+        batch, single = self._as_batch(images)
+        settings = self._settings(tta, scales, whole_frames, precision)
+        if batch.shape[1:] == (HEIGHT, WIDTH):
+            return torch.cat(list(predict_probabilities(self.model, batch, device=self.device, **settings))), single
+        settings.pop("whole_frames")
+        frames = [
+            image_probabilities(self.model, image, self.frame_size, device=self.device, **settings) for image in batch
+        ]
+        return torch.stack(frames), single
 
     def _settings(self, tta, scales, whole_frames, precision) -> dict:
         settings = inference_settings(self.config)
@@ -108,13 +108,11 @@ def load(path: str | os.PathLike | None = None, *, device: str = "auto") -> Segm
     Raises:
         UserError: a path that is not one of those, or a model file that holds more than tensors and plain values.
     """
-    from marsseg.checkpoints import SHIPPED_MODEL
+    from marsseg.checkpoints import shipped_model
     from marsseg.export import load_for_inference
     from marsseg.precision import resolve_device
 
-    source = SHIPPED_MODEL if path is None else Path(path)
-    if path is None and not SHIPPED_MODEL.is_file():
-        raise UserError(f"{SHIPPED_MODEL}: the shipped model is missing; name a run, or rebuild it with `make model`")
+    source = shipped_model() if path is None else Path(path)
     model, cfg = load_for_inference(source)
     target = resolve_device(device)
     if isinstance(model, nn.Module):

@@ -97,6 +97,13 @@ def convert_trusted_run(run_dir: str | os.PathLike) -> list[Path]:
 SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "navcam.pt"
 
 
+def shipped_model() -> Path:
+    """SHIPPED_MODEL's path, or a UserError that says how to rebuild it when it is missing."""
+    if not SHIPPED_MODEL.is_file():
+        raise UserError(f"{SHIPPED_MODEL}: the shipped model is missing; name a run, or rebuild it with `make model`")
+    return SHIPPED_MODEL
+
+
 def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
     "best" is the run's model (best.pt: the epoch optim.keep keeps), "last" the last epoch's (its EMA when the run
@@ -128,16 +135,13 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
     return model.eval(), cfg
 
 
-def pack_model(
-    run_dir: str | os.PathLike, out: str | os.PathLike, *, half: bool = False, card: dict | None = None
-) -> None:
+def pack_model(run_dir: str | os.PathLike, out: str | os.PathLike, *, half: bool = False) -> None:
     """One file that holds a run's model (best.pt's config and weights, nothing to resume from), to share or ship;
-    with `half`, its floating-point weights in fp16 (half the size; they are computed in fp32 when loaded). `card`:
-    plain values to keep beside them (the shipped model's figures)."""
+    with `half`, its floating-point weights in fp16 (half the size; they are computed in fp32 when loaded)."""
     source = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "best.pt"
     state = load_checkpoint(source)
     weights = {k: v.half() if half and v.is_floating_point() else v for k, v in state["model"].items()}
-    packed = {"config": state["config"], "model": weights, "epochs": state.get("epochs"), "card": card or {}}
+    packed = {"config": state["config"], "model": weights, "epochs": state.get("epochs")}
     save_checkpoint(out, packed)
 
 

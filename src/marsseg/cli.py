@@ -351,10 +351,11 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _inference_settings(cfg, args) -> dict:
+def _inference_settings(cfg, args, model=None) -> dict:
     """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
     --tta-scales, --whole-frames/--no-whole-frames and --precision where given. --no-tta drops the flip and the
-    run's other scales: no test-time augmentation at all, unless --tta-scales asks for scales."""
+    run's other scales: no test-time augmentation at all, unless --tta-scales asks for scales. bf16 is refused for
+    a `model` that is an exported .onnx graph (it computes in fp32)."""
     settings = inference_settings(cfg)
     if args.tta is not None:
         settings["tta"] = args.tta
@@ -366,6 +367,11 @@ def _inference_settings(cfg, args) -> dict:
         settings["whole_frames"] = args.whole_frames
     if args.precision:
         settings["precision"] = args.precision
+    if settings["precision"] == "bf16" and model is not None:
+        from torch import nn
+
+        if not isinstance(model, nn.Module):
+            raise UserError(f"--precision bf16: {args.run_dir} is an .onnx file, which computes in fp32")
     return settings
 
 
@@ -390,17 +396,18 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
 
 def _model_source(run_dir: str | None) -> str:
     """The model a command uses: the one named, or the shipped model, said in one line."""
-    from marsseg.checkpoints import SHIPPED_MODEL
+    from marsseg.checkpoints import shipped_model
 
     if run_dir is not None:
         return run_dir
-    if not SHIPPED_MODEL.is_file():
-        raise UserError(f"{SHIPPED_MODEL}: the shipped model is missing; name a run, or rebuild it with `make model`")
-    print(f"using the shipped model {SHIPPED_MODEL} (MSL NavCam frames at 128 px; see docs/model-card.md)")
-    return str(SHIPPED_MODEL)
+    path = shipped_model()
+    print(f"using the shipped model {path} (MSL NavCam frames at 128 px; see docs/model-card.md)")
+    return str(path)
 
 
 def _evaluate_frames(args) -> int:
+    from torch import nn
+
     from marsseg import report
     from marsseg.data.io import refuse_to_overwrite, write_text_atomically
     from marsseg.evaluation import CLASS_KEYS, evaluate_labeled_frames
@@ -412,11 +419,9 @@ def _evaluate_frames(args) -> int:
     source = _model_source(args.run_dir)
     model, cfg = load_for_inference(source)
     device = resolve_device(args.device or cfg.device)
-    if hasattr(model, "to"):
+    if isinstance(model, nn.Module):
         model = model.to(device)
-    settings = _inference_settings(cfg, args)
-    if settings["precision"] == "bf16" and not hasattr(model, "to"):
-        raise UserError(f"--precision bf16: {source} is an .onnx file, which computes in fp32")
+    settings = _inference_settings(cfg, args, model)
     scored = evaluate_labeled_frames(
         model,
         args.images,
@@ -532,9 +537,7 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)
-    settings = _inference_settings(cfg, args)
-    if settings["precision"] == "bf16" and not isinstance(model, nn.Module):
-        raise UserError(f"--precision bf16: {source} is an .onnx file, which computes in fp32")
+    settings = _inference_settings(cfg, args, model)
     scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
         files, counts = predict_image_files(

@@ -25,9 +25,8 @@ from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.data.split import Split, group_ids, kfold_splits
 from marsseg.engine import fit
 from marsseg.errors import UserError
+from marsseg.evaluation import CLASS_KEYS
 from marsseg.metrics import bootstrap_miou_difference, bootstrap_miou_interval, iou_per_class, mean_iou
-
-CLASSES = ("soil", "bedrock", "sand", "big_rock")
 
 
 def difference_text(difference: float, low: float, high: float) -> str:
@@ -63,7 +62,11 @@ def run_fold(
 
 
 def load_fold(path: Path, plan: str):
-    """A finished fold's out_of_fold.npz, or None when there is none; exits when it was made under another plan."""
+    """A finished fold's out_of_fold.npz as a dict, or None when there is none.
+
+    Raises:
+        UserError: the fold was made under another plan (other data, folds or grouping).
+    """
     if not path.is_file():
         return None
     with np.load(path) as npz:
@@ -131,7 +134,7 @@ def write_table(
             comparison = difference_text(difference, d_low, d_high)
         minutes = np.mean([m for _, m in runs.values()]) / folds
         record = {"name": name, "seeds": len(runs), "miou": per_seed.mean(), "low": low, "high": high}
-        record.update(zip(CLASSES, ious.tolist(), strict=True))
+        record.update(zip(CLASS_KEYS, ious.tolist(), strict=True))
         if name in differences:
             record.update(zip(("difference", "difference_low", "difference_high"), differences[name], strict=True))
         records.append({**record, "minutes_per_fold": minutes})
@@ -142,7 +145,17 @@ def write_table(
         )
     (out / "cv.md").write_text("\n".join(lines) + "\n")
     with open(out / "cv.csv", "w", newline="") as handle:
-        fields = ["name", "seeds", "miou", "low", "high", *CLASSES, "difference", "difference_low", "difference_high"]
+        fields = [
+            "name",
+            "seeds",
+            "miou",
+            "low",
+            "high",
+            *CLASS_KEYS,
+            "difference",
+            "difference_low",
+            "difference_high",
+        ]
         writer = csv.DictWriter(handle, fieldnames=[*fields, "minutes_per_fold"])
         writer.writeheader()
         writer.writerows(records)

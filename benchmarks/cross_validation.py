@@ -94,16 +94,20 @@ def ensemble_fold(
     """Score the soft vote of finished runs of one fold (their probabilities averaged, the big-rock scale chosen on
     the fold's validation part) on its held-out part, as run_fold saves a trained one; its cost is the members'.
     `checkpoints` says which of each member ("best", "last" or a snapshot "epoch_N"); `inference`, how they predict:
-    whole_frames (halves of a frame together) and scales, as keyword arguments of predict.predict_probabilities."""
+    whole_frames (halves of a frame together) and scales, fields of config.InferenceSettings (flip TTA on, the first
+    member's input channels and inference precision)."""
+    from marsseg.checkpoints import saved_config
+    from marsseg.config import inference_settings
     from marsseg.experiments import ensemble_scores
 
+    given = {key: tuple(value) if key == "scales" else value for key, value in inference.items()}
+    settings = inference_settings(saved_config(member_dirs[0])).replace(tta=True, whole_frames=False, scales=(1.0,))
     scores = ensemble_scores(
         [Path(d) for d in member_dirs],
         replace(prepared, split=split),
-        True,
-        "cpu",
+        settings.replace(**given),
+        device="cpu",
         checkpoints=checkpoints,
-        **inference,
     )
     seconds = sum(float(np.load(Path(d) / "out_of_fold.npz")["train_seconds"]) for d in member_dirs)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from cross_validation import difference_text, fold_dir
 
 from marsseg.checkpoints import check_same_split, load_model
-from marsseg.config import load_config
+from marsseg.config import InferenceSettings, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.data.split import group_ids, kfold_splits
 from marsseg.evaluation import BIG_ROCK_SCALES
@@ -93,11 +93,13 @@ def fold_probabilities(run_dir: Path, images: dict[str, np.ndarray]) -> dict[str
                     predict_probabilities(
                         model,
                         part_images,
-                        cfg.data.in_channels,
-                        tta=True,
-                        precision=cfg.precision,
-                        whole_frames=True,
-                        scales=(1.0, 0.875),
+                        InferenceSettings(
+                            in_channels=cfg.data.in_channels,
+                            tta=True,
+                            scales=(1.0, 0.875),
+                            precision=cfg.precision,
+                            whole_frames=True,
+                        ),
                     )
                 )
             ).float()

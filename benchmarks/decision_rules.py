@@ -86,7 +86,7 @@ def main() -> None:
         val = prepared.split.val
         images = prepared.data.images[val]
         tta = cfg.tta if args.tta == "run" else args.tta == "on"
-        probs = torch.cat(list(predict_probabilities(model, images, **(inference_settings(cfg) | {"tta": tta}))))
+        probs = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg).replace(tta=tta))))
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)
         results: dict[str, list] = {}

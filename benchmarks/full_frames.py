@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from cross_validation import difference_text
 
+from marsseg.config import InferenceSettings
 from marsseg.data.ai4mars import find_pairs, import_ai4mars, read_label
 from marsseg.data.frames import read_gray_image
 from marsseg.data.io import CLASS_NAMES
@@ -70,7 +71,7 @@ def main() -> None:
     model, cfg = load_for_inference(args.run)
     tta = cfg.tta if args.tta is None else args.tta == "on"
     scale = cfg.big_rock_scale or 1.0
-    channels, precision = cfg.data.in_channels, cfg.precision
+    settings = InferenceSettings(in_channels=cfg.data.in_channels, tta=tta, precision=cfg.precision)
     side = cfg.data.frame_size
     arrays = import_ai4mars(args.sample, side, require_labels=True).arrays
     crops, crop_masks = arrays["training_set"][:, 0], arrays["training_set"][:, 1]  # (2F, 64, 128)
@@ -80,19 +81,14 @@ def main() -> None:
 
     start = time.perf_counter()
     whole = np.stack(
-        [
-            labels_from_probabilities(
-                frame_probabilities(model, frame, channels, tta, precision=precision)[None], scale
-            )[0]
-            for frame in frames
-        ]
+        [labels_from_probabilities(frame_probabilities(model, frame, settings)[None], scale)[0] for frame in frames]
     ).astype(np.uint8)
     whole_seconds = time.perf_counter() - start
     start = time.perf_counter()
     halves = np.concatenate(
         [
             labels_from_probabilities(p, scale).numpy()
-            for p in predict_probabilities(model, crops, channels, 64, tta, precision=precision)
+            for p in predict_probabilities(model, crops, settings, batch_size=64)
         ]
     ).reshape(masks.shape)
     halves_seconds = time.perf_counter() - start
@@ -101,7 +97,7 @@ def main() -> None:
     for image_path, label_path in find_pairs(Path(args.sample), require_labels=True)[1]:  # in frame_name's order
         image = read_gray_image(image_path)
         truth = read_label(label_path, image.shape, image_path)
-        labels = predict_frame(model, image, side, channels, tta, "cpu", scale, precision=precision)
+        labels = predict_frame(model, image, side, settings, big_rock_scale=scale)
         full_matrices.append(confusion_matrix(torch.from_numpy(truth), torch.from_numpy(labels)).numpy())
     full_matrices = np.stack(full_matrices)
 
@@ -122,7 +118,7 @@ def main() -> None:
     )
     print(
         f"{args.run}: {len(frames)} frames of {args.sample}, flip TTA {'on' if tta else 'off'}, big-rock scale "
-        f"{scale:g}, frame size {side}, precision {precision}"
+        f"{scale:g}, frame size {side}, precision {settings.precision}"
     )
     band = f"rows {side // 2 - SEAM_ROWS}-{side // 2 + SEAM_ROWS - 1}"
     header = ["", "mIoU", *CLASS_NAMES[1:], f"mIoU near the seam ({band})", "mIoU away from it", "seconds"]

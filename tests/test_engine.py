@@ -49,7 +49,7 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     val = prepared.split.val
     device = resolve_device(cfg.device)  # on the device it was scored on: CPU and GPU differ in the last digits
     rescored = evaluate(
-        model.to(device), prepared.data.images[val], prepared.data.masks[val], device=device, **inference_settings(cfg)
+        model.to(device), prepared.data.images[val], prepared.data.masks[val], inference_settings(cfg), device=device
     )
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)
     # the epoch was chosen on the same figure that is reported (same TTA, same decision rule)
@@ -344,7 +344,7 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
     prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
     val = prepared.split.val
     images, masks = prepared.data.images[val], prepared.data.masks[val]
-    rescored = evaluate(model, images, masks, **inference_settings(cfg))
+    rescored = evaluate(model, images, masks, inference_settings(cfg))
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
     assert f"soft vote of 2 members: validation mIoU {metrics['val_miou']:.4f}" in said  # scale 1: the same figure
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0

@@ -41,12 +41,14 @@ def test_experiments_table_with_ensemble_and_rerun_skips_finished_rows(tmp_path,
     assert "±" in table and "| deeplab |" in table and (out / "results.png").stat().st_size > 1000
     # an ensemble of one run chooses its big-rock scale as training did, so it reproduces the run's figures
     from marsseg.checkpoints import load_model
+    from marsseg.config import inference_settings
     from marsseg.data.prepare import prepare_data
     from marsseg.experiments import ensemble_scores
 
     run = out / "runs" / "res_unet_seed0"
     metrics = json.loads((run / "metrics.json").read_text())
-    scores = ensemble_scores([run], prepare_data(load_model(run)[1].data), tta=True, device="cpu")
+    cfg = load_model(run)[1]
+    scores = ensemble_scores([run], prepare_data(cfg.data), inference_settings(cfg), device="cpu")
     assert scores["scale"] == metrics["big_rock_scale"]
     assert scores["val"][0] == pytest.approx(metrics["val_miou"], abs=1e-6)
     assert scores["test"][0] == pytest.approx(metrics["test_miou"], abs=1e-6)

@@ -6,6 +6,7 @@ import torch
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
+from marsseg.config import InferenceSettings
 from marsseg.data.io import load_npz
 from marsseg.predict import predict_labels, predict_probabilities, read_submission
 
@@ -30,8 +31,9 @@ def assert_parity(trained_run, exported, images):
         torch_logits = model(torch.from_numpy(images).float().sub(127.5).div(127.5)[:, None])
     onnx_logits, onnx_probabilities = onnx.outputs(images)
     assert (onnx_logits - torch_logits).abs().max() < 1e-4
-    torch_labels = predict_labels(model, images, tta=True, big_rock_scale=cfg.big_rock_scale)
-    onnx_labels = predict_labels(onnx, images, tta=True)  # the graph applies the big-rock scale itself
+    flip = InferenceSettings(tta=True)
+    torch_labels = predict_labels(model, images, flip, big_rock_scale=cfg.big_rock_scale)
+    onnx_labels = predict_labels(onnx, images, flip)  # the graph applies the big-rock scale itself
     assert (torch_labels == onnx_labels).mean() >= 0.999
     assert len(np.unique(torch_labels)) >= 3  # a model that predicts several classes, so parity means something
     plain = next(predict_probabilities(model, images))

@@ -33,8 +33,8 @@ def test_the_local_test_interval_is_stored_as_a_rescoring_of_the_run_computes_it
         model,
         prepared.data.images[test],
         prepared.data.masks[test],
+        inference_settings(cfg),
         big_rock_scale=metrics["big_rock_scale"],
-        **inference_settings(cfg),
     )
     low, high, groups = miou_interval(rescored, prepared.data.subset(test))
     assert rescored.miou == pytest.approx(metrics["test_miou"], abs=1e-12)

@@ -5,11 +5,13 @@ from PIL import Image
 
 from marsseg.checkpoints import load_model
 from marsseg.cli import main
-from marsseg.config import inference_settings
+from marsseg.config import InferenceSettings, inference_settings
 from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.predict import frame_probabilities, predict_labels, read_submission, tile_starts, write_submission
 from marsseg.report import LABEL_COLORS, overlay_labels
 from tests.frames import save_image
+
+FLIP = InferenceSettings(tta=True)  # a bare model's settings with the flip
 
 
 def test_submission_csv_layout(tmp_path):
@@ -82,7 +84,7 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     out = tmp_path / "predicted"
     assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
     assert "3 images" in capsys.readouterr().out
-    expected = predict_labels(model, crop[None], big_rock_scale=cfg.big_rock_scale, **inference_settings(cfg))[0]
+    expected = predict_labels(model, crop[None], inference_settings(cfg), big_rock_scale=cfg.big_rock_scale)[0]
     small = np.array(Image.open(out / "labels" / "small.png"))
     assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
     big_labels = np.array(Image.open(out / "labels" / "big.png"))
@@ -103,8 +105,8 @@ def test_whole_frame_and_overlapping_tiles_agree(trained_run, tiny_arrays):
     model, _ = load_model(trained_run)
     frame = np.concatenate([np.hstack(tiny_arrays["test_set"][0:2]), np.hstack(tiny_arrays["test_set"][2:4])])
     frame = frame[:120, :250]  # (120, 250): not a multiple of the model's 16, so it is padded and cropped back
-    whole = frame_probabilities(model, frame, tta=True)
-    tiled = frame_probabilities(model, frame, tta=True, max_pixels=64 * 64)  # 64x64 tiles, 3 x 6 of them
+    whole = frame_probabilities(model, frame, FLIP)
+    tiled = frame_probabilities(model, frame, FLIP, max_pixels=64 * 64)  # 64x64 tiles, 3 x 6 of them
     assert whole.shape == tiled.shape == (5, 120, 250)
     assert (whole.argmax(0) == tiled.argmax(0)).float().mean() > 0.85  # less context at tile borders
     assert torch.equal(frame_probabilities(model, frame, max_pixels=128 * 256), frame_probabilities(model, frame))
@@ -168,12 +170,12 @@ def test_whole_frames_predicts_each_pair_of_halves_as_one_frame_across_batches()
     assert len(tops) >= 11
 
     def alone(crops: np.ndarray) -> torch.Tensor:
-        return torch.cat(list(predict_probabilities(model, crops, tta=True)))
+        return torch.cat(list(predict_probabilities(model, crops, FLIP)))
 
     expected = alone(images)
     frames = alone(np.concatenate([images[tops], images[below[tops]]], axis=1))  # (pairs, C, 128, 128)
     expected[tops], expected[below[tops]] = frames[:, :, :64], frames[:, :, 64:]
-    batches = list(predict_probabilities(model, images, batch_size=4, tta=True, whole_frames=True))
+    batches = list(predict_probabilities(model, images, FLIP.replace(whole_frames=True), batch_size=4))
     assert [len(b) for b in batches] == [4] * 7 + [1]
     together = torch.cat(batches)
     assert torch.allclose(together, expected, atol=1e-6)
@@ -218,8 +220,8 @@ def test_several_scales_average_each_scales_flip_averaged_probabilities():
     model = torch.nn.Conv2d(1, 5, kernel_size=5, padding=2).eval()
     model.input_multiple = 8
     images = np.random.default_rng(1).integers(0, 256, (3, 64, 128), dtype=np.uint8)
-    one = torch.cat(list(predict_probabilities(model, images, tta=True)))
-    both = torch.cat(list(predict_probabilities(model, images, tta=True, scales=(1.0, 0.75))))
+    one = torch.cat(list(predict_probabilities(model, images, FLIP)))
+    both = torch.cat(list(predict_probabilities(model, images, FLIP.replace(scales=(1.0, 0.75)))))
 
     softmax = torch_probabilities(model, 1, torch.device("cpu"))
     with torch.no_grad():
@@ -242,8 +244,8 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
             seen.append(scale) or real(probabilities, images, scale, multiple)
         ),
     )
-    assert inference_settings(load_config(None, {}))["scales"] == (1.0, 0.875)
-    assert inference_settings(load_config(None, {"tta_scales": [1.0]}))["scales"] == (1.0,)
+    assert inference_settings(load_config(None, {})).scales == (1.0, 0.875)
+    assert inference_settings(load_config(None, {"tta_scales": [1.0]})).scales == (1.0,)
     # a run saved before tta_scales existed was scored, and chose its big-rock scale, at its own scale only
     assert from_dict({"seed": 1}).tta_scales == [1.0]
     assert from_dict({"tta_scales": [1.0, 0.75]}).tta_scales == [1.0, 0.75]
@@ -298,7 +300,8 @@ def test_a_scale_above_one_keeps_every_pass_within_max_pixels(trained_run, tiny_
         return real(probabilities, images, scale, multiple)
 
     monkeypatch.setattr(marsseg.predict, "rescaled_probabilities", recording)
-    probs = frame_probabilities(model, frame, max_pixels=128 * 256, scales=(1.0, 2.0))  # the frame is 128 x 256
+    # the frame is 128 x 256
+    probs = frame_probabilities(model, frame, InferenceSettings(scales=(1.0, 2.0)), max_pixels=128 * 256)
     assert probs.shape == (5, 128, 256) and torch.allclose(probs.sum(0), torch.ones(128, 256), atol=1e-4)
     assert max(pixels) <= 128 * 256 < 4 * 128 * 256  # tiled: one whole pass at scale 2 would be 4x the budget
     assert len(pixels) > 2

@@ -223,7 +223,7 @@ def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, 
     images = np.load(tiny_npz)["test_set"][:40]
     model, cfg = load_model(trained_run)
     assert cfg.big_rock_scale == 3
-    probabilities = torch.cat(list(predict_probabilities(model, images, **inference_settings(cfg))))
+    probabilities = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg))))
 
     def scored_share(scale: float) -> torch.Tensor:
         scored = scale_big_rock(probabilities, scale)[:, 1:]
@@ -397,7 +397,7 @@ def test_a_soft_labelled_pool_averages_the_teachers_unscaled_probabilities_and_i
 
     def shares(run) -> torch.Tensor:  # the teacher's probabilities of classes 1..4, at big-rock scale 1
         model, cfg = load_model(run)
-        probabilities = torch.cat(list(predict_probabilities(model, images, **inference_settings(cfg))))[:, 1:]
+        probabilities = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg))))[:, 1:]
         return probabilities / probabilities.sum(dim=1, keepdim=True)
 
     assert load_model(trained_run)[1].big_rock_scale == 3  # left out: chosen for an argmax, not as a probability

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from marsseg.config import Config, inference_settings, load_config
+from marsseg.config import Config, InferenceSettings, inference_settings, load_config
 from marsseg.data.io import HEIGHT, WIDTH
 from marsseg.errors import UserError
 from marsseg.predict import image_probabilities, labels_from_probabilities, predict_probabilities
@@ -75,20 +75,20 @@ class SegmentationModel:
         batch, single = self._as_batch(images)
         settings = self._settings(tta, scales, whole_frames, precision)
         if batch.shape[1:] == (HEIGHT, WIDTH):
-            return torch.cat(list(predict_probabilities(self.model, batch, device=self.device, **settings))), single
-        settings.pop("whole_frames")
+            return torch.cat(list(predict_probabilities(self.model, batch, settings, device=self.device))), single
         frames = [
-            image_probabilities(self.model, image, self.frame_size, device=self.device, **settings) for image in batch
+            image_probabilities(self.model, image, self.frame_size, settings, device=self.device) for image in batch
         ]
         return torch.stack(frames), single
 
-    def _settings(self, tta, scales, whole_frames, precision) -> dict:
-        settings = inference_settings(self.config)
-        for name, value in (("tta", tta), ("scales", scales), ("whole_frames", whole_frames), ("precision", precision)):
-            if value is not None:
-                settings[name] = tuple(value) if name == "scales" else value
-        if settings["precision"] != "fp32" and not isinstance(self.model, nn.Module):
-            raise ValueError(f"precision {settings['precision']!r}: an .onnx graph computes in fp32")
+    def _settings(self, tta, scales, whole_frames, precision) -> InferenceSettings:
+        """The run's inference settings with the keywords given (not None) in their place."""
+        given = {"tta": tta, "scales": scales, "whole_frames": whole_frames, "precision": precision}
+        settings = inference_settings(self.config).replace(**{k: v for k, v in given.items() if v is not None})
+        if scales is not None:
+            settings = settings.replace(scales=tuple(scales))
+        if settings.precision != "fp32" and not isinstance(self.model, nn.Module):
+            raise ValueError(f"precision {settings.precision!r}: an .onnx graph computes in fp32")
         return settings
 
     @staticmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from marsseg.config import DataConfig, inference_settings, valid_tta_scales
+from marsseg.config import DataConfig, InferenceSettings, inference_settings, valid_tta_scales
 from marsseg.errors import UserError
 
 DATA_HELP = "an .npz in the course layout (training_set, test_set); omit for the embedded synthetic data"
@@ -306,7 +306,7 @@ def cmd_train(args) -> int:
     if result.test is not None:
         print(
             report.format_iou_table(
-                result.test.ious, result.test.miou, f"local test part ({_inference_words(**inference_settings(cfg))}):"
+                result.test.ious, result.test.miou, f"local test part ({inference_settings(cfg).describe()}):"
             )
         )
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
@@ -333,14 +333,6 @@ def _kept_words(keep: str, epoch: int | list[int]) -> str:
     return f"at epoch {epoch}, the {keep}, kept"
 
 
-def _inference_words(tta: bool, whole_frames: bool, scales: tuple[float, ...] = (1.0,), **_other_settings) -> str:
-    words = "flip TTA" if tta else "no TTA"
-    if tuple(scales) != (1.0,):
-        at_scales = "scales " + ", ".join(f"{s:g}" for s in scales)
-        words = f"flip TTA at {at_scales}" if tta else f"no flips, {at_scales}"
-    return words + (", halves of a frame together" if whole_frames else "")
-
-
 def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(","))
@@ -351,23 +343,23 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _inference_settings(cfg, args, model=None) -> dict:
+def _inference_settings(cfg, args, model=None) -> InferenceSettings:
     """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
     --tta-scales, --whole-frames/--no-whole-frames and --precision where given. --no-tta drops the flip and the
     run's other scales: no test-time augmentation at all, unless --tta-scales asks for scales. bf16 is refused for
     a `model` that is an exported .onnx graph (it computes in fp32)."""
     settings = inference_settings(cfg)
     if args.tta is not None:
-        settings["tta"] = args.tta
+        settings = settings.replace(tta=args.tta)
     if args.tta is False:
-        settings["scales"] = (1.0,)
+        settings = settings.replace(scales=(1.0,))
     if args.tta_scales is not None:
-        settings["scales"] = _parse_scales(args.tta_scales)
+        settings = settings.replace(scales=_parse_scales(args.tta_scales))
     if args.whole_frames is not None:
-        settings["whole_frames"] = args.whole_frames
+        settings = settings.replace(whole_frames=args.whole_frames)
     if args.precision:
-        settings["precision"] = args.precision
-    if settings["precision"] == "bf16" and model is not None:
+        settings = settings.replace(precision=args.precision)
+    if settings.precision == "bf16" and model is not None:
         from torch import nn
 
         if not isinstance(model, nn.Module):
@@ -426,16 +418,13 @@ def _evaluate_frames(args) -> int:
         model,
         args.images,
         cfg.data.frame_size,
-        in_channels=settings["in_channels"],
-        tta=settings["tta"],
-        scales=settings["scales"],
-        precision=settings["precision"],
+        settings,
         device=device,
         big_rock_scale=cfg.big_rock_scale or 1.0,
         progress=True,
     )
     result, (low, high) = scored.evaluation, scored.interval
-    words = f"{_inference_words(settings['tta'], False, settings['scales'])}, {settings['precision']}"
+    words = f"{settings.replace(whole_frames=False).describe()}, {settings.precision}"
     title = f"{args.images}: {len(scored.names)} labeled frames at their own size ({words}):"
     print(report.format_iou_table(result.ious, result.miou, title))
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {len(scored.names)} frames)")
@@ -447,9 +436,9 @@ def _evaluate_frames(args) -> int:
             "miou": result.miou,
             "miou_interval90": [low, high],
             "iou": dict(zip(CLASS_KEYS, result.ious.tolist(), strict=True)),
-            "tta": settings["tta"],
-            "scales": list(settings["scales"]),
-            "precision": settings["precision"],
+            "tta": settings.tta,
+            "scales": list(settings.scales),
+            "precision": settings.precision,
         }
         write_text_atomically(args.json, json.dumps(figures, indent=1))
         print(f"wrote {args.json}")
@@ -482,14 +471,10 @@ def cmd_evaluate(args) -> int:
     settings = _inference_settings(cfg, args)
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if finish_run did not run
     result = evaluate(
-        model.to(device), images, masks, device=device, keep_predictions=True, big_rock_scale=scale, **settings
+        model.to(device), images, masks, settings, device=device, keep_predictions=True, big_rock_scale=scale
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
-    print(
-        report.format_iou_table(
-            result.ious, result.miou, f"{name}, {len(indices)} images ({_inference_words(**settings)}):"
-        )
-    )
+    print(report.format_iou_table(result.ious, result.miou, f"{name}, {len(indices)} images ({settings.describe()}):"))
     low, high, groups = miou_interval(result, prepared.data.subset(indices))
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
     by_source = figures_by_source(result, prepared.data.subset(indices))
@@ -545,27 +530,24 @@ def cmd_predict(args) -> int:
             args.images,
             args.out,
             cfg.data.frame_size,
-            settings["in_channels"],
-            tta=settings["tta"],
-            scales=settings["scales"],
+            settings,
             device=device,
             big_rock_scale=scale,
             max_pixels=max_pixels,
             force=args.force,
             progress=True,
-            precision=settings["precision"],
         )
         print(
             f"wrote {args.out}/labels and {args.out}/overlays: {len(files)} images "
-            f"({_inference_words(settings['tta'], False, settings['scales'])}, "
+            f"({settings.replace(whole_frames=False).describe()}, "
             f"resized by {cfg.data.frame_size} / their longer side); predicted shares {_predicted_shares(counts)}"
         )
         return 0
     data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
-    labels = predict_labels(model, data.test_images, device=device, progress=True, big_rock_scale=scale, **settings)
+    labels = predict_labels(model, data.test_images, settings, device=device, progress=True, big_rock_scale=scale)
     write_submission(labels, args.out)
     print(
-        f"wrote {args.out}: {len(labels)} images ({_inference_words(**settings)}); predicted shares "
+        f"wrote {args.out}: {len(labels)} images ({settings.describe()}); predicted shares "
         + _predicted_shares(np.bincount(labels.reshape(-1), minlength=5))
     )
     return 0
@@ -604,8 +586,8 @@ def cmd_pack(args) -> int:
             indices = np.concatenate([prepared.split.val, prepared.split.test])
             images = prepared.data.images[indices]
             settings, scale = inference_settings(cfg), cfg.big_rock_scale or 1.0
-            full = predict_labels(model, images, big_rock_scale=scale, progress=True, **settings)
-            half = predict_labels(load_model(staged)[0], images, big_rock_scale=scale, progress=True, **settings)
+            full = predict_labels(model, images, settings, big_rock_scale=scale, progress=True)
+            half = predict_labels(load_model(staged)[0], images, settings, big_rock_scale=scale, progress=True)
             agreement = float((full == half).mean())
             words += f"; labels agree with the fp32 model's on {100 * agreement:.3f} % of {len(images)} crops' pixels"
             if agreement < 0.999:

@@ -397,18 +397,41 @@ def one_network(config: Config) -> Config:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, members=1))
 
 
-def inference_settings(config: Config, *, precision: str | None = None) -> dict:
-    """How a run predicts, as keyword arguments of predict.predict_probabilities and evaluation.evaluate: its input
-    channels, flip TTA, its scales, precision (`inference_precision`, or `precision` where given: training's own
-    validation passes the training precision) and whole frames. Every figure a run reports is predicted as `marsseg
-    predict` would."""
-    return {
-        "in_channels": config.data.in_channels,
-        "tta": config.tta,
-        "scales": tuple(config.tta_scales),
-        "precision": precision or config.inference_precision,
-        "whole_frames": config.whole_frames,
-    }
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model predicts (predict.predict_probabilities and everything built on it): its input channels, flip
+    TTA, the scales it also predicts at, the precision of its forward pass, and whether the two halves of a camera
+    frame are predicted together. The defaults are a bare model's: one pass, fp32, each crop alone."""
+
+    in_channels: int = 1
+    tta: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    precision: str = "fp32"
+    whole_frames: bool = False
+
+    def replace(self, **changes) -> InferenceSettings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """E.g. "flip TTA at scales 1, 0.875, halves of a frame together" (the precision is not said)."""
+        words = "flip TTA" if self.tta else "no TTA"
+        if tuple(self.scales) != (1.0,):
+            at_scales = "scales " + ", ".join(f"{s:g}" for s in self.scales)
+            words = f"flip TTA at {at_scales}" if self.tta else f"no flips, {at_scales}"
+        return words + (", halves of a frame together" if self.whole_frames else "")
+
+
+def inference_settings(config: Config, *, precision: str | None = None) -> InferenceSettings:
+    """How a run predicts: its input channels, flip TTA, its scales, precision (`inference_precision`, or `precision`
+    where given: training's own validation passes the training precision) and whole frames. Every figure a run
+    reports is predicted as `marsseg predict` would."""
+    return InferenceSettings(
+        in_channels=config.data.in_channels,
+        tta=config.tta,
+        scales=tuple(config.tta_scales),
+        precision=precision or config.inference_precision,
+        whole_frames=config.whole_frames,
+    )
 
 
 def _check_model(config: Config, source: str) -> None:

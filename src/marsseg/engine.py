@@ -325,7 +325,7 @@ def _validate(
     # training precision: this is part of training; the final figures use inference_precision).
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     settings = inference_settings(cfg, precision=cfg.precision)  # part of training: in its precision
-    val = evaluate(state.scored_model, images, masks, device=device, frames=frames, **settings)
+    val = evaluate(state.scored_model, images, masks, settings, device=device, frames=frames)
     return summed_evaluation(val, ranks)
 
 

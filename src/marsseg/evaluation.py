@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from marsseg.config import InferenceSettings
 from marsseg.data.ai4mars import find_pairs, read_label
 from marsseg.data.frames import read_gray_image
 from marsseg.data.io import NUM_CLASSES, MarsData
@@ -36,7 +37,7 @@ class Evaluation:
 
 
 def evaluate_probabilities(
-    batches, masks: np.ndarray, keep_predictions: bool = False, big_rock_scale: float = 1.0
+    batches, masks: np.ndarray, *, keep_predictions: bool = False, big_rock_scale: float = 1.0
 ) -> Evaluation:
     """Score a stream of probability batches (B, C, H, W), in order, against `masks`: one confusion matrix over
     the whole set. The one place where predictions become a score."""
@@ -64,40 +65,26 @@ def evaluate(
     model: nn.Module,
     images: np.ndarray,
     masks: np.ndarray,
-    in_channels: int = 1,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
     keep_predictions: bool = False,
     batch_size: int = 128,
     big_rock_scale: float = 1.0,
-    precision: str = "fp32",
-    whole_frames: bool = False,
     frames: np.ndarray | None = None,
-    scales: tuple[float, ...] = (1.0,),
 ) -> Evaluation:
-    """Score `model` on (images, masks) (`tta`, `whole_frames`, `frames`, `scales`: see
+    """Score `model` on (images, masks), predicted as `settings` say (`frames`: see
     predict.predict_probabilities)."""
-    batches = predict_probabilities(
-        model,
-        images,
-        in_channels,
-        batch_size,
-        tta,
-        device,
-        precision=precision,
-        whole_frames=whole_frames,
-        frames=frames,
-        scales=scales,
-    )
-    return evaluate_probabilities(batches, masks, keep_predictions, big_rock_scale)
+    batches = predict_probabilities(model, images, settings, device=device, batch_size=batch_size, frames=frames)
+    return evaluate_probabilities(batches, masks, keep_predictions=keep_predictions, big_rock_scale=big_rock_scale)
 
 
-def miou_interval(evaluation: Evaluation, data: MarsData, confidence: float = 0.9) -> tuple[float, float, int]:
+def miou_interval(evaluation: Evaluation, data: MarsData, *, confidence: float = 0.9) -> tuple[float, float, int]:
     """(low, high, number of groups): a bootstrap interval of `evaluation`'s mIoU over the frame groups of the
     images it scored (`data`, in the same order). Crops of one frame are resampled together: they are not
     independent draws."""
     groups = group_ids(data)
-    low, high = bootstrap_miou_interval(evaluation.image_matrices, groups, confidence)
+    low, high = bootstrap_miou_interval(evaluation.image_matrices, groups, confidence=confidence)
     return low, high, len(np.unique(groups))
 
 
@@ -147,11 +134,8 @@ def evaluate_labeled_frames(
     model,
     directory: str | os.PathLike,
     frame_size: int,
+    settings: InferenceSettings = InferenceSettings(),
     *,
-    in_channels: int = 1,
-    tta: bool = True,
-    scales: tuple[float, ...] = (1.0,),
-    precision: str = "fp32",
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     progress: bool = False,
@@ -168,9 +152,7 @@ def evaluate_labeled_frames(
     for image_path, label_path in tqdm(pairs, desc="evaluate", unit="frame", disable=not progress, leave=False):
         image = read_gray_image(image_path)
         truth = read_label(label_path, image.shape, image_path)
-        labels = predict_frame(
-            model, image, frame_size, in_channels, tta, device, big_rock_scale, precision=precision, scales=scales
-        )
+        labels = predict_frame(model, image, frame_size, settings, device=device, big_rock_scale=big_rock_scale)
         matrices.append(confusion_matrices_per_image(torch.from_numpy(truth[None]), torch.from_numpy(labels[None])))
     image_matrices = torch.cat(matrices).numpy()
     matrix = image_matrices.sum(axis=0)

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from marsseg.checkpoints import can_resume, check_same_split, load_model, saved_config
-from marsseg.config import Config, dotted_names, get_field, to_dict
+from marsseg.config import Config, InferenceSettings, dotted_names, get_field, inference_settings, to_dict
 from marsseg.data.io import write_atomically, write_text_atomically
 from marsseg.data.prepare import PreparedData, prepare_data
 from marsseg.engine import fit
 from marsseg.errors import UserError
-from marsseg.evaluation import CLASS_KEYS, best_big_rock_scale, evaluate_probabilities
-from marsseg.models import count_parameters, gflops_per_image
+from marsseg.evaluation import CLASS_KEYS, evaluate_probabilities
+from marsseg.finish import choose_big_rock_scale
+from marsseg.models import Ensemble, count_parameters, gflops_per_image
 from marsseg.precision import resolve_device
 from marsseg.predict import predict_probabilities
 from marsseg.training import configure_threads, with_resolved_precision
@@ -65,43 +66,30 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
 def ensemble_scores(
     run_dirs: list[Path],
     prepared: PreparedData,
-    tta: bool,
-    device,
+    settings: InferenceSettings,
+    *,
+    device: torch.device | str = "cpu",
     big_rock_scale: float = 0.0,
     checkpoints: list[str] | None = None,
-    whole_frames: bool = False,
-    scales: tuple[float, ...] = (1.0,),
 ) -> dict[str, tuple]:
-    """Softmax averaged over the best checkpoints of `run_dirs` (or `checkpoints`, "best", "last" or "epoch_N" for
-    each):
-    (mIoU, per-class IoU) on val and test.
+    """The soft vote (models.Ensemble) of the best checkpoints of `run_dirs` (or `checkpoints`, "best", "last" or
+    "epoch_N" for each), predicted as `settings` say: (mIoU, per-class IoU) on val and test.
 
-    The big-rock scale is `big_rock_scale`, or with 0 the one that is best for the ensemble on validation (as
-    training chooses it for one model); scores["scale"] holds it, scores["test_evaluation"] the test part's Evaluation.
+    The big-rock scale is `big_rock_scale`, or with 0 the one best for the vote on validation, chosen as training
+    chooses a run's (finish.choose_big_rock_scale); scores["scale"] holds it, scores["test_evaluation"] the test
+    part's Evaluation. One run is scored alone, as its training scored it.
     """
     checkpoints = checkpoints or ["best"] * len(run_dirs)
-    models = [load_model(run_dir, which) for run_dir, which in zip(run_dirs, checkpoints, strict=True)]
+    networks = [load_model(run_dir, which)[0] for run_dir, which in zip(run_dirs, checkpoints, strict=True)]
+    model = (networks[0] if len(networks) == 1 else Ensemble(networks)).to(device)
     scores: dict = {}
     for part in ("val", "test"):
         indices = getattr(prepared.split, part)
         images, masks = prepared.data.images[indices], prepared.data.masks[indices]
-        streams = [
-            predict_probabilities(
-                m.to(device),
-                images,
-                c.data.in_channels,
-                tta=tta,
-                device=device,
-                precision=c.inference_precision,
-                whole_frames=whole_frames,
-                scales=scales,
-            )
-            for m, c in models
-        ]
-        averaged = torch.cat([torch.stack(batches).mean(dim=0) for batches in zip(*streams, strict=True)])
+        probabilities = list(predict_probabilities(model, images, settings, device=device))
         if part == "val":
-            scores["scale"] = big_rock_scale or best_big_rock_scale(averaged, masks)[0]
-        result = evaluate_probabilities([averaged], masks, big_rock_scale=scores["scale"])
+            scores["scale"] = choose_big_rock_scale(probabilities, masks, big_rock_scale)[0]
+        result = evaluate_probabilities(probabilities, masks, big_rock_scale=scores["scale"])
         scores[part] = (result.miou, result.ious)
         scores[f"{part}_evaluation"] = result
     return scores
@@ -189,13 +177,7 @@ def run_experiments(
     if ensemble and len(rows) > 1:
         device = resolve_device(base.device)
         scores = ensemble_scores(
-            run_dirs,
-            prepared,
-            base.tta,
-            device,
-            base.big_rock_scale,
-            whole_frames=base.whole_frames,
-            scales=tuple(base.tta_scales),
+            run_dirs, prepared, inference_settings(base), device=device, big_rock_scale=base.big_rock_scale
         )
         row = {
             "model": f"ensemble of {len(rows)}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from marsseg.checkpoints import load_checkpoint, load_model, save_checkpoint
@@ -55,9 +56,8 @@ def finish_run(
     val_masks = data.masks[split.val]
     if val_probabilities is None:  # predicted once: for the scale, then scored with it
         val_probabilities = predict_validation(model, cfg, prepared, device)[0]
-    scale = cfg.big_rock_scale
-    if scale == 0:
-        scale, scores = best_big_rock_scale(torch.cat(val_probabilities), val_masks)
+    scale, scores = choose_big_rock_scale(val_probabilities, val_masks, cfg.big_rock_scale)
+    if scores is not None:
         metrics["big_rock_scale_val_miou"] = {str(k): round(v, 5) for k, v in scores.items()}
         _store_big_rock_scale(run_dir / "best.pt", scale)
     metrics["big_rock_scale"] = scale
@@ -66,7 +66,7 @@ def finish_run(
     test = None
     if len(split.test):
         test_images, test_masks = data.images[split.test], data.masks[split.test]
-        test = evaluate(model, test_images, test_masks, device=device, big_rock_scale=scale, **inference_settings(cfg))
+        test = evaluate(model, test_images, test_masks, inference_settings(cfg), device=device, big_rock_scale=scale)
         low, high, groups = miou_interval(test, data.subset(split.test))
         metrics.update(
             test_miou=test.miou,
@@ -82,13 +82,23 @@ def finish_run(
     return val, test
 
 
+def choose_big_rock_scale(
+    val_probabilities: list[torch.Tensor], val_masks: np.ndarray, configured: float
+) -> tuple[float, dict[float, float] | None]:
+    """(scale, every scale's validation mIoU): the `configured` big-rock scale, or with 0 the best on the validation
+    part's probabilities (evaluation.BIG_ROCK_SCALES; the scores are None when none was chosen)."""
+    if configured:
+        return configured, None
+    return best_big_rock_scale(torch.cat(val_probabilities), val_masks)
+
+
 def predict_validation(
     model: torch.nn.Module, cfg: Config, prepared: PreparedData, device: torch.device
 ) -> tuple[list[torch.Tensor], float]:
     """`model`'s probabilities on the validation part, in batches, predicted as the run predicts, and their mIoU at
     big-rock scale 1 (an epoch's figure, which `marsseg train` prints and tune maximises)."""
     images, masks = prepared.data.images[prepared.split.val], prepared.data.masks[prepared.split.val]
-    probabilities = list(predict_probabilities(model.to(device), images, device=device, **inference_settings(cfg)))
+    probabilities = list(predict_probabilities(model.to(device), images, inference_settings(cfg), device=device))
     return probabilities, evaluate_probabilities(probabilities, masks).miou
 
 

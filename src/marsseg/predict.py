@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from marsseg.config import InferenceSettings
 from marsseg.data.ai4mars import TO_AI4MARS
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.frames import find_image_files, read_gray_image, resize_image, resized_shape
@@ -38,7 +39,7 @@ ImageModel = nn.Module | Callable[[np.ndarray], torch.Tensor]
 
 
 def torch_probabilities(
-    model: nn.Module, in_channels: int, device: torch.device, precision: str = "fp32"
+    model: nn.Module, in_channels: int, device: torch.device, *, precision: str = "fp32"
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """The function uint8 images (B, H, W) -> softmax probabilities (B, C, H, W) on the CPU of a torch model.
     `precision` is the run's (precision.py); the softmax is taken in fp32."""
@@ -58,17 +59,15 @@ def torch_probabilities(
 def predict_probabilities(
     model: ImageModel,
     images: np.ndarray,
-    in_channels: int = 1,
-    batch_size: int = 128,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
+    batch_size: int = 128,
     progress: bool = False,
-    precision: str = "fp32",
-    whole_frames: bool = False,
     frames: np.ndarray | None = None,
-    scales: tuple[float, ...] = (1.0,),
 ) -> Iterator[torch.Tensor]:
-    """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W).
+    """Yield softmax probabilities (b, C, H, W) on the CPU, batch by batch, for uint8 images (N, H, W), predicted
+    as `settings` say.
 
     With `tta`, the probabilities are averaged over the identity and a horizontal flip (the flip that
     training also uses; an upside-down crop is not a rover view). With `whole_frames`, crops that are the two
@@ -79,7 +78,9 @@ def predict_probabilities(
     included. `precision` is the run's (precision.py; an exported model has its own).
     """
     if isinstance(model, nn.Module):
-        probabilities = torch_probabilities(model, in_channels, torch.device(device), precision)
+        probabilities = torch_probabilities(
+            model, settings.in_channels, torch.device(device), precision=settings.precision
+        )
     else:
         probabilities = model
 
@@ -87,17 +88,17 @@ def predict_probabilities(
 
     def predict_at(batch: np.ndarray, scale: float) -> torch.Tensor:
         probs = rescaled_probabilities(probabilities, batch, scale, multiple)
-        if tta:
+        if settings.tta:
             probs = (probs + rescaled_probabilities(probabilities, batch[:, :, ::-1], scale, multiple).flip(-1)) / 2
         return probs
 
     def predict(batch: np.ndarray) -> torch.Tensor:
-        return sum(predict_at(batch, scale) for scale in scales) / len(scales)
+        return sum(predict_at(batch, scale) for scale in settings.scales) / len(settings.scales)
 
     if frames is not None:
         below = frames
     else:
-        below = frame_halves(images) if whole_frames else np.full(len(images), -1)
+        below = frame_halves(images) if settings.whole_frames else np.full(len(images), -1)
     above = np.full(len(images), -1)
     above[below[below >= 0]] = np.flatnonzero(below >= 0)
     height = images.shape[1]
@@ -169,20 +170,15 @@ def labels_from_probabilities(probs: torch.Tensor, big_rock_scale: float = 1.0) 
 def predict_labels(
     model: ImageModel,
     images: np.ndarray,
-    in_channels: int = 1,
-    batch_size: int = 128,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
-    progress: bool = False,
     big_rock_scale: float = 1.0,
-    precision: str = "fp32",
-    whole_frames: bool = False,
-    scales: tuple[float, ...] = (1.0,),
+    batch_size: int = 128,
+    progress: bool = False,
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
-    batches = predict_probabilities(
-        model, images, in_channels, batch_size, tta, device, progress, precision, whole_frames, scales=scales
-    )
+    batches = predict_probabilities(model, images, settings, device=device, batch_size=batch_size, progress=progress)
     return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
 
 
@@ -205,25 +201,23 @@ def tile_starts(length: int, tile: int, multiple: int) -> list[int]:
 def frame_probabilities(
     model: ImageModel,
     frame: np.ndarray,
-    in_channels: int = 1,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
-    precision: str = "fp32",
-    scales: tuple[float, ...] = (1.0,),
 ) -> torch.Tensor:
     """(C, H, W) probabilities for a uint8 frame (H, W) of any size: in one pass, reflect-padded at the bottom and
     right up to the model's `input_multiple` and cropped back, or, when the padded frame has more than
     `max_pixels` pixels, in overlapping tiles whose probabilities are averaged (`scales`: see
-    predict_probabilities; a scale above 1 shrinks the budget, so that no pass exceeds `max_pixels`)."""
+    predict_probabilities; a scale above 1 shrinks the budget, so that no pass exceeds `max_pixels`). A frame is
+    one image: `settings.whole_frames` does not apply."""
     multiple = model.input_multiple
-    max_pixels = max(1, int(max_pixels / max(1.0, *scales) ** 2))
+    settings = settings.replace(whole_frames=False)
+    max_pixels = max(1, int(max_pixels / max(1.0, *settings.scales) ** 2))
     height, width = frame.shape
     padded = pad_to_multiple(frame, multiple)  # (H', W')
     if padded.size <= max_pixels:
-        whole = predict_probabilities(
-            model, padded[None], in_channels, 1, tta, device, precision=precision, scales=scales
-        )
+        whole = predict_probabilities(model, padded[None], settings, device=device, batch_size=1)
         return next(whole)[0, :, :height, :width]
     side = max(multiple, math.isqrt(max_pixels) // multiple * multiple)
     tile_height, tile_width = min(side, padded.shape[0]), min(side, padded.shape[1])
@@ -234,7 +228,7 @@ def frame_probabilities(
     ]
     tiles = np.stack([padded[top : top + tile_height, left : left + tile_width] for top, left in origins])
     total, count = None, torch.zeros(padded.shape)
-    batches = predict_probabilities(model, tiles, in_channels, 1, tta, device, precision=precision, scales=scales)
+    batches = predict_probabilities(model, tiles, settings, device=device, batch_size=1)
     for (top, left), probs in zip(origins, batches, strict=True):
         if total is None:
             total = torch.zeros(probs.shape[1], *padded.shape)  # (C, H', W')
@@ -247,12 +241,10 @@ def image_probabilities(
     model: ImageModel,
     image: np.ndarray,
     frame_size: int,
-    in_channels: int = 1,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
-    precision: str = "fp32",
-    scales: tuple[float, ...] = (1.0,),
 ) -> torch.Tensor:
     """(C, H, W) probabilities for a gray frame (H, W) of any size.
 
@@ -261,7 +253,7 @@ def image_probabilities(
     """
     shape = resized_shape(image.shape, frame_size)
     frame = resize_image(image, shape)
-    probs = frame_probabilities(model, frame, in_channels, tta, device, max_pixels, precision, scales)
+    probs = frame_probabilities(model, frame, settings, device=device, max_pixels=max_pixels)
     if shape != image.shape:
         probs = resize(probs[None], image.shape)[0]  # (C, H, W)
     return probs
@@ -271,16 +263,14 @@ def predict_frame(
     model: ImageModel,
     image: np.ndarray,
     frame_size: int,
-    in_channels: int = 1,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
-    precision: str = "fp32",
-    scales: tuple[float, ...] = (1.0,),
 ) -> np.ndarray:
     """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size (image_probabilities, then the argmax)."""
-    probs = image_probabilities(model, image, frame_size, in_channels, tta, device, max_pixels, precision, scales)
+    probs = image_probabilities(model, image, frame_size, settings, device=device, max_pixels=max_pixels)
     return labels_from_probabilities(probs[None], big_rock_scale)[0].numpy().astype(np.uint8)
 
 
@@ -289,15 +279,13 @@ def predict_image_files(
     paths: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     frame_size: int,
-    in_channels: int = 1,
-    tta: bool = False,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
     force: bool = False,
     progress: bool = False,
-    precision: str = "fp32",
-    scales: tuple[float, ...] = (1.0,),
 ) -> tuple[list[Path], np.ndarray]:
     """Predict image files (or folders of them) of any size; write per image `out_dir/labels/NAME.png` (AI4Mars
     values: 0 soil, 1 bedrock, 2 sand, 3 big rock, 255 no label) and `out_dir/overlays/NAME.png` (colours over the
@@ -334,7 +322,13 @@ def predict_image_files(
             for path in bar:
                 image = read_gray_image(path)
                 labels = predict_frame(
-                    model, image, frame_size, in_channels, tta, device, big_rock_scale, max_pixels, precision, scales
+                    model,
+                    image,
+                    frame_size,
+                    settings,
+                    device=device,
+                    big_rock_scale=big_rock_scale,
+                    max_pixels=max_pixels,
                 )
                 Image.fromarray(TO_AI4MARS[labels]).save(staging / "labels" / f"{path.stem}.png")
                 Image.fromarray(overlay_with_legend(image, labels)).save(staging / "overlays" / f"{path.stem}.png")

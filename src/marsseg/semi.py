@@ -136,9 +136,9 @@ def label_pool(
         predict_probabilities(
             model.to(device),
             images,
+            inference_settings(cfg, precision=cfg.precision),
             batch_size=PREDICT_BATCH,
             device=device,
-            **inference_settings(cfg, precision=cfg.precision),
         )
         for model, cfg in models
     ]

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from marsseg.checkpoints import BEST_EPOCH_FILE, restore_rng, rng_state, save_checkpoint
-from marsseg.config import Config, to_dict
+from marsseg.config import Config, InferenceSettings, to_dict
 from marsseg.data.dataset import images_to_tensor
 from marsseg.data.prepare import prepare_data
 from marsseg.evaluation import evaluate
@@ -285,7 +285,8 @@ def overfit_one_batch(
         model.train()
         loss = training_step(model, x, y, loss_fn, optimizer, device=device, precision=precision)
         if step % check_every == 0 or step == max_steps:
-            miou = evaluate(model, images, masks, cfg.data.in_channels, device=device, precision=precision).miou
+            settings = InferenceSettings(in_channels=cfg.data.in_channels, precision=precision)
+            miou = evaluate(model, images, masks, settings, device=device).miou
             bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
             if miou >= target:
                 break

@@ -1,5 +1,7 @@
-"""K-fold cross-validation of recipes (`benchmarks/recipes.py --folds K`): `marsseg cv` (marsseg.cv) with the studies'
-extras: ensembles of finished rows, continued folds, snapshots, teachers named by variant.
+"""K-fold cross-validation of recipes, the library of `benchmarks/recipes.py --folds K`: nothing runs from here.
+
+`marsseg cv` (marsseg.cv) with the studies' extras: ensembles of finished rows, continued folds, snapshots, teachers
+named by variant.
 
 Every labeled crop is held out once (data.split.kfold_splits: whole frame groups, stratified on big rock). Each
 fold trains the recipe as `marsseg train` would, with the big-rock scale (and the variant's early stopping) on the
@@ -13,6 +15,7 @@ Writes cv.md and cv.png in --out from every finished fold there; finished folds 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from dataclasses import replace
@@ -156,13 +159,13 @@ def cross_validate(
     trained from scratch, which gives the same run."""
     ensembles, continues = ensembles or {}, continues or {}
     out = Path(args.out)
-    base = load_config(None, {"data.path": args.data})
+    base = load_config(None, overrides={"data.path": args.data})
     prepared = prepare_data(base.data)
     seams_only = getattr(args, "seams_only", False)
     splits = kfold_splits(
-        prepared.data, args.folds, base.data.val_fraction, base.data.split_seed, seams_only=seams_only
+        prepared.data, args.folds, val_fraction=base.data.val_fraction, seed=base.data.split_seed, seams_only=seams_only
     )
-    plan = fold_plan(args.folds, base.data, prepared, seams_only)
+    plan = fold_plan(args.folds, base.data, prepared, seams_only=seams_only)
     names = args.variants.split(",")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     only_folds = {int(f) for f in args.only_folds.split(",") if f} if getattr(args, "only_folds", "") else None
@@ -202,5 +205,24 @@ def cross_validate(
     if against not in every_name:
         raise SystemExit(f"--against {against}: no finished row of that name in {out}")
     write_table(
-        out, ordered, sorted(every_seed), args.folds, group_ids(prepared.data, seams_only=seams_only), plan, against
+        out,
+        ordered,
+        sorted(every_seed),
+        args.folds,
+        group_ids(prepared.data, seams_only=seams_only),
+        plan,
+        against=against,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Cross-validate with: python benchmarks/recipes.py --folds K --variants NAME,... (see its --help).",
+    )
+    parser.parse_args()
+    parser.error("nothing to run here; cross-validate with benchmarks/recipes.py --folds K")
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,7 @@ def fold_probabilities(run_dir: Path, images: dict[str, np.ndarray]) -> dict[str
     """{"best" | "last": {part: (N, 5, H, W) probabilities}} as the default predicts them."""
     result = {}
     for which in ("best", "last"):
-        model, cfg = load_model(run_dir, which)
+        model, cfg = load_model(run_dir, which=which)
         if cfg.optim.keep != "best":  # best.pt must be the best epoch alone, not already a vote
             raise SystemExit(f"{run_dir}: kept optim.keep {cfg.optim.keep!r}; the folds of recipes.py keep 'best'")
         result[which] = {
@@ -93,7 +93,7 @@ def fold_probabilities(run_dir: Path, images: dict[str, np.ndarray]) -> dict[str
                     predict_probabilities(
                         model,
                         part_images,
-                        InferenceSettings(
+                        settings=InferenceSettings(
                             in_channels=cfg.data.in_channels,
                             tta=True,
                             scales=(1.0, 0.875),
@@ -143,10 +143,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base = load_config(None, {"data.path": args.data})
+    base = load_config(None, overrides={"data.path": args.data})
     prepared = prepare_data(base.data)
     data = prepared.data
-    splits = kfold_splits(data, args.folds, base.data.val_fraction, base.data.split_seed)
+    splits = kfold_splits(data, args.folds, val_fraction=base.data.val_fraction, seed=base.data.split_seed)
     groups = group_ids(data)
     # rule -> seed -> (N, C, C) every crop's held-out confusion matrix, in sample order
     matrices: dict[str, dict[int, np.ndarray]] = {}

@@ -131,7 +131,7 @@ def score(run: Path, heldout: MarsData) -> tuple[np.ndarray, np.ndarray]:
         model.model,
         SHARED / "ai4mars_sample",
         cfg.data.frame_size,
-        inference_settings(cfg),
+        settings=inference_settings(cfg),
         big_rock_scale=cfg.big_rock_scale or 1.0,
     )
     return crops, frames.evaluation.image_matrices

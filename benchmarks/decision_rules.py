@@ -54,11 +54,13 @@ def iou_aware_labels(probs: torch.Tensor, iou: np.ndarray, union: np.ndarray) ->
 
 def fit_rules(probs: torch.Tensor, masks: torch.Tensor) -> dict:
     """Each rule, fitted on (probs, masks), as a function of probabilities."""
-    by_miou = {s: np.nanmean(scores(masks, labels_from_probabilities(probs, s))) for s in BIG_ROCK_SCALES}
+    by_miou = {
+        s: np.nanmean(scores(masks, labels_from_probabilities(probs, big_rock_scale=s))) for s in BIG_ROCK_SCALES
+    }
     true_count = int((masks == BIG_ROCK).sum())
 
     def count_error(scale: float) -> int:
-        labels = labels_from_probabilities(probs, scale)
+        labels = labels_from_probabilities(probs, big_rock_scale=scale)
         return abs(int(((labels == BIG_ROCK) & (masks > 0)).sum()) - true_count)
 
     best_scale, count_scale = max(by_miou, key=by_miou.get), min(BIG_ROCK_SCALES, key=count_error)
@@ -67,8 +69,8 @@ def fit_rules(probs: torch.Tensor, masks: torch.Tensor) -> dict:
         iou, union = iou_and_union(confusion_matrix(masks, iou_aware_labels(probs, iou, union)))
     return {
         "argmax": labels_from_probabilities,
-        "scale, best mIoU": lambda p: labels_from_probabilities(p, best_scale),
-        "scale, count match": lambda p: labels_from_probabilities(p, count_scale),
+        "scale, best mIoU": lambda p: labels_from_probabilities(p, big_rock_scale=best_scale),
+        "scale, count match": lambda p: labels_from_probabilities(p, big_rock_scale=count_scale),
         "IoU-aware, may predict 0": lambda p: iou_aware_labels(p, iou, union),
     }
 
@@ -82,11 +84,11 @@ def main() -> None:
     print(f"{'run':<46}{'rule':<26}{'mIoU':>8}{'big rock':>10}{'gain':>9}{'wins':>7}")
     for run in args.runs:
         model, cfg = load_model(run)
-        prepared = prepare_data(cfg.data, Split.load(f"{run}/split.json"))
+        prepared = prepare_data(cfg.data, split=Split.load(f"{run}/split.json"))
         val = prepared.split.val
         images = prepared.data.images[val]
         tta = cfg.tta if args.tta == "run" else args.tta == "on"
-        probs = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg).replace(tta=tta))))
+        probs = torch.cat(list(predict_probabilities(model, images, settings=inference_settings(cfg).replace(tta=tta))))
         masks = torch.from_numpy(prepared.data.masks[val]).long()
         rng = np.random.default_rng(0)
         results: dict[str, list] = {}

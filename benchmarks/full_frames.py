@@ -73,7 +73,7 @@ def main() -> None:
     scale = cfg.big_rock_scale or 1.0
     settings = InferenceSettings(in_channels=cfg.data.in_channels, tta=tta, precision=cfg.precision)
     side = cfg.data.frame_size
-    arrays = import_ai4mars(args.sample, side, require_labels=True).arrays
+    arrays = import_ai4mars(args.sample, frame_size=side, require_labels=True).arrays
     crops, crop_masks = arrays["training_set"][:, 0], arrays["training_set"][:, 1]  # (2F, 64, 128)
     if len(crops) != 2 * len(arrays["frame_name"]):
         raise SystemExit(f"expected square frames cut into a top and a bottom half; found {len(crops)} crops")
@@ -81,14 +81,19 @@ def main() -> None:
 
     start = time.perf_counter()
     whole = np.stack(
-        [labels_from_probabilities(frame_probabilities(model, frame, settings)[None], scale)[0] for frame in frames]
+        [
+            labels_from_probabilities(frame_probabilities(model, frame, settings=settings)[None], big_rock_scale=scale)[
+                0
+            ]
+            for frame in frames
+        ]
     ).astype(np.uint8)
     whole_seconds = time.perf_counter() - start
     start = time.perf_counter()
     halves = np.concatenate(
         [
-            labels_from_probabilities(p, scale).numpy()
-            for p in predict_probabilities(model, crops, settings, batch_size=64)
+            labels_from_probabilities(p, big_rock_scale=scale).numpy()
+            for p in predict_probabilities(model, crops, settings=settings, batch_size=64)
         ]
     ).reshape(masks.shape)
     halves_seconds = time.perf_counter() - start
@@ -97,7 +102,7 @@ def main() -> None:
     for image_path, label_path in find_pairs(Path(args.sample), require_labels=True)[1]:  # in frame_name's order
         image = read_gray_image(image_path)
         truth = read_label(label_path, image.shape, image_path)
-        labels = predict_frame(model, image, side, settings, big_rock_scale=scale)
+        labels = predict_frame(model, image, side, settings=settings, big_rock_scale=scale)
         full_matrices.append(confusion_matrix(torch.from_numpy(truth), torch.from_numpy(labels)).numpy())
     full_matrices = np.stack(full_matrices)
 

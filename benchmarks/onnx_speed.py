@@ -53,7 +53,7 @@ def main() -> None:
         model, cfg = load_model(args.run)
     else:
         # one network; the default's model, the vote of a run's best and last epochs, costs twice (unless they are one)
-        cfg = load_config(None, {"model.members": 1})
+        cfg = load_config(None, overrides={"model.members": 1})
         torch.manual_seed(0)
         model, cfg.big_rock_scale = build_network(cfg).eval(), 1.0
     model = model.to(memory_format=torch.channels_last)

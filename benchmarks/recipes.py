@@ -1,10 +1,10 @@
 """Ablation of the default recipe: each lever as one row, trained on one split, scored on validation.
 
-Every variant is the default config plus a few overrides. Rows report validation figures only (flip TTA, argmax,
-at the best epoch; and mIoU with the big-rock scale chosen on validation): every choice is made on validation, and
-the local test part is kept for the final figure of the chosen recipe (`marsseg train` prints it). Finished runs
-are skipped on a re-run. Writes ablation.md (mean ± std where a row has several seeds) and ablation.png in --out,
-from every finished row there.
+Every variant is a file recipes/NAME.yaml (`--variants NAME,...`), trained on ROW_RECIPE (recipe A; B with --folds) with
+the file's fields on top. Rows report validation figures only (flip TTA, argmax, at the best epoch; and mIoU with the
+big-rock scale chosen on validation): every choice is made on validation, and the local test part is kept for the final
+figure of the chosen recipe (`marsseg train` prints it). Finished runs are skipped on a re-run. Writes ablation.md (mean
+± std where a row has several seeds) and ablation.png in --out, from every finished row there.
 Run: .venv/bin/python benchmarks/recipes.py --data ../shared/data/mars64.npz --out runs/ablation \\
          [--variants default,cross_entropy,...] [--epochs N] [--seeds K]
 
@@ -21,147 +21,50 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from marsseg import report
 from marsseg.checkpoints import check_same_split, saved_config
-from marsseg.config import Config, load_config
+from marsseg.config import Config, dotted_names, get_field, load_config
 from marsseg.data.prepare import prepare_data
 from marsseg.engine import fit
 
 CLASSES = ("soil", "bedrock", "sand", "big_rock")
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mars64.npz"
 
-VARIANTS: dict[str, dict] = {
-    "default": {},
-    "fp32": {"precision": "fp32"},  # the default recipe, forced to one precision (issue 12: does bf16 move quality?)
-    "bf16": {"precision": "bf16"},
-    "study_recipe": {  # lr 3e-4, no EMA, flips + brightness/contrast + gamma, 40 epochs, patience 10
-        "optim.lr": 3e-4,
-        "optim.ema_decay": 0.0,
-        "augment.elastic": 0.0,
-        "augment.grid_distortion": 0.0,
-        "optim.epochs": 40,
-        "optim.early_stopping_patience": 10,
-    },
-    "lr_3e-4": {"optim.lr": 3e-4},
-    "no_ema": {"optim.ema_decay": 0.0},
-    "no_elastic_grid": {"augment.elastic": 0.0, "augment.grid_distortion": 0.0},
-    "flips_only": {
-        "augment.elastic": 0.0,
-        "augment.grid_distortion": 0.0,
-        "augment.brightness_contrast": 0.0,
-        "augment.gamma": 0.0,
-    },
-    "plus_vflip_clahe": {"augment.vflip": 0.5, "augment.clahe": 0.3},
-    "cross_entropy": {"loss.name": "cross_entropy"},
-    "cross_entropy_with_background": {
-        "loss.name": "cross_entropy",
-        "loss.ignore_background": False,
-        "loss.class_weights": "none",
-    },
-    "study_loss_with_background": {"loss.ignore_background": False, "loss.class_weights": "none"},
-    "no_class_weights": {"loss.class_weights": "none"},
-    "inverse_class_weights": {"loss.class_weights": "inverse"},
-    "no_oversampling": {"data.oversample_factor": 1},
-    "oversample_x8": {"data.oversample_factor": 8},
-    "weighted_sampler": {"data.sampler": "weighted"},
-    "rare_crop": {"augment.rare_crop": 0.5},  # half of the big-rock draws zoomed on the rock (scale 0.5..1)
-    # Issue 13: the rare class's own instances. copy_paste 0.3 (1-2 rocks) takes big rock from 2.4 % of the labeled
-    # pixels a batch sees (x4 oversampling) to 5.6 % on mars64, about the share public boards report working.
-    "copy_paste": {"augment.copy_paste": 0.3},
-    "cutmix": {"augment.cutmix": 0.5},
-    # Semi-supervised (semi.py): FixMatch-style consistency on the file's test_set and the held-out parts' images.
-    "semi": {"semi.weight": 1.0},
-    "semi_no_rare_threshold": {"semi.weight": 1.0, "semi.rare_threshold": 0.9},
-    "copy_paste_semi": {"augment.copy_paste": 0.3, "semi.weight": 1.0},
-    # Offline self-training: teachers named by variant (their run of the same seed, and fold under --folds) label the
-    # pool once; the student learns it with the recipe's loss. Several teachers: distilling their ensemble.
-    "self_training": {"semi.weight": 1.0, "semi.teachers": ["default"], "semi.loss": "recipe"},
-    "distill_ensemble": {
-        "semi.weight": 1.0,
-        "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],
-        "semi.loss": "recipe",
-    },
-    # The same through soft targets: the teachers' averaged probabilities of classes 1..4 on every pixel, no threshold
-    # (not measured yet). The same teachers as the two rows above, so that each pairs with its thresholded row.
-    "self_training_soft": {"semi.weight": 1.0, "semi.teachers": ["default"], "semi.loss": "soft"},
-    "distill_ensemble_soft": {
-        "semi.weight": 1.0,
-        "semi.teachers": ["default", "copy_paste", "cutmix", "semi"],
-        "semi.loss": "soft",
-    },
-    "balanced_curriculum": {"data.curriculum_epochs": 10},  # half big-rock draws at first, x4's share at epoch 10
-    "plain_unet": {"model.name": "unet"},
-    "full_res_unet16": {"model.name": "unet", "model.width": 16, "model.options": {"levels": 5}},
-    "dice_per_class": {"loss.dice_per_class": True},
-    "cosine_40_no_early_stop": {"optim.epochs": 40, "optim.early_stopping_patience": 40},
-    "width_48_cosine_40": {"model.width": 48, "optim.epochs": 40, "optim.early_stopping_patience": 40},
-    "width_48": {"model.width": 48},
-    "plateau": {"optim.scheduler": "plateau"},
-    "onecycle": {"optim.scheduler": "onecycle"},
-    "warm_restarts": {"optim.scheduler": "cosine_restarts"},
-    "batch_32": {"optim.batch_size": 32},
-    "big_rock_scale_on_val": {"big_rock_scale": 0.0},
-    "no_tta": {"tta": False},
-    "whole_frames": {"whole_frames": True},  # halves of a frame predicted together, in validation too
-    # ... and trained together (data.train_on_frames), on top of CutMix: against the row cutmix_whole_frames
-    "cutmix_frames": {"augment.cutmix": 0.5, "data.train_on_frames": True, "whole_frames": True},
-    # Lovasz-softmax (a surrogate of each class's IoU) instead of Dice, next to focal; against cutmix_whole_frames
-    "cutmix_lovasz": {"augment.cutmix": 0.5, "loss.name": "lovasz_focal", "whole_frames": True},
-    # One CutMix network over 27 epochs (the cosine compressed to 27): three of them cost what two of 40 cost
-    "cutmix_27_epochs": {"augment.cutmix": 0.5, "optim.epochs": 27},
-    # CutMix without early stopping: all epochs, the best on validation kept (or the last: rows below). Its folds of
-    # 2026-11-29 were carried on with a patience of 40, which never stops a 40-epoch run either.
-    "cutmix_no_early_stop": {"augment.cutmix": 0.5, "optim.early_stopping_patience": 0},
-    # One such network over 80 epochs (the cosine stretched to 80): what today's default's two networks of 40 cost
-    "cutmix_80_epochs_no_early_stop": {"augment.cutmix": 0.5, "optim.epochs": 80, "optim.early_stopping_patience": 0},
-    # Today's default (one network, 80 epochs) with big-rock copy-paste on top; its row: ..._last_whole_frames
-    "cutmix_80_epochs_copy_paste": {
-        "augment.cutmix": 0.5,
-        "augment.copy_paste": 0.3,
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
-    # Today's default with a zoom on half of the draws (0.8-1.25x); its row: ..._zoom_best_and_last_scales_1_0875
-    "cutmix_80_epochs_zoom": {
-        "augment.cutmix": 0.5,
-        "augment.zoom": 0.5,
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
-    # Today's default with one more decoder step at full resolution (8 channels, the image as its skip) instead of
-    # upsampling the logits; its row: ..._full_res_8_best_and_last_scales_1_0875
-    "cutmix_80_epochs_full_res_8": {
-        "augment.cutmix": 0.5,
-        "model.options": {"full_res": 8},
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
-    # Today's default with a fifth encoder level (512 channels at 2x4): more context, 4x the parameters, 1.29x the
-    # FLOPs; its row: ..._levels_5_best_and_last_scales_1_0875
-    "cutmix_80_epochs_levels_5": {
-        "augment.cutmix": 0.5,
-        "model.options": {"levels": 5},
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
-    # Today's default with a weight decay 1000x its own (AdamW's decoupled decay, 1e-4 -> 0.1): against the few
-    # training rocks learned by heart late in the schedule; its row: ..._weight_decay_0_1_best_and_last_scales_1_0875
-    "cutmix_80_epochs_weight_decay_0_1": {
-        "augment.cutmix": 0.5,
-        "optim.weight_decay": 0.1,
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
-    # Today's default with half of the crops whose frame partner is in the training part served as a window across
-    # the seam (augment.frame_shift); its row: ..._frame_shift_best_and_last_scales_1_0875
-    "cutmix_80_epochs_frame_shift": {
-        "augment.cutmix": 0.5,
-        "augment.frame_shift": 0.5,
-        "optim.epochs": 80,
-        "optim.early_stopping_patience": 0,
-    },
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+# What every row trains unless its recipe file says otherwise: recipe A on one split, B with --folds (docs/results.md's
+# letters), the baseline every variant was measured against until CutMix. A file's fields come after these, so a file
+# that sets one of them to today's default (cutmix.yaml) undoes it.
+ROW_RECIPE: dict = {
+    "model.members": 1,
+    "optim.epochs": 40,  # every row's until the default's 80
+    "augment.cutmix": 0.0,
+    "augment.frame_shift": 0.0,  # every row's until cutmix_80_epochs_frame_shift
+    # the best epoch on validation, early stopping after 15 epochs without one: every row until optim.keep
+    "optim.keep": "best",
+    "optim.early_stopping_patience": 15,
+    "whole_frames": False,  # every crop predicted alone, as the rows were measured before whole_frames existed
+    "tta_scales": [1.0],  # at the data's own scale only, as every row was measured (scales: ROW_INFERENCE)
 }
+
+
+def recipe_names() -> list[str]:
+    """The variants: the stem of every recipes/*.yaml, "default" first, then in alphabetical order."""
+    return sorted((path.stem for path in RECIPES.glob("*.yaml")), key=lambda name: (name != "default", name))
+
+
+def recipe_fields(name: str) -> dict:
+    """The dotted fields recipes/NAME.yaml sets, e.g. {"optim.lr": 0.0003}, as load_config reads them (the file is
+    checked alone first, so a bad field names the file)."""
+    path = RECIPES / f"{name}.yaml"
+    config = load_config(str(path))
+    values = yaml.safe_load(path.read_text()) or {}
+    return {dotted: get_field(config, dotted) for dotted in dotted_names(values)}
+
+
+VARIANTS: list[str] = recipe_names()
 
 # Variants that differ from a finished one only in early-stopping patience (cross-validation only): a fold is that
 # variant's fold of the same seed, carried on from the epoch where early stopping ended it
@@ -370,42 +273,39 @@ def write_table_and_plot(out: Path) -> None:
 
 
 def variant_config(args: argparse.Namespace, name: str, seed: int) -> Config:
-    """The default config with the variant's overrides and the command line's data, seed, threads and epochs. A row
-    trains one network unless its variant sets model.members, and without CutMix unless it sets augment.cutmix:
-    "default" is the recipe every row was measured against, the default until CutMix's three seeds. Variant "cutmix"
-    is one network of the default of before optim.keep; the default of before 80 epochs, two such networks trained
-    through the whole schedule and kept at their last epoch, is the row
+    """Today's default config, then ROW_RECIPE with the command line's data, seed and threads, then the fields of
+    recipes/NAME.yaml, then --epochs. A row trains one network unless its file sets model.members, and without CutMix
+    unless it sets augment.cutmix: "default" is the recipe every row was measured against, the default until CutMix's
+    three seeds. Variant "cutmix" is one network of the default of before optim.keep; the default of before 80 epochs,
+    two such networks trained through the whole schedule and kept at their last epoch, is the row
     two_seeds_of_cutmix_no_early_stop_last_whole_frames; one network of 80 epochs is the row
     cutmix_80_epochs_last_whole_frames, that network predicting at scales 1 and 0.875 too the row
-    cutmix_80_epochs_last_scales_1_0875, and today's default, the vote of its best epoch on validation and its last
-    (optim.keep best_and_last), the row cutmix_80_epochs_best_and_last_scales_1_0875. Rows train 40 epochs unless
-    their variant or --epochs says otherwise."""
+    cutmix_80_epochs_last_scales_1_0875, and the vote of its best epoch on validation and its last (optim.keep
+    best_and_last) the row cutmix_80_epochs_best_and_last_scales_1_0875; with frame shift, today's default, the row
+    cutmix_80_epochs_frame_shift_best_and_last_scales_1_0875. Rows train 40 epochs unless their file or --epochs says
+    otherwise."""
     overrides = {
-        "model.members": 1,
-        "optim.epochs": 40,  # every row's until the default's 80
-        "augment.cutmix": 0.0,
-        "augment.frame_shift": 0.0,  # every row's until cutmix_80_epochs_frame_shift
-        # the best epoch on validation, early stopping after 15 epochs without one: every row until optim.keep
-        "optim.keep": "best",
-        "optim.early_stopping_patience": 15,
-        "whole_frames": False,  # every crop predicted alone, as the rows were measured before whole_frames existed
-        "tta_scales": [1.0],  # at the data's own scale only, as every row was measured (scales: ROW_INFERENCE)
+        **ROW_RECIPE,
         "data.path": args.data,
         "seed": seed,
         "threads": args.threads,
         "data.num_workers": args.workers,
-        **VARIANTS[name],
+        **recipe_fields(name),
     }
     if args.epochs:
         overrides["optim.epochs"] = args.epochs
-    return load_config(None, overrides)
+    return load_config(None, overrides=overrides)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.is_file() else "")
     parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated recipe names, each recipes/NAME.yaml (with --folds, also the rows of ENSEMBLES)",
+    )
     parser.add_argument(
         "--epochs",
         type=int,
@@ -439,7 +339,7 @@ def main() -> None:
     unknown = [name for name in args.variants.split(",") if name not in known]
     if unknown:
         parser.error(f"unknown variants {', '.join(unknown)}; choose from {', '.join(known)}")
-    own_epochs = [name for name in args.variants.split(",") if "optim.epochs" in VARIANTS.get(name, {})]
+    own_epochs = [n for n in args.variants.split(",") if n in VARIANTS and "optim.epochs" in recipe_fields(n)]
     if args.epochs and own_epochs:
         parser.error(f"--epochs would replace the epochs that {', '.join(own_epochs)} set; run them without it")
     if args.seams_only and not args.folds:
@@ -449,7 +349,7 @@ def main() -> None:
 
         cross_validate(args, known, variant_config, ENSEMBLES, ROW_INFERENCE, CONTINUES)
         return
-    base = load_config(None, {"data.path": args.data})
+    base = load_config(None, overrides={"data.path": args.data})
     prepared = prepare_data(base.data)  # one split for every row
     print(f"{'variant':<30}{'seed':>5}{'val mIoU':>10}{'val big rock':>14}{'best epoch':>12}{'minutes':>9}")
     for name in args.variants.split(","):

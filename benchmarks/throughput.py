@@ -66,7 +66,9 @@ def time_model(cfg: Config, precision: str) -> tuple[float, float]:
     loss_fn = build_loss(cfg.loss, y.numpy())
     optimizer, ema = build_optimizer(cfg, model), build_ema(cfg, model)
     model.train()
-    train_seconds = timed(lambda: training_step(model, x, y, loss_fn, optimizer, ema, "cpu", precision), 4)
+    train_seconds = timed(
+        lambda: training_step(model, x, y, loss_fn, optimizer, ema=ema, device="cpu", precision=precision), 4
+    )
     model.eval()
     with torch.no_grad(), autocast("cpu", precision):
         infer_seconds = timed(lambda: model(x), 6)
@@ -95,12 +97,12 @@ def model_rows(cfg: Config, peaks: dict[str, float]) -> list[str]:
 def loss_rows(cfg: Config, names: list[str], rounds: int = 3) -> None:
     """The default model's training step (batch 64, the precision `auto` resolves to) with each loss of `names` and
     with the recipe's, timed in turn `rounds` times; prints each loss's median step time and its ratio."""
-    base = load_config(None, {"model.members": 1})
+    base = load_config(None, overrides={"model.members": 1})
     precision = "bf16" if cpu_has_native_bf16() else "fp32"
     seconds: dict[str, list[float]] = {name: [] for name in [base.loss.name, *names]}
     for _ in range(rounds):
         for name in seconds:
-            variant = load_config(None, {"model.members": 1, "loss.name": name})
+            variant = load_config(None, overrides={"model.members": 1, "loss.name": name})
             variant.threads = cfg.threads
             seconds[name].append(time_model(variant, precision)[0])
     recipe = sorted(seconds[base.loss.name])[rounds // 2]
@@ -116,7 +118,9 @@ def fit_one_epoch(data: str, precision: str) -> None:
 
     from marsseg.engine import fit
 
-    cfg = load_config(None, {"data.path": data, "optim.epochs": 1, "precision": precision, "model.members": 1})
+    cfg = load_config(
+        None, overrides={"data.path": data, "optim.epochs": 1, "precision": precision, "model.members": 1}
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(cfg, run_dir, force=True, score_test=False)
     record = result.history[-1]
@@ -142,7 +146,7 @@ def main() -> None:
     if args.fit_child:
         fit_one_epoch(args.data, args.fit_child)
         return
-    cfg = load_config(None, {"model.members": 1})  # one network (an ensemble's members train one at a time)
+    cfg = load_config(None, overrides={"model.members": 1})  # one network (an ensemble's members train one at a time)
     if args.width:
         cfg.model.width = args.width
     configure_threads(cfg.threads)

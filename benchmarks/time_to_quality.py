@@ -36,7 +36,7 @@ def train_row(data: str, minutes: float, seed: int, run_dir: Path, prepared, epo
         overrides = {"data.path": data, "seed": seed, "optim.minutes": minutes, "model.members": 1}  # one network
         if epochs:
             overrides["optim.epochs"] = epochs
-        fit(load_config(None, overrides), run_dir, force=True, prepared=prepared)
+        fit(load_config(None, overrides=overrides), run_dir, force=True, prepared=prepared)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "budget": minutes,
@@ -116,7 +116,7 @@ def main() -> None:
     spread_budget, spread_seeds = args.seeds_at.split(":")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_data(load_config(None, {"data.path": args.data}).data)  # one split for every row
+    prepared = prepare_data(load_config(None, overrides={"data.path": args.data}).data)  # one split for every row
     print(f"{'budget':>8}{'seed':>6}{'epochs':>8}{'minutes':>9}{'val mIoU':>10}{'test mIoU':>11}{'test big rock':>15}")
     rows = []
 

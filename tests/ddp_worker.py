@@ -25,6 +25,6 @@ CONFIG = {
 
 if __name__ == "__main__":
     out, data = sys.argv[1], sys.argv[2]
-    result = fit(load_config(None, {**CONFIG, "data.path": data}), f"{out}/run", force=True, score_test=False)
+    result = fit(load_config(None, overrides={**CONFIG, "data.path": data}), f"{out}/run", force=True, score_test=False)
     params = {name: p.detach().clone() for name, p in result.model.named_parameters()}
     torch.save(params, f"{out}/rank{dist.get_rank()}.pt")

@@ -95,7 +95,7 @@ def test_resume_refuses_overrides_and_other_data(tmp_path, tiny_npz, tiny_arrays
 def test_the_last_checkpoint_rebuilds_the_last_epochs_scored_model_the_ema(tmp_path, tiny_npz):
     fit(tiny_config(tiny_npz, **{"optim.ema_decay": 0.9, "optim.epochs": 2, "optim.keep": "best"}), tmp_path / "run")
     state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
-    model, _ = load_model(tmp_path / "run", "last")  # on the CPU, as load_checkpoint maps every run
+    model, _ = load_model(tmp_path / "run", which="last")  # on the CPU, as load_checkpoint maps every run
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     for name, value in model.state_dict().items():
         assert torch.equal(value, ema[name]), name
@@ -129,13 +129,13 @@ def test_an_unfinished_vote_run_says_so_and_an_old_side_by_side_ensembles_last_c
     with pytest.raises(UserError, match="has not finished"):
         load_model(tmp_path / "run")
     # an older marsseg trained an ensemble's members side by side: its last.pt holds both networks
-    old = to_dict(load_config(None, {"model.width": 8, "model.members": 2}))
+    old = to_dict(load_config(None, overrides={"model.width": 8, "model.members": 2}))
     del old["optim"]["keep"]
     torch.manual_seed(0)
     ensemble = build_model(from_dict(old))
     (tmp_path / "old").mkdir()
     save_checkpoint(tmp_path / "old" / "last.pt", {"config": old, "model": ensemble.state_dict()})
-    loaded, _ = load_model(tmp_path / "old", "last")
+    loaded, _ = load_model(tmp_path / "old", which="last")
     assert isinstance(loaded, Ensemble) and len(loaded.members) == 2
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ensemble.state_dict().values(), strict=True)

@@ -1,6 +1,5 @@
 """benchmarks/cross_validation.py: every labeled crop scored once, out of fold, and pooled."""
 
-import argparse
 import json
 import sys
 from argparse import Namespace
@@ -11,9 +10,8 @@ import pytest
 
 from marsseg.config import load_config
 from marsseg.data.prepare import prepare_data
-from marsseg.data.split import kfold_splits
 from marsseg.errors import UserError
-from marsseg.metrics import iou_per_class, mean_iou
+from marsseg.metrics import mean_iou
 from tests.tiny_runs import ON_CPU, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -165,8 +163,11 @@ def test_snapshots_of_a_fold_are_its_scored_model_after_every_nth_epoch_and_vote
     cross_validate(args, ["run"], variant_config)
     fold = tmp_path / "run_seed0_fold0"
     assert sorted(p.name for p in fold.glob("epoch_*.pt")) == ["epoch_2.pt", "epoch_4.pt"]
-    last, _ = load_model(fold, "last")
-    second, fourth = load_model(fold, "epoch_2")[0].state_dict(), load_model(fold, "epoch_4")[0].state_dict()
+    last, _ = load_model(fold, which="last")
+    second, fourth = (
+        load_model(fold, which="epoch_2")[0].state_dict(),
+        load_model(fold, which="epoch_4")[0].state_dict(),
+    )
     assert all(torch.equal(a, b) for a, b in zip(fourth.values(), last.state_dict().values(), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(second.values(), fourth.values(), strict=True))
     # a row may vote a snapshot with the last epoch
@@ -176,50 +177,4 @@ def test_snapshots_of_a_fold_are_its_scored_model_after_every_nth_epoch_and_vote
     members = json.loads((tmp_path / "early_and_last_seed0_fold1" / "members.json").read_text())
     assert members["checkpoints"] == ["epoch_2", "last"]
     with pytest.raises(ValueError, match="epoch_N"):
-        load_model(fold, "epoch_two")
-
-
-def test_fold_counts_pairs_one_rows_runs_image_by_image_and_gives_each_its_training_share(tmp_path, tiny_npz):
-    from fold_counts import fold_count_table, parse_run
-
-    base = load_config(None, {"data.path": str(tiny_npz)})
-    prepared = prepare_data(base.data)
-    samples = len(prepared.data)
-    rng = np.random.default_rng(0)
-    pooled = {}
-    for folds in (2, 3):  # fabricated out-of-fold matrices: a diagonal-heavy confusion matrix per crop
-        out = tmp_path / f"cv{folds}"
-        matrices = rng.integers(0, 50, size=(samples, 5, 5)) + np.eye(5, dtype=np.int64) * 400 * folds
-        pooled[folds] = matrices
-        plan = fold_plan(folds, base.data, prepared)
-        for fold, split in enumerate(kfold_splits(prepared.data, folds, base.data.val_fraction, base.data.split_seed)):
-            run_dir = out / f"row_seed0_fold{fold}"
-            run_dir.mkdir(parents=True)
-            np.savez(
-                run_dir / "out_of_fold.npz",
-                indices=split.test,
-                matrices=matrices[split.test],
-                train_seconds=60.0,
-                plan=plan,
-            )
-        assert parse_run(f"{out}:{folds}") == (out, folds)
-    for bad in ("runs", "runs:x", "runs:1"):
-        with pytest.raises(argparse.ArgumentTypeError, match="expected OUT:K"):
-            parse_run(bad)
-    table = fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 2), (tmp_path / "cv3", 3)])
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
-    for row, folds in zip(rows, (2, 3), strict=True):
-        assert row[2] == f"{mean_iou(pooled[folds].sum(axis=0)):.3f}"
-        assert row[4:8] == [f"{v:.3f}" for v in iou_per_class(pooled[folds].sum(axis=0))]
-        share = float(row[1].rstrip("%")) / 100  # about 1 - 1/K - val_fraction: whole groups, so not exactly
-        assert share == pytest.approx(1 - 1 / folds - base.data.val_fraction, abs=0.05)
-    two, three = (mean_iou(pooled[k].sum(axis=0)) for k in (2, 3))
-    assert three > two  # the diagonal weighs more in the second run
-    assert rows[1][-1].startswith(f"{three - two:+.3f} (")  # paired with the first run
-    # a run against itself: a paired bootstrap resamples the same groups for both, so the interval has no width
-    itself = fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 2), (tmp_path / "cv2", 2)])
-    assert itself.splitlines()[-1].endswith("| +0.000 (+0.000 to +0.000) |")
-    with pytest.raises(SystemExit, match="has not finished all 2 folds of seeds \\[1\\]"):
-        fold_count_table(str(tiny_npz), "row", [1], [(tmp_path / "cv2", 2)])
-    with pytest.raises(UserError, match="made for 2 folds"):  # another fold count's folds are never pooled
-        fold_count_table(str(tiny_npz), "row", [0], [(tmp_path / "cv2", 4)])
+        load_model(fold, which="epoch_two")

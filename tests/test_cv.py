@@ -31,7 +31,7 @@ def test_cv_pools_every_crop_out_of_fold_and_compares_with_the_first(tmp_path, t
     assert main([*argv, *TINY]) == 0
     assert "differences from a" in capsys.readouterr().out
     cfg = load_config(str(out / "a.yaml"))
-    prepared = prepare_data(load_config(None, {"data.path": str(tiny_npz)}).data)
+    prepared = prepare_data(load_config(None, overrides={"data.path": str(tiny_npz)}).data)
     plan = fold_plan(2, cfg.data, prepared)
     a, _ = pooled_matrices(out, "a", 0, 2, len(prepared.data), plan)
     b, _ = pooled_matrices(out, "b", 0, 2, len(prepared.data), plan)
@@ -71,7 +71,7 @@ def test_cv_pools_every_crop_out_of_fold_and_compares_with_the_first(tmp_path, t
 
 
 @pytest.mark.slow
-def test_cv_resumes_after_a_kill_at_the_fold_it_reached(tmp_path, tiny_npz):
+def test_cv_resumes_after_a_kill_at_the_fold_it_reached(tmp_path, tiny_npz, capsys):
     out = tmp_path / "cv"
     argv = ["cv", "--data", str(tiny_npz), "--out", str(out), "--folds", "3", "--epochs", "2", *TINY]
     argv += ["--set", "device=cpu"]
@@ -87,6 +87,8 @@ def test_cv_resumes_after_a_kill_at_the_fold_it_reached(tmp_path, tiny_npz):
     assert first.exists() and not (out / "cv.md").exists()  # killed in the second fold
     finished_at = first.stat().st_mtime
     assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "default seed 0 fold 1 of 3: finished before, kept" in said and "fold 2 of 3 (resumed)" in said
     assert first.stat().st_mtime == finished_at  # the finished fold was kept, not trained again
     assert all((out / f"default_seed0_fold{k}" / "out_of_fold.npz").is_file() for k in range(3))
     table = (out / "cv.md").read_text()

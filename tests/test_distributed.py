@@ -35,7 +35,7 @@ def reference_parameters(cfg, world: int = 2) -> dict:
     model = build_network(cfg).to(memory_format=memory_format)
     loss_fn = build_loss(cfg.loss, data.masks[split.train])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    dataset = SegmentationDataset(data.images, data.masks, split.train, None, cfg.data.in_channels)
+    dataset = SegmentationDataset(data.images, data.masks, split.train, pipeline=None, in_channels=cfg.data.in_channels)
     per_rank = []
     for rank in range(world):
         sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -71,7 +71,7 @@ def test_two_processes_stay_identical_and_match_single_process_training(tmp_path
     rank1 = torch.load(tmp_path / "rank1.pt")
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    cfg = load_config(None, {**CONFIG, "data.path": str(tiny_npz)})
+    cfg = load_config(None, overrides={**CONFIG, "data.path": str(tiny_npz)})
     reference = reference_parameters(cfg)
     assert max((rank0[k] - reference[k]).abs().max().item() for k in rank0) < 1e-4
     seed_everything(cfg.seed)
@@ -110,7 +110,7 @@ def test_a_resumed_run_is_checked_against_its_own_device(tmp_path):
     from marsseg.checkpoints import run_device_name
     from marsseg.config import save_config
 
-    save_config(load_config(None, {"device": "cpu"}), tmp_path / "config.yaml")
+    save_config(load_config(None, overrides={"device": "cpu"}), tmp_path / "config.yaml")
     assert run_device_name(load_config(), tmp_path, resume=True) == "cpu"  # the run's, not the default "auto"
     assert run_device_name(load_config(), tmp_path, resume=False) == "auto"
 

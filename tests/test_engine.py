@@ -45,11 +45,15 @@ def test_fit_writes_run_files_and_checkpoint_rebuilds_the_model(tmp_path, tiny_n
     from marsseg.data.split import Split
     from marsseg.evaluation import evaluate
 
-    prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
+    prepared = prepare_data(cfg.data, split=Split.load(run / "split.json"))
     val = prepared.split.val
     device = resolve_device(cfg.device)  # on the device it was scored on: CPU and GPU differ in the last digits
     rescored = evaluate(
-        model.to(device), prepared.data.images[val], prepared.data.masks[val], inference_settings(cfg), device=device
+        model.to(device),
+        prepared.data.images[val],
+        prepared.data.masks[val],
+        settings=inference_settings(cfg),
+        device=device,
     )
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)
     # the epoch was chosen on the same figure that is reported (same TTA, same decision rule)
@@ -86,7 +90,7 @@ def test_a_run_keeps_its_last_epoch_or_its_best_and_stops_early_only_when_asked(
     assert last["epochs_run"] == 4 and last["best_epoch"] == 4
     assert last["val_miou"] == pytest.approx(history[-1], abs=1e-5)
     kept, _ = load_model(tmp_path / "last")
-    final, _ = load_model(tmp_path / "last", "last")  # the last epoch's EMA weights
+    final, _ = load_model(tmp_path / "last", which="last")  # the last epoch's EMA weights
     for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert torch.load(tmp_path / "last" / "best.pt", weights_only=True)["epoch"] == 3  # 0-based: the fourth
@@ -139,7 +143,7 @@ def test_a_vote_whose_best_epoch_is_its_last_keeps_that_network_once(tmp_path, t
     assert "at epoch 1, both the best on validation and the last, kept" in capsys.readouterr().out
     assert json.loads((run / "metrics.json").read_text())["best_epoch"] == [1, 1]
     kept, cfg = load_model(run)
-    final, _ = load_model(run, "last")
+    final, _ = load_model(run, which="last")
     assert cfg.optim.keep == "best_and_last" and not isinstance(kept, Ensemble)
     assert kept.state_dict().keys() == final.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), final.state_dict().values(), strict=True))
@@ -166,7 +170,7 @@ def test_bad_config_and_bad_data_exit_2_with_one_line(tmp_path, tiny_npz, capsys
 def test_config_precedence_defaults_then_file_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 0.01\n  epochs: 7\nmodel:\n  width: 24\n")
-    cfg = load_config(str(path), {"optim.lr": 0.002})
+    cfg = load_config(str(path), overrides={"optim.lr": 0.002})
     assert cfg.optim.lr == 0.002 and cfg.optim.epochs == 7 and cfg.model.width == 24
     assert cfg.optim.batch_size == 64  # default untouched
 
@@ -341,10 +345,10 @@ def test_an_ensemble_run_trains_its_members_as_runs_of_their_own_and_its_vote_is
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), own.state_dict().values(), strict=True))
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["best_epoch"]) == 2 and metrics["epochs_run"] == 4
-    prepared = prepare_data(cfg.data, Split.load(run / "split.json"))
+    prepared = prepare_data(cfg.data, split=Split.load(run / "split.json"))
     val = prepared.split.val
     images, masks = prepared.data.images[val], prepared.data.masks[val]
-    rescored = evaluate(model, images, masks, inference_settings(cfg))
+    rescored = evaluate(model, images, masks, settings=inference_settings(cfg))
     assert rescored.miou == pytest.approx(metrics["val_miou"], abs=1e-6)  # the soft vote is what was scored
     assert f"soft vote of 2 members: validation mIoU {metrics['val_miou']:.4f}" in said  # scale 1: the same figure
     assert main(["predict", str(run), "--out", str(tmp_path / "sub.csv")]) == 0

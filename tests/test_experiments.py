@@ -85,7 +85,7 @@ def test_a_row_keeps_the_base_model_options_only_for_the_base_model():
     from marsseg.config import load_config
     from marsseg.experiments import config_for
 
-    base = load_config(None, {"model.name": "unet", "model.options": {"levels": 5}, "seed": 3})
+    base = load_config(None, overrides={"model.name": "unet", "model.options": {"levels": 5}, "seed": 3})
     same, other = config_for(base, "unet", 1), config_for(base, "deeplab", 0)
     assert (same.model.name, same.model.options, same.seed) == ("unet", {"levels": 5}, 4)
     assert (other.model.name, other.model.options, other.seed) == ("deeplab", {}, 3)

@@ -32,8 +32,8 @@ def assert_parity(trained_run, exported, images):
     onnx_logits, onnx_probabilities = onnx.outputs(images)
     assert (onnx_logits - torch_logits).abs().max() < 1e-4
     flip = InferenceSettings(tta=True)
-    torch_labels = predict_labels(model, images, flip, big_rock_scale=cfg.big_rock_scale)
-    onnx_labels = predict_labels(onnx, images, flip)  # the graph applies the big-rock scale itself
+    torch_labels = predict_labels(model, images, settings=flip, big_rock_scale=cfg.big_rock_scale)
+    onnx_labels = predict_labels(onnx, images, settings=flip)  # the graph applies the big-rock scale itself
     assert (torch_labels == onnx_labels).mean() >= 0.999
     assert len(np.unique(torch_labels)) >= 3  # a model that predicts several classes, so parity means something
     plain = next(predict_probabilities(model, images))
@@ -113,7 +113,7 @@ def test_every_model_exports_with_dynamic_sizes(tmp_path, name, in_channels, mem
     # one network, or an ensemble of two (optim.keep "last": one network a member; the vote of a run's best and last
     # epochs has the ensemble's shape)
     overrides = {"model.name": name, "model.width": 8, "data.in_channels": in_channels, "model.members": members}
-    cfg = load_config(None, {**overrides, "optim.keep": "last"})
+    cfg = load_config(None, overrides={**overrides, "optim.keep": "last"})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     export_onnx(model, cfg, tmp_path / "model.onnx")

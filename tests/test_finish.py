@@ -27,13 +27,13 @@ def test_the_local_test_interval_is_stored_as_a_rescoring_of_the_run_computes_it
     fit(tiny_config(tiny_npz, **{"optim.epochs": 1, **ON_CPU}), tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     model, cfg = load_model(tmp_path / "run")
-    prepared = prepare_data(cfg.data, Split.load(tmp_path / "run" / "split.json"))
+    prepared = prepare_data(cfg.data, split=Split.load(tmp_path / "run" / "split.json"))
     test = prepared.split.test
     rescored = evaluate(
         model,
         prepared.data.images[test],
         prepared.data.masks[test],
-        inference_settings(cfg),
+        settings=inference_settings(cfg),
         big_rock_scale=metrics["big_rock_scale"],
     )
     low, high, groups = miou_interval(rescored, prepared.data.subset(test))

@@ -48,7 +48,7 @@ def test_unknown_precision_is_refused(capsys):
 def test_auto_saves_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path, tiny_npz):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     overrides = {"data.path": str(tiny_npz), "model.width": 8, "optim.epochs": 1, "device": "cpu", "model.members": 1}
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, overrides=overrides)
     assert cfg.precision == "auto"
     fit(cfg, tmp_path / "run", score_test=False)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["precision"] == "fp32"
@@ -57,7 +57,7 @@ def test_auto_saves_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path, tiny_npz):
 def test_bf16_run_trains_in_bf16_and_keeps_fp32_weights(tmp_path, tiny_npz):
     cfg = load_config(
         None,
-        {
+        overrides={
             "data.path": str(tiny_npz),
             "model.width": 8,
             "optim.batch_size": 32,
@@ -105,4 +105,4 @@ def test_resume_refuses_a_precision_other_than_the_runs(tmp_path, tiny_npz, caps
     with pytest.raises(UserError):  # the library path refuses the same
         from marsseg.checkpoints import check_resume_matches_run
 
-        check_resume_matches_run(run, load_config(None, {"precision": "fp32"}), ["precision"])
+        check_resume_matches_run(run, load_config(None, overrides={"precision": "fp32"}), ["precision"])

@@ -84,7 +84,7 @@ def test_predicting_image_files_of_two_sizes(tmp_path, trained_run, tiny_arrays,
     out = tmp_path / "predicted"
     assert main(["predict", str(trained_run), "--images", str(tmp_path / "in"), "--out", str(out)]) == 0
     assert "3 images" in capsys.readouterr().out
-    expected = predict_labels(model, crop[None], inference_settings(cfg), big_rock_scale=cfg.big_rock_scale)[0]
+    expected = predict_labels(model, crop[None], settings=inference_settings(cfg), big_rock_scale=cfg.big_rock_scale)[0]
     small = np.array(Image.open(out / "labels" / "small.png"))
     assert np.array_equal(small, TO_AI4MARS[expected])  # AI4Mars values: course label - 1
     big_labels = np.array(Image.open(out / "labels" / "big.png"))
@@ -105,8 +105,8 @@ def test_whole_frame_and_overlapping_tiles_agree(trained_run, tiny_arrays):
     model, _ = load_model(trained_run)
     frame = np.concatenate([np.hstack(tiny_arrays["test_set"][0:2]), np.hstack(tiny_arrays["test_set"][2:4])])
     frame = frame[:120, :250]  # (120, 250): not a multiple of the model's 16, so it is padded and cropped back
-    whole = frame_probabilities(model, frame, FLIP)
-    tiled = frame_probabilities(model, frame, FLIP, max_pixels=64 * 64)  # 64x64 tiles, 3 x 6 of them
+    whole = frame_probabilities(model, frame, settings=FLIP)
+    tiled = frame_probabilities(model, frame, settings=FLIP, max_pixels=64 * 64)  # 64x64 tiles, 3 x 6 of them
     assert whole.shape == tiled.shape == (5, 120, 250)
     assert (whole.argmax(0) == tiled.argmax(0)).float().mean() > 0.85  # less context at tile borders
     assert torch.equal(frame_probabilities(model, frame, max_pixels=128 * 256), frame_probabilities(model, frame))
@@ -170,12 +170,12 @@ def test_whole_frames_predicts_each_pair_of_halves_as_one_frame_across_batches()
     assert len(tops) >= 11
 
     def alone(crops: np.ndarray) -> torch.Tensor:
-        return torch.cat(list(predict_probabilities(model, crops, FLIP)))
+        return torch.cat(list(predict_probabilities(model, crops, settings=FLIP)))
 
     expected = alone(images)
     frames = alone(np.concatenate([images[tops], images[below[tops]]], axis=1))  # (pairs, C, 128, 128)
     expected[tops], expected[below[tops]] = frames[:, :, :64], frames[:, :, 64:]
-    batches = list(predict_probabilities(model, images, FLIP.replace(whole_frames=True), batch_size=4))
+    batches = list(predict_probabilities(model, images, settings=FLIP.replace(whole_frames=True), batch_size=4))
     assert [len(b) for b in batches] == [4] * 7 + [1]
     together = torch.cat(batches)
     assert torch.allclose(together, expected, atol=1e-6)
@@ -220,13 +220,13 @@ def test_several_scales_average_each_scales_flip_averaged_probabilities():
     model = torch.nn.Conv2d(1, 5, kernel_size=5, padding=2).eval()
     model.input_multiple = 8
     images = np.random.default_rng(1).integers(0, 256, (3, 64, 128), dtype=np.uint8)
-    one = torch.cat(list(predict_probabilities(model, images, FLIP)))
-    both = torch.cat(list(predict_probabilities(model, images, FLIP.replace(scales=(1.0, 0.75)))))
+    one = torch.cat(list(predict_probabilities(model, images, settings=FLIP)))
+    both = torch.cat(list(predict_probabilities(model, images, settings=FLIP.replace(scales=(1.0, 0.75)))))
 
     softmax = torch_probabilities(model, 1, torch.device("cpu"))
     with torch.no_grad():
-        at_075 = rescaled_probabilities(softmax, images, 0.75, 8)
-        flipped = rescaled_probabilities(softmax, images[:, :, ::-1], 0.75, 8).flip(-1)
+        at_075 = rescaled_probabilities(softmax, images, 0.75, multiple=8)
+        flipped = rescaled_probabilities(softmax, images[:, :, ::-1], 0.75, multiple=8).flip(-1)
     assert torch.allclose(both, (one + (at_075 + flipped) / 2) / 2, atol=1e-5)
     assert not torch.allclose(both, one, atol=1e-3)
 
@@ -241,17 +241,17 @@ def test_tta_scales_from_the_config_and_the_command_line(trained_run, tmp_path, 
         marsseg.predict,
         "rescaled_probabilities",
         lambda probabilities, images, scale, multiple=1: (
-            seen.append(scale) or real(probabilities, images, scale, multiple)
+            seen.append(scale) or real(probabilities, images, scale, multiple=multiple)
         ),
     )
-    assert inference_settings(load_config(None, {})).scales == (1.0, 0.875)
-    assert inference_settings(load_config(None, {"tta_scales": [1.0]})).scales == (1.0,)
+    assert inference_settings(load_config(None, overrides={})).scales == (1.0, 0.875)
+    assert inference_settings(load_config(None, overrides={"tta_scales": [1.0]})).scales == (1.0,)
     # a run saved before tta_scales existed was scored, and chose its big-rock scale, at its own scale only
     assert from_dict({"seed": 1}).tta_scales == [1.0]
     assert from_dict({"tta_scales": [1.0, 0.75]}).tta_scales == [1.0, 0.75]
     for bad in ([], [0.1], [1.0, float("nan")], [True]):
         try:
-            load_config(None, {"tta_scales": bad})
+            load_config(None, overrides={"tta_scales": bad})
         except ConfigError as error:
             assert "tta_scales" in str(error)
         else:
@@ -297,11 +297,11 @@ def test_a_scale_above_one_keeps_every_pass_within_max_pixels(trained_run, tiny_
 
     def recording(probabilities, images, scale, multiple=1):
         pixels.append(round(images.shape[1] * scale) * round(images.shape[2] * scale))
-        return real(probabilities, images, scale, multiple)
+        return real(probabilities, images, scale, multiple=multiple)
 
     monkeypatch.setattr(marsseg.predict, "rescaled_probabilities", recording)
     # the frame is 128 x 256
-    probs = frame_probabilities(model, frame, InferenceSettings(scales=(1.0, 2.0)), max_pixels=128 * 256)
+    probs = frame_probabilities(model, frame, settings=InferenceSettings(scales=(1.0, 2.0)), max_pixels=128 * 256)
     assert probs.shape == (5, 128, 256) and torch.allclose(probs.sum(0), torch.ones(128, 256), atol=1e-4)
     assert max(pixels) <= 128 * 256 < 4 * 128 * 256  # tiled: one whole pass at scale 2 would be 4x the budget
     assert len(pixels) > 2

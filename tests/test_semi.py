@@ -21,11 +21,11 @@ from marsseg.semi import (
     PseudoLabeled,
     UnlabeledStream,
     confident_labels,
-    label_pool,
     pseudo_labels,
     strong_view,
     unlabeled_images,
 )
+from marsseg.teachers import label_pool
 from marsseg.training import compute_loss, training_step
 from tests.tiny_runs import ON_CPU, tiny_config
 
@@ -118,7 +118,7 @@ def test_default_pool_is_test_set_and_held_out_images_never_masks(tiny_npz, tmp_
     assert np.array_equal(pool[-len(data.test_images) :], data.test_images)
     train_keys = {image.tobytes() for image in data.images[split.train]}
     assert not any(image.tobytes() in train_keys for image in pool[: len(split.val) + len(split.test)])
-    other = load_config(None, {"data.path": str(tiny_npz), "data.unlabeled": str(tiny_npz)})
+    other = load_config(None, overrides={"data.path": str(tiny_npz), "data.unlabeled": str(tiny_npz)})
     assert len(unlabeled_images(other, prepared)) == len(np.load(tiny_npz)["training_set"]) + len(data.test_images)
 
 
@@ -166,7 +166,7 @@ def test_each_member_of_an_ensemble_run_trains_semi_supervised_as_a_run_of_its_o
 def test_semi_settings_are_checked(tiny_npz):
     for field, value in (("semi.weight", -1.0), ("semi.threshold", 1.5), ("semi.batch_size", 0)):
         with pytest.raises(ConfigError, match=field):
-            load_config(None, {field: value})
+            load_config(None, overrides={field: value})
 
 
 def test_train_flags_set_the_semi_fields_and_a_bad_pool_is_one_line_before_any_file(tmp_path, tiny_npz, capsys):
@@ -223,7 +223,7 @@ def test_label_pool_averages_teachers_each_with_its_big_rock_scale(trained_run, 
     images = np.load(tiny_npz)["test_set"][:40]
     model, cfg = load_model(trained_run)
     assert cfg.big_rock_scale == 3
-    probabilities = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg))))
+    probabilities = torch.cat(list(predict_probabilities(model, images, settings=inference_settings(cfg))))
 
     def scored_share(scale: float) -> torch.Tensor:
         scored = scale_big_rock(probabilities, scale)[:, 1:]
@@ -303,11 +303,11 @@ def test_teacher_settings_and_flag(tmp_path, tiny_npz, capsys):
     from marsseg.cli import build_parser, main, parse_overrides
 
     with pytest.raises(ConfigError, match="semi.loss"):
-        load_config(None, {"semi.loss": "dice"})
+        load_config(None, overrides={"semi.loss": "dice"})
     with pytest.raises(ConfigError, match="needs loss.ignore_background"):
-        load_config(None, {"semi.loss": "recipe", "loss.ignore_background": False})
+        load_config(None, overrides={"semi.loss": "recipe", "loss.ignore_background": False})
     with pytest.raises(ConfigError, match="semi.teachers' needs semi.weight > 0"):
-        load_config(None, {"semi.teachers": ["a"]})
+        load_config(None, overrides={"semi.teachers": ["a"]})
     parsed = build_parser().parse_args(["train", "--out", "r", "--teacher", "a", "--teacher", "b", "--semi", "0.5"])
     assert parse_overrides(parsed) == {"semi.teachers": ["a", "b"], "semi.weight": 0.5}
     run = tmp_path / "run"
@@ -322,7 +322,7 @@ def test_a_teacher_that_saw_the_runs_held_out_crops_is_refused_before_any_file(t
     from marsseg.cli import main
     from marsseg.data.prepare import prepare_data
     from marsseg.errors import UserError
-    from marsseg.semi import check_teachers
+    from marsseg.teachers import check_teachers
 
     same_split = prepare_data(load_config(str(trained_run / "config.yaml")).data)
     check_teachers([str(trained_run)], same_split)  # the teacher's own split: nothing held out was trained on
@@ -397,7 +397,7 @@ def test_a_soft_labelled_pool_averages_the_teachers_unscaled_probabilities_and_i
 
     def shares(run) -> torch.Tensor:  # the teacher's probabilities of classes 1..4, at big-rock scale 1
         model, cfg = load_model(run)
-        probabilities = torch.cat(list(predict_probabilities(model, images, inference_settings(cfg))))[:, 1:]
+        probabilities = torch.cat(list(predict_probabilities(model, images, settings=inference_settings(cfg))))[:, 1:]
         return probabilities / probabilities.sum(dim=1, keepdim=True)
 
     assert load_model(trained_run)[1].big_rock_scale == 3  # left out: chosen for an argmax, not as a probability
@@ -439,4 +439,4 @@ def test_a_soft_student_learns_the_teachers_probabilities_whatever_the_threshold
     assert losses[0] == losses[1]  # no pixel is left out by a threshold: the same run
     assert all(np.isfinite(losses[0])) and losses[0] != losses[2]
     with pytest.raises(ConfigError, match="'soft' needs semi.teachers"):
-        load_config(None, {"semi.weight": 1.0, "semi.loss": "soft"})  # online (the EMA as teacher): not built
+        load_config(None, overrides={"semi.weight": 1.0, "semi.loss": "soft"})  # online (the EMA as teacher): not built

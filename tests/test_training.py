@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from marsseg.training import ema_average, lr_factor, overfit_one_batch
+from marsseg.cli import overfit_one_batch
+from marsseg.training import ema_average, lr_factor
 from tests.tiny_runs import tiny_config
 
 

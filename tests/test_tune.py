@@ -119,7 +119,7 @@ def test_the_base_recipe_is_a_point_of_the_search_space_only_when_it_lies_inside
     assert params["model"] == base.model.name and params["oversample_factor"] == base.data.oversample_factor
     assert suggest_config(optuna.trial.FixedTrial(params), base) == base  # the point reproduces the recipe
     assert base_params(base, widths=(16,)) is None
-    assert base_params(load_config(None, {"optim.batch_size": 48})) is None
+    assert base_params(load_config(None, overrides={"optim.batch_size": 48})) is None
 
 
 def test_a_trial_claimed_by_a_worker_that_dies_at_once_is_failed_and_replaced(tmp_path):

@@ -21,4 +21,4 @@ def tiny_config(tiny_npz, **overrides) -> Config:
         "model.members": 1,
     }
     values.update(overrides)
-    return load_config(None, values)
+    return load_config(None, overrides=values)

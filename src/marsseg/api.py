@@ -67,7 +67,7 @@ class SegmentationModel:
         run's, chosen on its validation part)."""
         probs, single = self._probabilities(images, tta, scales, whole_frames, precision)
         scale = (self.config.big_rock_scale or 1.0) if big_rock_scale is None else big_rock_scale
-        labels = labels_from_probabilities(probs, scale).numpy().astype(np.uint8)
+        labels = labels_from_probabilities(probs, big_rock_scale=scale).numpy().astype(np.uint8)
         return labels[0] if single else labels
 
     def _probabilities(self, images, tta, scales, whole_frames, precision) -> tuple[torch.Tensor, bool]:
@@ -75,9 +75,12 @@ class SegmentationModel:
         batch, single = self._as_batch(images)
         settings = self._settings(tta, scales, whole_frames, precision)
         if batch.shape[1:] == (HEIGHT, WIDTH):
-            return torch.cat(list(predict_probabilities(self.model, batch, settings, device=self.device))), single
+            return torch.cat(
+                list(predict_probabilities(self.model, batch, settings=settings, device=self.device))
+            ), single
         frames = [
-            image_probabilities(self.model, image, self.frame_size, settings, device=self.device) for image in batch
+            image_probabilities(self.model, image, self.frame_size, settings=settings, device=self.device)
+            for image in batch
         ]
         return torch.stack(frames), single
 
@@ -127,7 +130,7 @@ def train(*, data: str | os.PathLike = "", out: str | os.PathLike, config: str |
     from marsseg.engine import fit
 
     values = {"data.path": str(data), **{name.replace("__", "."): value for name, value in overrides.items()}}
-    cfg = load_config(config, values)
+    cfg = load_config(config, overrides=values)
     fit(cfg, out)
     return json.loads((Path(out) / "metrics.json").read_text())
 

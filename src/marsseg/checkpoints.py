@@ -104,7 +104,7 @@ def shipped_model() -> Path:
     return SHIPPED_MODEL
 
 
-def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, Config]:
+def load_model(run_dir: str | os.PathLike, *, which: str = "best") -> tuple[nn.Module, Config]:
     """Rebuild the scored model of a run from its checkpoint alone (the checkpoint carries the config): `which`
     "best" is the run's model (best.pt: the epoch optim.keep keeps), "last" the last epoch's (its EMA when the run
     keeps one, as that is what is scored); "epoch_N" a snapshot of the scored model after epoch N, written as best.pt
@@ -124,11 +124,11 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Modu
         raise UserError(f"{run_dir}: not found, expected a run directory written by marsseg train or a model file")
     state = load_checkpoint(path)
     try:
-        cfg = from_dict(state["config"], str(path))
+        cfg = from_dict(state["config"], source=str(path))
         # last.pt and snapshots hold one network a member: a side-by-side ensemble of an older marsseg held several
         networks = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, keep="last"))
         weights = scored_weights(state)
-        model = build_model(cfg, weights) if which == "best" else build_model(networks)
+        model = build_model(cfg, weights=weights) if which == "best" else build_model(networks)
         model.load_state_dict(weights)  # copies into the model's fp32 parameters, from fp16 weights too
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: not a marsseg checkpoint ({type(error).__name__})") from None
@@ -294,7 +294,7 @@ def saved_config(run_dir: str | os.PathLike) -> Config | None:
     """The config.yaml a run wrote when it started (read as a checkpoint's is: fields added since keep their old
     meaning), or None when there is none."""
     saved = Path(run_dir) / "config.yaml"
-    return from_dict(yaml.safe_load(saved.read_text()), str(saved)) if saved.is_file() else None
+    return from_dict(yaml.safe_load(saved.read_text()), source=str(saved)) if saved.is_file() else None
 
 
 def run_device_name(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> str:

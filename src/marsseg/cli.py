@@ -70,7 +70,7 @@ def cmd_data_synth(args) -> int:
             f"--n-train, --n-test, --seed: found {args.n_train}, {args.n_test}, {args.seed}, expected >= 1, >= 1, >= 0"
         )
     refuse_to_overwrite(args.out, args.force)
-    save_npz(args.out, make_synthetic(args.n_train, args.n_test, args.seed))
+    save_npz(args.out, make_synthetic(args.n_train, n_test=args.n_test, seed=args.seed))
     print(f"wrote {args.out}: {args.n_train} training and {args.n_test} test samples (seed {args.seed})")
     return 0
 
@@ -80,7 +80,9 @@ def cmd_data_import(args) -> int:
     from marsseg.data.io import refuse_to_overwrite, save_npz
 
     refuse_to_overwrite(args.out, args.force)
-    result = import_ai4mars(args.directory, args.frame_size, args.require_labels, progress=True)
+    result = import_ai4mars(
+        args.directory, frame_size=args.frame_size, require_labels=args.require_labels, progress=True
+    )
     save_npz(args.out, result.arrays)
     arrays = result.arrays
     print(
@@ -165,7 +167,7 @@ def cmd_data_split(args) -> int:
         "test_fraction": args.test_fraction,
         "split_seed": args.seed,
     }
-    cfg = load_config(None, {f"data.{key}": value for key, value in fields.items()}).data
+    cfg = load_config(None, overrides={f"data.{key}": value for key, value in fields.items()}).data
     prepared = prepare_data(cfg)
     data, split = prepared.data, prepared.split
     print(
@@ -260,7 +262,7 @@ def cmd_train(args) -> int:
     if args.nproc < 1:
         raise UserError(f"--nproc: found {args.nproc}, expected >= 1")
     overrides = parse_overrides(args)
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides=overrides)
     if args.resume:
         # The command that started the run, plus --resume: its flags may repeat the run's values, not change them.
         check_resume_matches_run(args.out, cfg, fields_set(args, overrides))
@@ -272,7 +274,7 @@ def cmd_train(args) -> int:
     if cfg.semi.teachers and not args.resume:
         from marsseg.checkpoints import load_model
         from marsseg.data.prepare import prepare_data
-        from marsseg.semi import check_teachers
+        from marsseg.teachers import check_teachers
 
         # so is a teacher that is not a finished run, or one that trained on this run's held-out crops
         for teacher in cfg.semi.teachers:
@@ -306,7 +308,7 @@ def cmd_train(args) -> int:
     if result.test is not None:
         print(
             report.format_iou_table(
-                result.test.ious, result.test.miou, f"local test part ({inference_settings(cfg).describe()}):"
+                result.test.ious, result.test.miou, title=f"local test part ({inference_settings(cfg).describe()}):"
             )
         )
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
@@ -343,7 +345,7 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _inference_settings(cfg, args, model=None) -> InferenceSettings:
+def _inference_settings(cfg, args, *, model=None) -> InferenceSettings:
     """The run's inference settings (config.inference_settings) with the command line's --tta/--no-tta,
     --tta-scales, --whole-frames/--no-whole-frames and --precision where given. --no-tta drops the flip and the
     run's other scales: no test-time augmentation at all, unless --tta-scales asks for scales. bf16 is refused for
@@ -382,7 +384,9 @@ def _prepared_for_run(run_dir: str, data_path: str | None):
         split = Split.load(split_path)
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{split_path}: unreadable; is {run_dir} a marsseg run directory?") from None
-    prepared = prepare_data(replace(cfg.data, path=path), split, recorded_fingerprint(run_dir))
+    prepared = prepare_data(
+        replace(cfg.data, path=path), split=split, expected_fingerprint=recorded_fingerprint(run_dir)
+    )
     return model, cfg, prepared
 
 
@@ -413,12 +417,12 @@ def _evaluate_frames(args) -> int:
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)
-    settings = _inference_settings(cfg, args, model)
+    settings = _inference_settings(cfg, args, model=model)
     scored = evaluate_labeled_frames(
         model,
         args.images,
         cfg.data.frame_size,
-        settings,
+        settings=settings,
         device=device,
         big_rock_scale=cfg.big_rock_scale or 1.0,
         progress=True,
@@ -426,7 +430,7 @@ def _evaluate_frames(args) -> int:
     result, (low, high) = scored.evaluation, scored.interval
     words = f"{settings.replace(whole_frames=False).describe()}, {settings.precision}"
     title = f"{args.images}: {len(scored.names)} labeled frames at their own size ({words}):"
-    print(report.format_iou_table(result.ious, result.miou, title))
+    print(report.format_iou_table(result.ious, result.miou, title=title))
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {len(scored.names)} frames)")
     if args.json:
         figures = {
@@ -471,10 +475,14 @@ def cmd_evaluate(args) -> int:
     settings = _inference_settings(cfg, args)
     scale = cfg.big_rock_scale or 1.0  # 0 (choose on validation) only reaches here if finish_run did not run
     result = evaluate(
-        model.to(device), images, masks, settings, device=device, keep_predictions=True, big_rock_scale=scale
+        model.to(device), images, masks, settings=settings, device=device, keep_predictions=True, big_rock_scale=scale
     )
     name = {"val": "validation part", "test": "local test part", "train": "training part"}[args.split]
-    print(report.format_iou_table(result.ious, result.miou, f"{name}, {len(indices)} images ({settings.describe()}):"))
+    print(
+        report.format_iou_table(
+            result.ious, result.miou, title=f"{name}, {len(indices)} images ({settings.describe()}):"
+        )
+    )
     low, high, groups = miou_interval(result, prepared.data.subset(indices))
     print(f"90 % interval of mIoU: {low:.3f} - {high:.3f} (bootstrap over {groups} frame groups)")
     by_source = figures_by_source(result, prepared.data.subset(indices))
@@ -522,7 +530,7 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device or cfg.device)
     if isinstance(model, nn.Module):
         model = model.to(device)
-    settings = _inference_settings(cfg, args, model)
+    settings = _inference_settings(cfg, args, model=model)
     scale = cfg.big_rock_scale or 1.0  # 1 for an .onnx file: its graph applies the scale
     if args.images:
         files, counts = predict_image_files(
@@ -530,7 +538,7 @@ def cmd_predict(args) -> int:
             args.images,
             args.out,
             cfg.data.frame_size,
-            settings,
+            settings=settings,
             device=device,
             big_rock_scale=scale,
             max_pixels=max_pixels,
@@ -544,7 +552,9 @@ def cmd_predict(args) -> int:
         )
         return 0
     data = load_data(args.data if args.data is not None else cfg.data.path, require_test=True)
-    labels = predict_labels(model, data.test_images, settings, device=device, progress=True, big_rock_scale=scale)
+    labels = predict_labels(
+        model, data.test_images, settings=settings, device=device, progress=True, big_rock_scale=scale
+    )
     write_submission(labels, args.out)
     print(
         f"wrote {args.out}: {len(labels)} images ({settings.describe()}); predicted shares "
@@ -586,8 +596,8 @@ def cmd_pack(args) -> int:
             indices = np.concatenate([prepared.split.val, prepared.split.test])
             images = prepared.data.images[indices]
             settings, scale = inference_settings(cfg), cfg.big_rock_scale or 1.0
-            full = predict_labels(model, images, settings, big_rock_scale=scale, progress=True)
-            half = predict_labels(load_model(staged)[0], images, settings, big_rock_scale=scale, progress=True)
+            full = predict_labels(model, images, settings=settings, big_rock_scale=scale, progress=True)
+            half = predict_labels(load_model(staged)[0], images, settings=settings, big_rock_scale=scale, progress=True)
             agreement = float((full == half).mean())
             words += f"; labels agree with the fp32 model's on {100 * agreement:.3f} % of {len(images)} crops' pixels"
             if agreement < 0.999:
@@ -614,11 +624,62 @@ def cmd_convert_run(args) -> int:
     return 0
 
 
+def overfit_one_batch(
+    cfg,
+    *,
+    batch_size: int = 32,
+    target: float = 0.95,
+    max_steps: int = 300,
+    lr: float = 1e-3,
+    check_every: int = 10,
+) -> tuple[int, float]:
+    """The study's first sanity check (`marsseg overfit-batch`): can the model drive one fixed batch to mIoU >=
+    `target`? training_step alone: no augmentation, no oversampling. Returns (steps taken, the batch's mIoU in eval
+    mode at the end).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from marsseg.config import InferenceSettings
+    from marsseg.data.dataset import images_to_tensor
+    from marsseg.data.prepare import prepare_data
+    from marsseg.evaluation import evaluate
+    from marsseg.losses import build_loss
+    from marsseg.models import build_network
+    from marsseg.precision import resolve_device, resolve_precision
+    from marsseg.training import configure_threads, seed_everything, training_step
+
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    prepared = prepare_data(cfg.data)
+    rng = np.random.default_rng(cfg.seed)
+    chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
+    images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
+    x = images_to_tensor(images, in_channels=cfg.data.in_channels).to(device)
+    y = torch.from_numpy(masks).long().to(device)
+    model = build_network(cfg).to(device)  # one network, as each member trains
+    loss_fn = build_loss(cfg.loss, masks).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    miou, step = 0.0, 0
+    precision = resolve_precision(cfg.precision, device)
+    bar = tqdm(range(1, max_steps + 1), desc="overfit one batch", leave=False, disable=None)
+    for step in bar:
+        model.train()
+        loss = training_step(model, x, y, loss_fn, optimizer, device=device, precision=precision)
+        if step % check_every == 0 or step == max_steps:
+            settings = InferenceSettings(in_channels=cfg.data.in_channels, precision=precision)
+            miou = evaluate(model, images, masks, settings=settings, device=device).miou
+            bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
+            if miou >= target:
+                break
+    return step, miou
+
+
 def cmd_overfit_batch(args) -> int:
     from marsseg.config import load_config
-    from marsseg.training import overfit_one_batch
 
-    cfg = load_config(args.config, parse_overrides(args))
+    cfg = load_config(args.config, overrides=parse_overrides(args))
     size = args.batch_size or 32
     steps, miou = overfit_one_batch(cfg, batch_size=size, target=args.target, max_steps=args.max_steps)
     if miou >= args.target:
@@ -644,7 +705,7 @@ def cmd_experiments(args) -> int:
     from marsseg.experiments import run_experiments
 
     overrides = parse_overrides(args)
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides=overrides)
     # A row is one network unless asked: models compared at an equal budget.
     if "model.members" not in fields_set(args, overrides):
         cfg = one_network(cfg)
@@ -666,7 +727,7 @@ def cmd_cv(args) -> int:
     overrides = parse_overrides(args)
     data = overrides.pop("data.path", "")
     configs = args.config or [None]
-    rows = [(Path(path).stem if path else "default", load_config(path, overrides)) for path in configs]
+    rows = [(Path(path).stem if path else "default", load_config(path, overrides=overrides)) for path in configs]
     records = cross_validate(rows, data, args.out, folds=args.folds, seeds=args.seeds)
     first = records[0]["name"] if records else ""
     print(f"wrote {args.out}/cv.md, cv.csv" + (", cv.png" if len(records) > 1 else "") + f" (differences from {first})")
@@ -677,7 +738,7 @@ def cmd_tune(args) -> int:
     from marsseg.config import load_config
     from marsseg.tune import tune
 
-    cfg = load_config(args.config, parse_overrides(args))
+    cfg = load_config(args.config, overrides=parse_overrides(args))
     models = parse_model_list(args.models)
     try:
         widths = [int(w) for w in args.widths.split(",")]
@@ -685,7 +746,17 @@ def cmd_tune(args) -> int:
         raise UserError(f"--widths: found {args.widths!r}, expected comma-separated integers") from None
     if args.trials < 1 or min(widths) < 1:
         raise UserError(f"--trials and --widths: found {args.trials} and {args.widths}, expected positive numbers")
-    study = tune(cfg, args.out, args.trials, args.storage, args.study, args.timeout, args.heartbeat, models, widths)
+    study = tune(
+        cfg,
+        args.out,
+        args.trials,
+        storage=args.storage,
+        name=args.study,
+        timeout=args.timeout,
+        heartbeat=args.heartbeat,
+        models=models,
+        widths=widths,
+    )
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if complete:
         best = max(complete, key=lambda t: t.value)

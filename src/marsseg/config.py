@@ -265,7 +265,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: found {value!r} ({type(value).__name__}), expected {expected}")
 
 
-def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
+def _merge(target: Any, updates: dict, source: str, *, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(target))
     names = {f.name for f in fields(target)}
     for key, value in updates.items():
@@ -276,7 +276,7 @@ def _merge(target: Any, updates: dict, source: str, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: found {value!r}, expected a mapping")
-            _merge(current, value, source, f"{prefix}{key}.")
+            _merge(current, value, source, prefix=f"{prefix}{key}.")
         else:
             setattr(target, key, _coerce(value, hints[key], where))
 
@@ -295,7 +295,7 @@ def set_field(config: Config, dotted: str, value: Any) -> None:
     setattr(get_field(config, ".".join(parents)) if parents else config, key, value)
 
 
-def dotted_names(values: dict, section: Any = None, prefix: str = "") -> list[str]:
+def dotted_names(values: dict, *, section: Any = None, prefix: str = "") -> list[str]:
     """The dotted names of the fields a nested mapping of config values sets, e.g. ["optim.lr", "seed"]. A field
     whose value is itself a mapping (model.options) is one name."""
     section = Config() if section is None else section
@@ -303,7 +303,7 @@ def dotted_names(values: dict, section: Any = None, prefix: str = "") -> list[st
     for key, value in values.items():
         current = getattr(section, key, None)
         if isinstance(value, dict) and dataclasses.is_dataclass(current):
-            names.extend(dotted_names(value, current, f"{prefix}{key}."))
+            names.extend(dotted_names(value, section=current, prefix=f"{prefix}{key}."))
         else:
             names.append(f"{prefix}{key}")
     return names
@@ -316,7 +316,7 @@ def valid_tta_scales(scales) -> bool:
     )
 
 
-def validate(config: Config, source: str = "config") -> Config:
+def validate(config: Config, *, source: str = "config") -> Config:
     """Raise ConfigError for values out of range; return the config otherwise."""
     for dotted, allowed in CHOICES.items():
         if get_field(config, dotted) not in allowed:
@@ -444,7 +444,7 @@ def _check_model(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: field 'model': {error}") from None
 
 
-def from_dict(values: dict, source: str = "config") -> Config:
+def from_dict(values: dict, *, source: str = "config") -> Config:
     """The config a checkpoint carries. One written before the precision setting trained in fp32 (on a CPU), one
     written before model.members holds a single network, one written before whole_frames predicted (and was
     scored with) each crop alone, and one written before tta_scales at its own scale only: its stored big-rock scale
@@ -460,7 +460,7 @@ def from_dict(values: dict, source: str = "config") -> Config:
     return config
 
 
-def load_config(path: str | None = None, overrides: dict | None = None) -> Config:
+def load_config(path: str | None = None, *, overrides: dict | None = None) -> Config:
     """Defaults, then the YAML file at `path`, then `overrides` (dotted keys, e.g. {"optim.lr": 1e-3})."""
     config = Config()
     if path:
@@ -480,7 +480,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
         for parent in reversed(parents):
             nested = {parent: nested}
         _merge(config, nested, "command line")
-    return validate(config, path or "config")
+    return validate(config, source=path or "config")
 
 
 def to_dict(config: Config) -> dict:

@@ -38,7 +38,7 @@ def fold_dir(out: Path, name: str, seed: int, fold: int) -> Path:
     return out / f"{name}_seed{seed}_fold{fold}"
 
 
-def fold_plan(folds: int, cfg: DataConfig, prepared, seams_only: bool = False) -> str:
+def fold_plan(folds: int, cfg: DataConfig, prepared, *, seams_only: bool = False) -> str:
     """What a fold's held-out crops depend on; a finished fold made under another plan is never reused. Folds
     grouped by seam_pairs alone (`seams_only`, those of the tables measured before 2026-11-29) keep their plan."""
     plan = f"{folds} folds, split seed {cfg.split_seed}, val {cfg.val_fraction}, data {prepared.fingerprint}"
@@ -97,7 +97,14 @@ def pooled_matrices(
 
 
 def write_table(
-    out: Path, names: list[str], seeds: list[int], folds: int, groups: np.ndarray, plan: str, against: str = "default"
+    out: Path,
+    names: list[str],
+    seeds: list[int],
+    folds: int,
+    groups: np.ndarray,
+    plan: str,
+    *,
+    against: str = "default",
 ) -> list[dict]:
     """cv.md and cv.csv: per row the pooled out-of-fold mIoU (mean ± std over seeds), per-class IoU, the 90 % interval
     over frame groups (seeds summed) and the paired difference from the row `against` on the seeds both have; cv.png
@@ -161,12 +168,12 @@ def write_table(
         writer.writerows(records)
     print("\n".join(lines))
     if differences:
-        plot_differences(differences, folds, out / "cv.png", against)
+        plot_differences(differences, folds, out / "cv.png", against=against)
     return records
 
 
 def plot_differences(
-    differences: dict[str, tuple[float, float, float]], folds: int, path: Path, against: str = "default"
+    differences: dict[str, tuple[float, float, float]], folds: int, path: Path, *, against: str = "default"
 ) -> None:
     """cv.png: each lever's pooled out-of-fold mIoU minus the row `against`'s, with its paired 90 % interval."""
     plt = report.plt
@@ -222,7 +229,7 @@ def cross_validate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare_data(replace(base, path=data_path))
-    splits = kfold_splits(prepared.data, folds, base.val_fraction, base.split_seed)
+    splits = kfold_splits(prepared.data, folds, val_fraction=base.val_fraction, seed=base.split_seed)
     plan = fold_plan(folds, base, prepared)
     for name, cfg in rows:
         check_row_config(out, name, cfg)
@@ -231,6 +238,7 @@ def cross_validate(
             for fold, split in enumerate(splits):
                 run_dir = fold_dir(out, name, seed, fold)
                 if load_fold(run_dir / "out_of_fold.npz", plan) is not None:
+                    print(f"{name} seed {seed} fold {fold + 1} of {folds}: finished before, kept", flush=True)
                     continue
                 resume = (run_dir / "last.pt").is_file() or (run_dir / "member_0" / "last.pt").is_file()
                 print(f"{name} seed {seed} fold {fold + 1} of {folds}" + (" (resumed)" if resume else ""), flush=True)

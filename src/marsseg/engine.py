@@ -56,7 +56,8 @@ from marsseg.evaluation import Evaluation, evaluate
 from marsseg.finish import finish_run, predict_validation
 from marsseg.losses import build_loss
 from marsseg.models import Ensemble
-from marsseg.semi import UnlabeledStream, build_unlabeled_stream
+from marsseg.semi import UnlabeledStream
+from marsseg.teachers import build_unlabeled_stream
 from marsseg.training import (
     TrainingState,
     build_training_state,
@@ -90,6 +91,7 @@ class FitResult:
 def fit(
     cfg: Config,
     run_dir: str | os.PathLike,
+    *,
     resume: bool = False,
     force: bool = False,
     prepared: PreparedData | None = None,
@@ -101,43 +103,96 @@ def fit(
     Started by torchrun with several processes, it trains with DistributedDataParallel: each process takes
     batch_size / processes images of every global batch; rank 0 alone writes files and logs.
 
+    The run starts once (its directory, device, precision, data and split) and ends once (best.pt, curves.png and,
+    with `score_test`, finish.py's figures); in between it trains one network, or with model.members > 1 (in the
+    run's own config when resuming) the members one after another (see "ensemble runs" below), whose soft vote is
+    the run's model.
+
     Args:
         prepared: data already cleaned and split (a search reuses one split for every trial).
-        on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning).
+        on_epoch: called as on_epoch(epoch, val_miou) after each epoch; may raise to stop (pruning). Member k's
+            epochs are numbered from k * optim.epochs.
         score_test: score the kept model (best.pt) on the local test part at the end (the final figure only).
-
-    With model.members > 1 (in the run's own config.yaml when resuming), _fit_members trains the members one after
-    another and makes their soft vote the run's model.
     """
-    if run_is_ensemble(cfg, run_dir, resume):
-        return _fit_members(cfg, run_dir, resume, force, prepared, on_epoch, score_test)
+    ensemble = run_is_ensemble(cfg, run_dir, resume)
     ranks = init_distributed(run_device_name(cfg, run_dir, resume))
+    check_config_for_ranks(cfg, ranks)  # before the run directory is written
     if ranks.is_main:
         run_dir = prepare_run_dir(run_dir, resume, force)
     if ranks.world > 1:
         dist.barrier()  # the run directory is ready (or refused) before any rank reads it
     run_dir = Path(run_dir)
-    last = load_checkpoint(run_dir / "last.pt") if resume else None
-    if last is not None:
-        cfg = from_dict(last["config"], str(run_dir / "last.pt"))
-        if cfg.model.members > 1:  # an older marsseg trained an ensemble's members side by side
-            raise UserError(
-                f"{run_dir}: its {cfg.model.members} members were trained side by side by an older marsseg, which "
-                "cannot be resumed; evaluate, predict and export still read it; start a new run with --force"
-            )
-    check_config_for_ranks(cfg, ranks)
-    configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
+    if resume:
+        cfg = _run_config(cfg, run_dir, resume, ensemble)
+        check_config_for_ranks(cfg, ranks)
     device = process_device(cfg.device, ranks)
-    cfg = with_resolved_precision(cfg, device)
-    seed_everything(cfg.seed)
+    cfg = with_resolved_precision(cfg, device=device)  # config.yaml records what "auto" means here
+    if not ensemble:
+        configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
+        seed_everything(cfg.seed)
     prepared = run_data(cfg, run_dir, resume, prepared, ranks)
+    if ensemble:
+        result = _train_members(cfg, run_dir, prepared, device, ranks, resume=resume, on_epoch=on_epoch)
+    else:
+        state = _train_network(cfg, run_dir, prepared, device, ranks, resume=resume, on_epoch=on_epoch)
+        result = _network_result(cfg, run_dir, state)
+    if ranks.is_main:
+        vote_val = _save_kept_model(cfg, run_dir, prepared, device, result)
+        if score_test:
+            result.val, result.test = finish_run(
+                run_dir,
+                cfg,
+                prepared,
+                device,
+                result.best_epoch,
+                result.epochs_run,
+                result.train_seconds,
+                val_probabilities=vote_val,
+            )
+    if ranks.world > 1:
+        dist.barrier()  # every rank returns once rank 0 has written its files
+    return result
+
+
+def _run_config(cfg: Config, run_dir: str | os.PathLike, resume: bool, ensemble: bool) -> Config:
+    """The config the run trains with: `cfg`, or a resumed run's own (a network's from last.pt, an ensemble run's
+    from config.yaml)."""
+    if not resume:
+        return cfg
+    if ensemble:
+        saved = saved_config(run_dir)
+        if saved is None:
+            raise UserError(f"{run_dir}: nothing to resume (no config.yaml)")
+        return saved
+    last = load_checkpoint(Path(run_dir) / "last.pt")
+    saved = from_dict(last["config"], source=str(Path(run_dir) / "last.pt"))
+    if saved.model.members > 1:  # an older marsseg trained an ensemble's members side by side
+        raise UserError(
+            f"{run_dir}: its {saved.model.members} members were trained side by side by an older marsseg, which "
+            "cannot be resumed; evaluate, predict and export still read it; start a new run with --force"
+        )
+    return saved
+
+
+def _train_network(
+    cfg: Config,
+    run_dir: Path,
+    prepared: PreparedData,
+    device: torch.device,
+    ranks: Ranks,
+    *,
+    resume: bool,
+    on_epoch=None,
+) -> TrainingState:
+    """Train one network of `cfg` on the training part, epoch by epoch, from its last.pt when `resume`; each epoch's
+    checkpoints and record go to `run_dir`. Returns its state as training ended."""
     dataset, sampler, loader = _training_loader(cfg, prepared, ranks)
-    unlabeled = build_unlabeled_stream(cfg, prepared, device, ranks.world, progress=ranks.is_main)
+    unlabeled = build_unlabeled_stream(cfg, prepared, device, processes=ranks.world, progress=ranks.is_main)
     memory_format = training_memory_format(cfg, device)
     state = build_training_state(cfg, device, memory_format)  # identical on every rank (same seed)
     loss_fn = build_loss(cfg.loss, prepared.data.masks[prepared.split.train]).to(device)
-    if last is not None:
-        restore_training_state(state, last)
+    if resume:
+        restore_training_state(state, load_checkpoint(run_dir / "last.pt"))
     model = torch.nn.parallel.DistributedDataParallel(state.model) if ranks.world > 1 else state.model
     total_steps = len(loader) * cfg.optim.epochs
     val_shard = _validation_shard(cfg, prepared, ranks)
@@ -145,19 +200,18 @@ def fit(
         if _time_to_stop(cfg, state, ranks):
             break
         epoch_start = time.perf_counter()
-        _seed_epoch(cfg, epoch, ranks, prepared, dataset, sampler, loader, unlabeled)
+        _seed_epoch(cfg, epoch, ranks, prepared, dataset, sampler, loader, unlabeled=unlabeled)
         on_step = _lr_schedule(cfg, state, total_steps, ranks, epoch_start)
-        description = f"epoch {epoch + 1}/{cfg.optim.epochs}"
         stats = train_one_epoch(
             model,
             loader,
             loss_fn,
             state.optimizer,
-            device,
-            on_step,
-            state.ema,
-            description,
-            memory_format,
+            device=device,
+            on_step=on_step,
+            ema=state.ema,
+            description=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            memory_format=memory_format,
             show_progress=ranks.is_main,
             precision=cfg.precision,
             unlabeled=unlabeled,
@@ -166,8 +220,37 @@ def fit(
         _end_epoch(cfg, run_dir, state, epoch, stats, val, epoch_start, ranks)
         if on_epoch is not None:
             on_epoch(epoch, val.miou)
+    return state
 
-    return _end_run(cfg, run_dir, prepared, device, state, ranks, score_test)
+
+def _network_result(cfg: Config, run_dir: Path, state: TrainingState) -> FitResult:
+    best = kept_epoch(cfg, state)
+    result = FitResult(
+        str(run_dir), best["miou"], best["epoch"], len(state.history), state.progress["seconds"], state.history
+    )
+    result.model = state.model
+    return result
+
+
+def _save_kept_model(
+    cfg: Config, run_dir: Path, prepared: PreparedData, device: torch.device, result: FitResult
+) -> list[torch.Tensor] | None:
+    """On rank 0, at the end of a run: best.pt where it is a vote (of a network's best epoch and its last, or of
+    an ensemble run's members) and curves.png. Returns the vote's validation probabilities, predicted once for its
+    figure (without the big-rock scale, as an epoch's) and finish_run's, or None for a network's best epoch alone."""
+    from marsseg import report  # matplotlib: imported where a picture is drawn
+
+    vote_val = None
+    if result.members:
+        save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": result.model.state_dict()})
+        vote_val, result.best_val_miou = predict_validation(result.model, cfg, prepared, device)
+        report.plot_member_curves([m.history for m in result.members], result.best_val_miou, run_dir / "curves.png")
+        return vote_val
+    if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last
+        result.best_epoch, vote = save_best_and_last(run_dir, cfg)
+        vote_val, result.best_val_miou = predict_validation(vote, cfg, prepared, device)
+    report.plot_curves(result.history, run_dir / "curves.png")
+    return vote_val
 
 
 def run_is_ensemble(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> bool:
@@ -181,7 +264,9 @@ def run_is_ensemble(cfg: Config, run_dir: str | os.PathLike, resume: bool) -> bo
 def run_data(cfg: Config, run_dir: Path, resume: bool, prepared: PreparedData | None, ranks: Ranks) -> PreparedData:
     """The data cleaned and split; a new run records config, split and data in `run_dir`, a resumed one reads them."""
     if resume:  # the saved split, on the same data, whatever was passed in
-        prepared = prepare_data(cfg.data, Split.load(run_dir / "split.json"), recorded_fingerprint(run_dir))
+        prepared = prepare_data(
+            cfg.data, split=Split.load(run_dir / "split.json"), expected_fingerprint=recorded_fingerprint(run_dir)
+        )
     elif prepared is None:
         prepared = prepare_data(cfg.data)
     if ranks.is_main and not resume:
@@ -214,22 +299,22 @@ def _training_loader(
         images,
         masks,
         train_indices,
-        build_augmentation(cfg.augment, cfg.seed),
-        cfg.data.in_channels,
-        cfg.augment.rare_crop,
-        cfg.augment.rare_crop_min_scale,
-        cfg.augment.copy_paste,
-        cfg.augment.copy_paste_count,
-        cfg.augment.cutmix,
-        cfg.augment.frame_shift,
-        below,
+        pipeline=build_augmentation(cfg.augment, seed=cfg.seed),
+        in_channels=cfg.data.in_channels,
+        rare_crop=cfg.augment.rare_crop,
+        rare_crop_min_scale=cfg.augment.rare_crop_min_scale,
+        copy_paste=cfg.augment.copy_paste,
+        copy_paste_count=cfg.augment.copy_paste_count,
+        cutmix=cfg.augment.cutmix,
+        frame_shift=cfg.augment.frame_shift,
+        below=below,
     )
     batch_size = cfg.optim.batch_size // ranks.world
     drop_last = len(dataset) > cfg.optim.batch_size
     if ranks.world > 1:
         sampler = DistributedSampler(dataset, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
     loader = make_loader(
-        dataset, batch_size, True, cfg.seed, cfg.data.num_workers, sampler=sampler, drop_last=drop_last
+        dataset, batch_size, True, cfg.seed, num_workers=cfg.data.num_workers, sampler=sampler, drop_last=drop_last
     )
     return dataset, sampler, loader
 
@@ -250,6 +335,7 @@ def _seed_epoch(
     dataset: SegmentationDataset,
     sampler: Sampler | None,
     loader: DataLoader,
+    *,
     unlabeled: UnlabeledStream | None = None,
 ) -> None:
     """Fix the epoch's augmentations, curriculum draw, order and unlabeled draws by seed and epoch, so that a resumed
@@ -325,7 +411,7 @@ def _validate(
     # training precision: this is part of training; the final figures use inference_precision).
     images, masks = prepared.data.images[indices], prepared.data.masks[indices]
     settings = inference_settings(cfg, precision=cfg.precision)  # part of training: in its precision
-    val = evaluate(state.scored_model, images, masks, settings, device=device, frames=frames)
+    val = evaluate(state.scored_model, images, masks, settings=settings, device=device, frames=frames)
     return summed_evaluation(val, ranks)
 
 
@@ -373,40 +459,10 @@ def _end_epoch(
 
 def kept_epoch(cfg: Config, state: TrainingState) -> dict:
     """The epoch whose model is the run's (best.pt) and its validation mIoU: the best on validation, or with
-    optim.keep "last" the last one trained. With "best_and_last", the best's (the vote's is _end_run's)."""
+    optim.keep "last" the last one trained. With "best_and_last", the best's (the vote's is _save_kept_model's)."""
     if cfg.optim.keep == "last" and state.history:
         return {"miou": state.history[-1]["val_miou"], "epoch": state.history[-1]["epoch"]}
     return state.best
-
-
-def _end_run(
-    cfg: Config,
-    run_dir: Path,
-    prepared: PreparedData,
-    device: torch.device,
-    state: TrainingState,
-    ranks: Ranks,
-    score_test: bool,
-) -> FitResult:
-    """The run's result; on rank 0, its curves and, when `score_test`, the final scores (finish.py)."""
-    best, seconds = kept_epoch(cfg, state), state.progress["seconds"]
-    result = FitResult(str(run_dir), best["miou"], best["epoch"], len(state.history), seconds, state.history)
-    result.model = state.model
-    if ranks.is_main:
-        from marsseg import report  # matplotlib: imported where a picture is drawn
-
-        vote_val = None  # the vote's validation probabilities, predicted once for its figure and finish_run's
-        if cfg.optim.keep == "best_and_last":  # best.pt: the vote of the best epoch and the last (rank 0's result)
-            result.best_epoch, vote = save_best_and_last(run_dir, cfg)
-            vote_val, result.best_val_miou = predict_validation(vote, cfg, prepared, device)
-        report.plot_curves(state.history, run_dir / "curves.png")
-        if score_test:
-            result.val, result.test = finish_run(
-                run_dir, cfg, prepared, device, result.best_epoch, len(state.history), seconds, vote_val
-            )
-    if ranks.world > 1:
-        dist.barrier()  # every rank returns once rank 0 has written its files
-    return result
 
 
 # ---------------------------------------------------------------- ensemble runs
@@ -417,7 +473,7 @@ def _end_run(
 # An interrupted run resumes at the member it had reached.
 
 
-def member_config(cfg: Config, k: int, minutes_spent: float = 0.0) -> Config:
+def member_config(cfg: Config, k: int, *, minutes_spent: float = 0.0) -> Config:
     """Member k's recipe: the run's, for one network, from seed + k. With a time budget (optim.minutes), its share
     is what the members before it left, split evenly among it and those after it (at least 0.01 minutes, one epoch:
     0 would mean no budget)."""
@@ -427,63 +483,55 @@ def member_config(cfg: Config, k: int, minutes_spent: float = 0.0) -> Config:
     )
 
 
-def _fit_members(
+def _train_members(
     cfg: Config,
-    run_dir: str | os.PathLike,
+    run_dir: Path,
+    prepared: PreparedData,
+    device: torch.device,
+    ranks: Ranks,
+    *,
     resume: bool,
-    force: bool,
-    prepared: PreparedData | None,
     on_epoch=None,
-    score_test: bool = True,
-):
-    """fit for model.members > 1 (an ensemble run): train the members, save and score their vote.
-
-    A resumed run reads its own config, split and data record from `run_dir`; each member that has a last.pt
-    continues from it (a finished one stops at once; a member keeps the time share it started with), the others
-    start. `on_epoch(epoch, val_miou)` sees every member's epochs, member k's numbered from k * optim.epochs.
-    """
-    ranks = init_distributed(run_device_name(cfg, run_dir, resume))
-    if resume:  # the run's own recipe, as a single network's resume reads it from last.pt
-        cfg = saved_config(run_dir)
-        if cfg is None:
-            raise UserError(f"{run_dir}: nothing to resume (no config.yaml)")
-    check_config_for_ranks(cfg, ranks)  # before the run directory is written
-    if ranks.is_main:
-        run_dir = prepare_run_dir(run_dir, resume, force)
-    if ranks.world > 1:
-        dist.barrier()
-    run_dir = Path(run_dir)
-    device = process_device(cfg.device, ranks)
-    cfg = with_resolved_precision(cfg, device)  # config.yaml records what "auto" means here, as a single run's does
-    prepared = run_data(cfg, run_dir, resume, prepared, ranks)
+) -> FitResult:
+    """Train the members of an ensemble run one after another, each in its own folder (member_K) with its own
+    records, and return the run's result, whose model is their vote. A resumed run continues each member that has a
+    last.pt (a finished one stops at once; a member keeps the time share it started with) and starts the others."""
     members = []
     for k in range(cfg.model.members):
         path = member_dir(run_dir, k)
         if ranks.is_main:
             print(f"{path.name} ({k + 1} of {cfg.model.members}, seed {cfg.seed + k}): {path}", flush=True)
         member_resume = resume and (path / "last.pt").is_file()
-        member_cfg = member_config(cfg, k, sum(m.train_seconds for m in members) / 60)
+        member_cfg = member_config(cfg, k, minutes_spent=sum(m.train_seconds for m in members) / 60)
+        if member_resume:
+            member_cfg = _run_config(member_cfg, path, True, False)
+        member_cfg = with_resolved_precision(member_cfg, device=device)
+        if ranks.is_main:
+            prepare_run_dir(path, member_resume, True)
+        if ranks.world > 1:
+            dist.barrier()
+        configure_threads(member_cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
+        seed_everything(member_cfg.seed)
+        member_data = run_data(member_cfg, path, member_resume, prepared, ranks)
         numbered = None if on_epoch is None else functools.partial(_numbered, on_epoch, k * cfg.optim.epochs)
-        members.append(fit(member_cfg, path, member_resume, True, prepared, numbered, score_test=False))
-    ensemble = Ensemble([load_model(result.run_dir)[0] for result in members]).to(device)
-    best_epochs = [result.best_epoch for result in members]
-    epochs_run = sum(result.epochs_run for result in members)
-    seconds = sum(result.train_seconds for result in members)
-    result = FitResult(str(run_dir), float("nan"), best_epochs, epochs_run, seconds, [], model=ensemble)
+        state = _train_network(member_cfg, path, member_data, device, ranks, resume=member_resume, on_epoch=numbered)
+        member = _network_result(member_cfg, path, state)
+        if ranks.is_main:
+            _save_kept_model(member_cfg, path, member_data, device, member)
+        if ranks.world > 1:
+            dist.barrier()
+        members.append(member)
+    ensemble = Ensemble([load_model(member.run_dir)[0] for member in members]).to(device)
+    result = FitResult(
+        str(run_dir),
+        float("nan"),
+        [member.best_epoch for member in members],
+        sum(member.epochs_run for member in members),
+        sum(member.train_seconds for member in members),
+        [],
+        model=ensemble,
+    )
     result.members = members
-    if ranks.is_main:
-        save_checkpoint(run_dir / "best.pt", {"config": to_dict(cfg), "model": ensemble.state_dict()})
-        # predicted once, for the vote's figure (as a single run's: without the big-rock scale) and finish_run
-        vote_val, result.best_val_miou = predict_validation(ensemble, cfg, prepared, device)
-        from marsseg import report
-
-        report.plot_member_curves([m.history for m in members], result.best_val_miou, run_dir / "curves.png")
-        if score_test:
-            result.val, result.test = finish_run(
-                run_dir, cfg, prepared, device, best_epochs, epochs_run, seconds, vote_val
-            )
-    if ranks.world > 1:
-        dist.barrier()  # every rank returns once rank 0 has written the vote's files
     return result
 
 

@@ -43,30 +43,32 @@ def evaluate_probabilities(
     the whole set. The one place where predictions become a score."""
     per_image, kept, start = [], [], 0
     for probs in batches:
-        labels = labels_from_probabilities(probs, big_rock_scale)
+        labels = labels_from_probabilities(probs, big_rock_scale=big_rock_scale)
         truth = torch.from_numpy(masks[start : start + len(labels)]).long()
         start += len(labels)
         per_image.append(confusion_matrices_per_image(truth, labels).numpy())
         if keep_predictions:
             kept.append(labels.numpy().astype(np.uint8))
     image_matrices = np.concatenate(per_image) if per_image else np.zeros((0, NUM_CLASSES, NUM_CLASSES), np.int64)
+    evaluation = evaluation_of(image_matrices)
+    if keep_predictions:
+        evaluation.per_image_miou = np.array([mean_iou(m) for m in image_matrices])
+        evaluation.predictions = np.concatenate(kept) if kept else None
+    return evaluation
+
+
+def evaluation_of(image_matrices: np.ndarray) -> Evaluation:
+    """The Evaluation of images whose confusion matrices are `image_matrices` (N, C, C): one matrix over them all."""
     matrix = image_matrices.sum(axis=0)
-    return Evaluation(
-        matrix,
-        mean_iou(matrix),
-        iou_per_class(matrix),
-        np.array([mean_iou(m) for m in image_matrices]) if keep_predictions else np.zeros(0),
-        np.concatenate(kept) if kept else None,
-        image_matrices,
-    )
+    return Evaluation(matrix, mean_iou(matrix), iou_per_class(matrix), image_matrices=image_matrices)
 
 
 def evaluate(
     model: nn.Module,
     images: np.ndarray,
     masks: np.ndarray,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     keep_predictions: bool = False,
     batch_size: int = 128,
@@ -75,7 +77,9 @@ def evaluate(
 ) -> Evaluation:
     """Score `model` on (images, masks), predicted as `settings` say (`frames`: see
     predict.predict_probabilities)."""
-    batches = predict_probabilities(model, images, settings, device=device, batch_size=batch_size, frames=frames)
+    batches = predict_probabilities(
+        model, images, settings=settings, device=device, batch_size=batch_size, frames=frames
+    )
     return evaluate_probabilities(batches, masks, keep_predictions=keep_predictions, big_rock_scale=big_rock_scale)
 
 
@@ -134,8 +138,8 @@ def evaluate_labeled_frames(
     model,
     directory: str | os.PathLike,
     frame_size: int,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     progress: bool = False,
@@ -152,10 +156,10 @@ def evaluate_labeled_frames(
     for image_path, label_path in tqdm(pairs, desc="evaluate", unit="frame", disable=not progress, leave=False):
         image = read_gray_image(image_path)
         truth = read_label(label_path, image.shape, image_path)
-        labels = predict_frame(model, image, frame_size, settings, device=device, big_rock_scale=big_rock_scale)
+        labels = predict_frame(
+            model, image, frame_size, settings=settings, device=device, big_rock_scale=big_rock_scale
+        )
         matrices.append(confusion_matrices_per_image(torch.from_numpy(truth[None]), torch.from_numpy(labels[None])))
     image_matrices = torch.cat(matrices).numpy()
-    matrix = image_matrices.sum(axis=0)
-    evaluation = Evaluation(matrix, mean_iou(matrix), iou_per_class(matrix), image_matrices=image_matrices)
     interval = bootstrap_miou_interval(image_matrices, np.arange(len(pairs)))
-    return FramesEvaluation(evaluation, [image.stem for image, _ in pairs], interval)
+    return FramesEvaluation(evaluation_of(image_matrices), [image.stem for image, _ in pairs], interval)

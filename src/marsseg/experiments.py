@@ -53,7 +53,7 @@ def run_one(cfg: Config, run_dir: Path, prepared: PreparedData) -> dict:
         "model": cfg.model.name if cfg.model.members == 1 else f"{cfg.model.name} x{cfg.model.members}",
         "seed": cfg.seed,
         "params": count_parameters(model),
-        "gflops": round(gflops_per_image(model, cfg.data.in_channels), 3),
+        "gflops": round(gflops_per_image(model, in_channels=cfg.data.in_channels), 3),
         "train_minutes": round(metrics["train_seconds"] / 60, 2),
         "epochs": metrics["epochs_run"],
         "val_miou": round(metrics["val_miou"], 4),
@@ -80,13 +80,13 @@ def ensemble_scores(
     part's Evaluation. One run is scored alone, as its training scored it.
     """
     checkpoints = checkpoints or ["best"] * len(run_dirs)
-    networks = [load_model(run_dir, which)[0] for run_dir, which in zip(run_dirs, checkpoints, strict=True)]
+    networks = [load_model(run_dir, which=which)[0] for run_dir, which in zip(run_dirs, checkpoints, strict=True)]
     model = (networks[0] if len(networks) == 1 else Ensemble(networks)).to(device)
     scores: dict = {}
     for part in ("val", "test"):
         indices = getattr(prepared.split, part)
         images, masks = prepared.data.images[indices], prepared.data.masks[indices]
-        probabilities = list(predict_probabilities(model, images, settings, device=device))
+        probabilities = list(predict_probabilities(model, images, settings=settings, device=device))
         if part == "val":
             scores["scale"] = choose_big_rock_scale(probabilities, masks, big_rock_scale)[0]
         result = evaluate_probabilities(probabilities, masks, big_rock_scale=scores["scale"])
@@ -114,7 +114,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def format_markdown(summary: list[dict], budget: str) -> str:
-    def cell(pair, seeds: int, digits: int = 3) -> str:
+    def cell(pair, seeds: int, *, digits: int = 3) -> str:
         mean, std = pair
         return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"  # no spread of one
 
@@ -127,7 +127,7 @@ def format_markdown(summary: list[dict], budget: str) -> str:
         n = s["seeds"]
         lines.append(
             f"| {s['model']} | {s['params'] / 1e6:.2f} | {s['gflops']:.2f} | {n} "
-            f"| {cell(s['train_minutes'], n, 1)} | {cell(s['val_miou'], n)} | {cell(s['test_miou'], n)} | "
+            f"| {cell(s['train_minutes'], n, digits=1)} | {cell(s['val_miou'], n)} | {cell(s['test_miou'], n)} | "
             + " | ".join(cell(s[f"test_{c}"], n) for c in CLASS_KEYS)
             + " |"
         )
@@ -161,7 +161,7 @@ def config_for(base: Config, model: str, seed: int) -> Config:
 
 
 def run_experiments(
-    base: Config, out_dir: str | os.PathLike, models: list[str], seeds: int, ensemble: bool = True
+    base: Config, out_dir: str | os.PathLike, models: list[str], seeds: int, *, ensemble: bool = True
 ) -> list[dict]:
     """Train every model for every seed on one split; write results.csv, results.md and results.png."""
     out_dir = Path(out_dir)

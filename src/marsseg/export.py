@@ -98,7 +98,7 @@ class OnnxModel:
     """An exported marsseg model run by onnxruntime, usable wherever `predict` takes a model: called on uint8
     images (B, H, W) it returns the graph's probabilities (B, C, H, W), big-rock scale applied."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0):
         """`threads`: onnxruntime's intra-op threads; 0 leaves its default (one per physical core)."""
         try:
             import onnxruntime
@@ -117,7 +117,7 @@ class OnnxModel:
             config = yaml.safe_load(metadata[CONFIG_KEY])
         except Exception as error:  # onnxruntime raises its own types for a foreign or corrupt file
             raise UserError(f"{path}: not an ONNX model written by marsseg export ({type(error).__name__})") from None
-        self.config = from_dict(config, f"{path} metadata")
+        self.config = from_dict(config, source=f"{path} metadata")
 
     def outputs(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, probabilities), each (B, C, H, W), for uint8 images (B, H, W)."""

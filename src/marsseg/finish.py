@@ -33,6 +33,7 @@ def finish_run(
     best_epoch: int | list[int],
     epochs_run: int,
     train_seconds: float,
+    *,
     val_probabilities: list[torch.Tensor] | None = None,
 ) -> tuple[Evaluation, Evaluation | None]:
     """Choose the big-rock scale on validation if asked, then score best.pt (the kept model) on validation and, once,
@@ -66,7 +67,9 @@ def finish_run(
     test = None
     if len(split.test):
         test_images, test_masks = data.images[split.test], data.masks[split.test]
-        test = evaluate(model, test_images, test_masks, inference_settings(cfg), device=device, big_rock_scale=scale)
+        test = evaluate(
+            model, test_images, test_masks, settings=inference_settings(cfg), device=device, big_rock_scale=scale
+        )
         low, high, groups = miou_interval(test, data.subset(split.test))
         metrics.update(
             test_miou=test.miou,
@@ -98,7 +101,9 @@ def predict_validation(
     """`model`'s probabilities on the validation part, in batches, predicted as the run predicts, and their mIoU at
     big-rock scale 1 (an epoch's figure, which `marsseg train` prints and tune maximises)."""
     images, masks = prepared.data.images[prepared.split.val], prepared.data.masks[prepared.split.val]
-    probabilities = list(predict_probabilities(model.to(device), images, inference_settings(cfg), device=device))
+    probabilities = list(
+        predict_probabilities(model.to(device), images, settings=inference_settings(cfg), device=device)
+    )
     return probabilities, evaluate_probabilities(probabilities, masks).miou
 
 

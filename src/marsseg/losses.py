@@ -22,6 +22,7 @@ IGNORED = -1  # the pseudo-label of a pixel the teacher is not confident about (
 def class_weights(
     masks: np.ndarray,
     scheme: str,
+    *,
     num_classes: int = 5,
     manual: list[float] | None = None,
     ignore_background: bool = True,
@@ -65,7 +66,7 @@ class DiceLoss(nn.Module):
     """
 
     def __init__(
-        self, weights: torch.Tensor, ignore_background: bool = True, smooth: float = 1.0, per_class: bool = False
+        self, weights: torch.Tensor, *, ignore_background: bool = True, smooth: float = 1.0, per_class: bool = False
     ):
         super().__init__()
         self.register_buffer("weights", weights.float())
@@ -88,7 +89,7 @@ class DiceLoss(nn.Module):
 class FocalLoss(nn.Module):
     """Categorical focal loss: mean over valid pixels of -alpha_t (1 - p_t)^gamma log p_t."""
 
-    def __init__(self, alpha: torch.Tensor, gamma: float = 2.0, ignore_background: bool = True):
+    def __init__(self, alpha: torch.Tensor, *, gamma: float = 2.0, ignore_background: bool = True):
         super().__init__()
         self.register_buffer("alpha", alpha.float())
         self.gamma, self.ignore_background = gamma, ignore_background
@@ -104,7 +105,7 @@ class FocalLoss(nn.Module):
 class CrossEntropyLoss(nn.Module):
     """Class-weighted cross-entropy, ignoring background pixels when asked."""
 
-    def __init__(self, weights: torch.Tensor, ignore_background: bool = True):
+    def __init__(self, weights: torch.Tensor, *, ignore_background: bool = True):
         super().__init__()
         self.register_buffer("weights", weights.float())
         self.ignore_index = BACKGROUND if ignore_background else -100
@@ -172,9 +173,9 @@ def build_loss(cfg: LossConfig, train_masks: np.ndarray) -> nn.Module:
     weights = class_weights(
         train_masks, cfg.class_weights, manual=cfg.manual_weights, ignore_background=cfg.ignore_background
     )
-    dice = DiceLoss(weights, cfg.ignore_background, per_class=cfg.dice_per_class)
-    focal = FocalLoss(weights, cfg.focal_gamma, cfg.ignore_background)
-    cross_entropy = CrossEntropyLoss(weights, cfg.ignore_background)
+    dice = DiceLoss(weights, ignore_background=cfg.ignore_background, per_class=cfg.dice_per_class)
+    focal = FocalLoss(weights, gamma=cfg.focal_gamma, ignore_background=cfg.ignore_background)
+    cross_entropy = CrossEntropyLoss(weights, ignore_background=cfg.ignore_background)
     losses = {
         "dice_focal": lambda: SumOfLosses(dice, focal, cfg.dice_weight, cfg.focal_weight),
         "ce_dice": lambda: SumOfLosses(dice, cross_entropy, cfg.dice_weight, cfg.focal_weight),

@@ -10,7 +10,7 @@ from marsseg.data.io import NUM_CLASSES
 SCORED_CLASSES = (1, 2, 3, 4)
 
 
-def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, *, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = true label, columns = predicted label."""
     true, pred = true.reshape(-1).long(), pred.reshape(-1).long()
     counts = torch.bincount(num_classes * true + pred, minlength=num_classes**2)
@@ -43,7 +43,7 @@ def mean_iou(matrix: torch.Tensor | np.ndarray) -> float:
 
 
 def confusion_matrices_per_image(
-    true: torch.Tensor, pred: torch.Tensor, num_classes: int = NUM_CLASSES
+    true: torch.Tensor, pred: torch.Tensor, *, num_classes: int = NUM_CLASSES
 ) -> torch.Tensor:
     """(B, num_classes, num_classes) counts, one confusion matrix per image of (B, H, W) labels; their sum is
     `confusion_matrix` of the batch."""
@@ -71,7 +71,7 @@ def _percentile_interval(scores: np.ndarray, confidence: float) -> tuple[float, 
 
 
 def bootstrap_miou_interval(
-    matrices: np.ndarray, groups: np.ndarray, confidence: float = 0.9, draws: int = 1000, seed: int = 0
+    matrices: np.ndarray, groups: np.ndarray, *, confidence: float = 0.9, draws: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
     """A percentile bootstrap interval of mean IoU, resampling whole groups (frames) with replacement.
 
@@ -87,6 +87,7 @@ def bootstrap_miou_difference(
     matrices: np.ndarray,
     baseline: np.ndarray,
     groups: np.ndarray,
+    *,
     confidence: float = 0.9,
     draws: int = 1000,
     seed: int = 0,

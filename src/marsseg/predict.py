@@ -46,7 +46,7 @@ def torch_probabilities(
     model.eval()
 
     def probabilities(images: np.ndarray) -> torch.Tensor:
-        x = images_to_tensor(images, in_channels).to(device)
+        x = images_to_tensor(images, in_channels=in_channels).to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
@@ -59,8 +59,8 @@ def torch_probabilities(
 def predict_probabilities(
     model: ImageModel,
     images: np.ndarray,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     batch_size: int = 128,
     progress: bool = False,
@@ -87,9 +87,11 @@ def predict_probabilities(
     multiple = getattr(model, "input_multiple", 1)
 
     def predict_at(batch: np.ndarray, scale: float) -> torch.Tensor:
-        probs = rescaled_probabilities(probabilities, batch, scale, multiple)
+        probs = rescaled_probabilities(probabilities, batch, scale, multiple=multiple)
         if settings.tta:
-            probs = (probs + rescaled_probabilities(probabilities, batch[:, :, ::-1], scale, multiple).flip(-1)) / 2
+            probs = (
+                probs + rescaled_probabilities(probabilities, batch[:, :, ::-1], scale, multiple=multiple).flip(-1)
+            ) / 2
         return probs
 
     def predict(batch: np.ndarray) -> torch.Tensor:
@@ -132,7 +134,7 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def rescaled_probabilities(
-    probabilities: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, scale: float, multiple: int = 1
+    probabilities: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, scale: float, *, multiple: int = 1
 ) -> torch.Tensor:
     """(B, C, H, W) probabilities of uint8 images (B, H, W) predicted at `scale`: the images resized to (H, W) x
     `scale` (antialiased when shrinking), reflect-padded at the bottom and right up to `multiple` (the model's
@@ -156,7 +158,7 @@ def scale_big_rock(probs: torch.Tensor, big_rock_scale: float) -> torch.Tensor:
     return probs * factors.view(1, -1, 1, 1)
 
 
-def labels_from_probabilities(probs: torch.Tensor, big_rock_scale: float = 1.0) -> torch.Tensor:
+def labels_from_probabilities(probs: torch.Tensor, *, big_rock_scale: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W) labels in 1..4 (see FIRST_SCORED_CLASS).
 
     `big_rock_scale` multiplies the big-rock probability before the argmax: a model trained on a class under
@@ -170,16 +172,20 @@ def labels_from_probabilities(probs: torch.Tensor, big_rock_scale: float = 1.0) 
 def predict_labels(
     model: ImageModel,
     images: np.ndarray,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     batch_size: int = 128,
     progress: bool = False,
 ) -> np.ndarray:
     """(N, H, W) uint8 labels for uint8 images (N, H, W)."""
-    batches = predict_probabilities(model, images, settings, device=device, batch_size=batch_size, progress=progress)
-    return np.concatenate([labels_from_probabilities(p, big_rock_scale).numpy().astype(np.uint8) for p in batches])
+    batches = predict_probabilities(
+        model, images, settings=settings, device=device, batch_size=batch_size, progress=progress
+    )
+    return np.concatenate(
+        [labels_from_probabilities(p, big_rock_scale=big_rock_scale).numpy().astype(np.uint8) for p in batches]
+    )
 
 
 # ---------------------------------------------------------------- whole frames of any size, image files
@@ -201,8 +207,8 @@ def tile_starts(length: int, tile: int, multiple: int) -> list[int]:
 def frame_probabilities(
     model: ImageModel,
     frame: np.ndarray,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
 ) -> torch.Tensor:
@@ -217,7 +223,7 @@ def frame_probabilities(
     height, width = frame.shape
     padded = pad_to_multiple(frame, multiple)  # (H', W')
     if padded.size <= max_pixels:
-        whole = predict_probabilities(model, padded[None], settings, device=device, batch_size=1)
+        whole = predict_probabilities(model, padded[None], settings=settings, device=device, batch_size=1)
         return next(whole)[0, :, :height, :width]
     side = max(multiple, math.isqrt(max_pixels) // multiple * multiple)
     tile_height, tile_width = min(side, padded.shape[0]), min(side, padded.shape[1])
@@ -228,7 +234,7 @@ def frame_probabilities(
     ]
     tiles = np.stack([padded[top : top + tile_height, left : left + tile_width] for top, left in origins])
     total, count = None, torch.zeros(padded.shape)
-    batches = predict_probabilities(model, tiles, settings, device=device, batch_size=1)
+    batches = predict_probabilities(model, tiles, settings=settings, device=device, batch_size=1)
     for (top, left), probs in zip(origins, batches, strict=True):
         if total is None:
             total = torch.zeros(probs.shape[1], *padded.shape)  # (C, H', W')
@@ -241,8 +247,8 @@ def image_probabilities(
     model: ImageModel,
     image: np.ndarray,
     frame_size: int,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     max_pixels: int = MAX_FRAME_PIXELS,
 ) -> torch.Tensor:
@@ -253,7 +259,7 @@ def image_probabilities(
     """
     shape = resized_shape(image.shape, frame_size)
     frame = resize_image(image, shape)
-    probs = frame_probabilities(model, frame, settings, device=device, max_pixels=max_pixels)
+    probs = frame_probabilities(model, frame, settings=settings, device=device, max_pixels=max_pixels)
     if shape != image.shape:
         probs = resize(probs[None], image.shape)[0]  # (C, H, W)
     return probs
@@ -263,15 +269,15 @@ def predict_frame(
     model: ImageModel,
     image: np.ndarray,
     frame_size: int,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
 ) -> np.ndarray:
     """(H, W) uint8 labels 1..4 for a gray frame (H, W) of any size (image_probabilities, then the argmax)."""
-    probs = image_probabilities(model, image, frame_size, settings, device=device, max_pixels=max_pixels)
-    return labels_from_probabilities(probs[None], big_rock_scale)[0].numpy().astype(np.uint8)
+    probs = image_probabilities(model, image, frame_size, settings=settings, device=device, max_pixels=max_pixels)
+    return labels_from_probabilities(probs[None], big_rock_scale=big_rock_scale)[0].numpy().astype(np.uint8)
 
 
 def predict_image_files(
@@ -279,8 +285,8 @@ def predict_image_files(
     paths: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     frame_size: int,
-    settings: InferenceSettings = InferenceSettings(),
     *,
+    settings: InferenceSettings = InferenceSettings(),
     device: torch.device | str = "cpu",
     big_rock_scale: float = 1.0,
     max_pixels: int = MAX_FRAME_PIXELS,
@@ -325,7 +331,7 @@ def predict_image_files(
                     model,
                     image,
                     frame_size,
-                    settings,
+                    settings=settings,
                     device=device,
                     big_rock_scale=big_rock_scale,
                     max_pixels=max_pixels,
@@ -356,7 +362,7 @@ def write_submission(labels: np.ndarray, path: str | os.PathLike) -> None:
     write_atomically(path, write)
 
 
-def read_submission(path: str | os.PathLike, height: int = 64, width: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def read_submission(path: str | os.PathLike, *, height: int = 64, width: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels (N, H, W)) from a submission CSV; for checks and tests."""
     table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
     return table[:, 0], table[:, 1:].reshape(-1, height, width).astype(np.uint8)

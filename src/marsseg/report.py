@@ -17,7 +17,7 @@ from marsseg.data.io import CLASS_NAMES, write_atomically  # noqa: E402
 LABEL_COLORS = ListedColormap(["#000000", "#a0522d", "#6a7fa8", "#e8c547", "#e0242b"])
 
 
-def overlay_labels(image: np.ndarray, labels: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+def overlay_labels(image: np.ndarray, labels: np.ndarray, *, opacity: float = 0.45) -> np.ndarray:
     """(H, W, 3) uint8 RGB: the gray image tinted with each pixel's class colour (background left untinted)."""
     colours = np.array([to_rgb(c) for c in LABEL_COLORS.colors]) * 255  # (5, 3)
     gray = np.repeat(image[..., None].astype(np.float32), 3, axis=-1)  # (H, W, 3)
@@ -68,7 +68,7 @@ def save_figure(figure, path: str | os.PathLike) -> None:
     plt.close(figure)
 
 
-def format_iou_table(ious: np.ndarray, miou: float, title: str = "") -> str:
+def format_iou_table(ious: np.ndarray, miou: float, *, title: str = "") -> str:
     """A plain-text table of per-class IoU and the mean."""
     lines = [title] if title else []
     lines.append(f"{'class':<10} {'IoU':>7}")
@@ -115,7 +115,7 @@ def plot_member_curves(histories: list[list[dict]], vote_miou: float, path: str 
     save_figure(figure, path)
 
 
-def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
+def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
     """Row-normalised confusion matrix over true classes 1..4 (true background is never scored)."""
     rows = np.asarray(matrix, dtype=np.float64)[1:]
     shares = rows / np.maximum(rows.sum(axis=1, keepdims=True), 1)
@@ -136,6 +136,7 @@ def plot_predictions(
     predictions: np.ndarray,
     scores: np.ndarray,
     path: str | os.PathLike,
+    *,
     limit: int = 12,
 ) -> None:
     """Rows of image | true mask | prediction, worst image mIoU first."""
@@ -161,6 +162,7 @@ def plot_samples(
     masks: np.ndarray,
     indices: np.ndarray,
     path: str | os.PathLike,
+    *,
     captions: list[str] | None = None,
     limit: int = 24,
 ) -> None:

@@ -6,7 +6,7 @@ strong view (CutMix between the unlabeled crops, contrast, brightness, noise and
 pass as the labeled batch. Pseudo-labels starve a rare class (the teacher is seldom confident about it), so big
 rock has a threshold of its own. With semi.loss "soft" and teachers (finished runs), the target is instead their
 averaged distribution over classes 1..4 on every pixel (distillation through soft targets): no threshold, so their
-doubt about big rock is kept.
+doubt about big rock is kept. Teachers label the pool in teachers.py, above the checkpoints they load.
 
 The pool (data.unlabeled): by default the data file's test_set plus the images, never the masks, of the
 validation and local-test parts, so that the local estimate sees what the hidden test sees; or another .npz, whose
@@ -16,26 +16,19 @@ training and test images are used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from marsseg.checkpoints import load_model
-from marsseg.config import Config, inference_settings
+from marsseg.config import Config
 from marsseg.data.dataset import images_to_tensor
-from marsseg.data.prepare import PreparedData, load_data, recorded_fingerprint
-from marsseg.data.split import RARE_CLASS, Split
-from marsseg.errors import UserError
+from marsseg.data.prepare import PreparedData, load_data
+from marsseg.data.split import RARE_CLASS
 from marsseg.losses import FIRST_SCORED_CLASS, IGNORED
 from marsseg.models import final_logits
 from marsseg.precision import autocast
-from marsseg.predict import predict_probabilities, scale_big_rock
-
-PREDICT_BATCH = 128  # crops per forward pass when teachers label the pool
 
 
 def unlabeled_images(cfg: Config, prepared: PreparedData) -> np.ndarray:
@@ -70,6 +63,7 @@ def pseudo_labels(
     threshold: float,
     rare_threshold: float,
     device,
+    *,
     precision: str = "fp32",
 ) -> torch.Tensor:
     """(B, H, W) the teacher's labels in 1..4 for `images` (B, C, H, W), IGNORED below the confidence threshold
@@ -90,72 +84,6 @@ def confident_labels(scored: torch.Tensor, threshold: float, rare_threshold: flo
     labels = labels + FIRST_SCORED_CLASS
     needed = torch.where(labels == RARE_CLASS, rare_threshold, threshold)
     return torch.where(confidence >= needed, labels, torch.full_like(labels, IGNORED))
-
-
-def check_teachers(teachers: list[str], prepared: PreparedData) -> None:
-    """Refuse a teacher that trained on this run's validation or local-test crops (same data, another split): its
-    labels of their images would leak into early stopping and the final figure. A teacher trained on other data
-    cannot be checked, and is said so."""
-    held_out = np.union1d(prepared.split.val, prepared.split.test)
-    for run_dir in teachers:
-        if recorded_fingerprint(run_dir) != prepared.fingerprint:
-            print(f"teacher {run_dir} trained on other data: its crops are not checked against this run's split")
-            continue
-        split_path = Path(run_dir) / "split.json"
-        if not split_path.is_file():
-            raise UserError(f"{split_path}: missing; is {run_dir} a marsseg run directory?")
-        seen = np.intersect1d(Split.load(split_path).train, held_out)
-        if len(seen):
-            raise UserError(
-                f"teacher {run_dir} trained on {len(seen)} of this run's validation and local-test crops; "
-                "use a teacher with this run's split (data.split_seed, data.val_fraction, data.test_fraction; "
-                "a run trained before 2026-11-29 grouped frames otherwise and has another split)"
-            )
-
-
-def label_pool(
-    teachers: list[str],
-    images: np.ndarray,
-    threshold: float,
-    rare_threshold: float,
-    device,
-    progress: bool = True,
-    soft: bool = False,
-) -> torch.Tensor:
-    """(M, H, W) int8: the pool `images` (M, H, W) labelled once by the best checkpoints of the runs `teachers`;
-    with `soft`, (M, 4, H, W) float16: their averaged probabilities themselves (soft targets, no threshold).
-
-    Each teacher's probabilities (its own flip TTA and big-rock scale, as its predictions have them), renormalised
-    over classes 1..4 (background is never a label), are averaged over teachers; then confident_labels. Soft targets
-    leave out the big-rock scales, which were chosen for an argmax, not as probabilities: the student learns the
-    teachers' own shares and chooses its own scale. Loading the teachers leaves the global random state as it was,
-    so the student starts as it would without them."""
-    with torch.random.fork_rng(devices=[]):
-        models = [load_model(run_dir) for run_dir in teachers]
-    streams = [
-        predict_probabilities(
-            model.to(device),
-            images,
-            inference_settings(cfg, precision=cfg.precision),
-            batch_size=PREDICT_BATCH,
-            device=device,
-        )
-        for model, cfg in models
-    ]
-    scales = [1.0 if soft else (cfg.big_rock_scale or 1.0) for _, cfg in models]
-    labels = []
-    batches = zip(*streams, strict=True)
-    total = -(-len(images) // PREDICT_BATCH)
-    for batch in tqdm(batches, total=total, desc="pseudo-label", disable=not progress, leave=False):
-        scored = [
-            scale_big_rock(probs, scale)[:, FIRST_SCORED_CLASS:] for probs, scale in zip(batch, scales, strict=True)
-        ]
-        averaged = torch.stack([p / p.sum(dim=1, keepdim=True).clamp(min=1e-12) for p in scored]).mean(dim=0)
-        if soft:
-            labels.append(averaged.to(torch.float16))
-        else:
-            labels.append(confident_labels(averaged, threshold, rare_threshold).to(torch.int8))
-    return torch.cat(labels)
 
 
 def strong_view(
@@ -202,7 +130,9 @@ class UnlabeledStream:
     with semi.loss "soft" probabilities), a batch takes them; else the teacher given to next_batch labels a weak
     view."""
 
-    def __init__(self, cfg: Config, images: np.ndarray, device, processes: int = 1, labels: torch.Tensor | None = None):
+    def __init__(
+        self, cfg: Config, images: np.ndarray, device, *, processes: int = 1, labels: torch.Tensor | None = None
+    ):
         self.images = torch.from_numpy(np.ascontiguousarray(images))  # (M, H, W) uint8
         self.labels = labels  # (M, H, W) int8, (M, 4, H, W) float16 (soft targets) or None
         self.cfg, self.device = cfg, device
@@ -213,12 +143,12 @@ class UnlabeledStream:
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed + 7)
 
-    def next_batch(self, teacher: nn.Module, memory_format=torch.contiguous_format) -> PseudoLabeled:
+    def next_batch(self, teacher: nn.Module, *, memory_format=torch.contiguous_format) -> PseudoLabeled:
         """Draw crops, label a weak view (with `teacher` unless the pool is labelled), and return a strong view
         with its pseudo-labels."""
         semi = self.cfg.semi
         chosen = torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
-        weak = images_to_tensor(self.images[chosen].numpy(), self.cfg.data.in_channels)  # (B, C, H, W)
+        weak = images_to_tensor(self.images[chosen].numpy(), in_channels=self.cfg.data.in_channels)  # (B, C, H, W)
         flipped = torch.rand(len(weak), generator=self.generator) < 0.5
         weak = torch.where(flipped[:, None, None, None], weak.flip(-1), weak)
         if self.labels is not None:
@@ -229,40 +159,8 @@ class UnlabeledStream:
         else:
             weak_on_device = weak.to(self.device).contiguous(memory_format=memory_format)
             targets = pseudo_labels(
-                teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, self.cfg.precision
+                teacher, weak_on_device, semi.threshold, semi.rare_threshold, self.device, precision=self.cfg.precision
             ).cpu()
         strong, targets = strong_view(weak, targets, self.generator)
         strong = strong.to(self.device).contiguous(memory_format=memory_format)
         return PseudoLabeled(strong, targets.to(self.device), semi.weight, semi.loss)
-
-
-def build_unlabeled_stream(
-    cfg: Config, prepared: PreparedData, device, processes: int = 1, progress: bool = True
-) -> UnlabeledStream | None:
-    """The stream of unlabeled batches for one of `processes` training processes, or None when semi-supervised
-    training is off (semi.weight 0). With semi.teachers, the pool is labelled here, once."""
-    if cfg.semi.weight <= 0:
-        return None
-    images = unlabeled_images(cfg, prepared)
-    labels = None
-    if cfg.semi.teachers:
-        semi = cfg.semi
-        check_teachers(semi.teachers, prepared)
-        soft = semi.loss == "soft"
-        labels = label_pool(semi.teachers, images, semi.threshold, semi.rare_threshold, device, progress, soft)
-        if progress:
-            teachers = f"{len(images)} unlabeled crops by {len(semi.teachers)} teacher(s)"
-            print(f"pseudo-labels: {teachers}; {_pool_words(labels)}", flush=True)
-    return UnlabeledStream(cfg, images, device, processes, labels)
-
-
-def _pool_words(labels: torch.Tensor) -> str:
-    """What the teachers said of the pool: the share of pixels kept and of big rock among them; for soft targets,
-    big rock's share of the probability and of the pixels where it is the most likely class."""
-    if labels.is_floating_point():  # (M, 4, H, W) soft targets
-        rock = labels[:, RARE_CLASS - FIRST_SCORED_CLASS]
-        share, likeliest = rock.float().mean(), (rock >= labels.amax(dim=1)).float().mean()
-        return f"soft targets; big rock {share:.1%} of the probability, the likeliest on {likeliest:.1%} of pixels"
-    kept = labels != IGNORED
-    rock = (labels == RARE_CLASS).sum() / max(int(kept.sum()), 1)
-    return f"{kept.float().mean():.1%} of pixels kept, {rock:.1%} of them big rock"

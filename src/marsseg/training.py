@@ -1,6 +1,6 @@
 """Training: one step (training_step) and one epoch (train_one_epoch), and what they need: device, threads, seed
 and precision; the model, its optimizer, its averaged (EMA) copy and the learning-rate schedule; the state a run
-changes as it trains (TrainingState). overfit_one_batch, the first sanity check, is the step alone.
+changes as it trains (TrainingState).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from torch import nn
 from tqdm import tqdm
 
 from marsseg.checkpoints import BEST_EPOCH_FILE, restore_rng, rng_state, save_checkpoint
-from marsseg.config import Config, InferenceSettings, to_dict
-from marsseg.data.dataset import images_to_tensor
-from marsseg.data.prepare import prepare_data
-from marsseg.evaluation import evaluate
-from marsseg.losses import BACKGROUND, build_loss, pseudo_label_loss, soft_target_loss
+from marsseg.config import Config, to_dict
+from marsseg.losses import BACKGROUND, pseudo_label_loss, soft_target_loss
 from marsseg.models import build_network, final_logits
 from marsseg.precision import autocast, resolve_device, resolve_precision
 from marsseg.semi import PseudoLabeled, UnlabeledStream
@@ -33,7 +30,7 @@ AUX_LOSS_WEIGHT = 0.4  # weight of an auxiliary (deep-supervision) output's loss
 # ---------------------------------------------------------------- set-up
 
 
-def with_resolved_precision(cfg: Config, device: torch.device | None = None) -> Config:
+def with_resolved_precision(cfg: Config, *, device: torch.device | None = None) -> Config:
     """`cfg` with "auto" precision replaced by what it means on `device` (default: the config's own). A run saves
     this, so that a resumed run keeps its precision on any machine."""
     device = resolve_device(cfg.device) if device is None else device
@@ -173,6 +170,7 @@ def training_step(
     masks: torch.Tensor,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
+    *,
     ema=None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
@@ -217,6 +215,7 @@ def train_one_epoch(
     loader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
+    *,
     device: torch.device,
     on_step=None,
     ema=None,
@@ -244,53 +243,16 @@ def train_one_epoch(
             on_step()
         extra = None
         if unlabeled is not None:
-            extra = unlabeled.next_batch(ema.module if ema is not None else model, memory_format)
-        loss = training_step(model, images, masks, loss_fn, optimizer, ema, device, precision, extra)
+            extra = unlabeled.next_batch(ema.module if ema is not None else model, memory_format=memory_format)
+        loss = training_step(
+            model, images, masks, loss_fn, optimizer, ema=ema, device=device, precision=precision, unlabeled=extra
+        )
         total_loss += loss.item()
         batches += 1
         bar.set_postfix(loss=f"{total_loss / batches:.4f}")
         tick = time.perf_counter()
         compute_seconds += tick - start
     return {"loss": total_loss / max(batches, 1), "data_seconds": data_seconds, "compute_seconds": compute_seconds}
-
-
-def overfit_one_batch(
-    cfg: Config,
-    batch_size: int = 32,
-    target: float = 0.95,
-    max_steps: int = 300,
-    lr: float = 1e-3,
-    check_every: int = 10,
-) -> tuple[int, float]:
-    """The study's first sanity check: can the model drive one fixed batch to mIoU >= `target`?
-
-    No augmentation, no oversampling. Returns (steps taken, the batch's mIoU in eval mode at the end).
-    """
-    configure_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    prepared = prepare_data(cfg.data)
-    rng = np.random.default_rng(cfg.seed)
-    chosen = rng.choice(prepared.split.train, size=min(batch_size, len(prepared.split.train)), replace=False)
-    images, masks = prepared.data.images[chosen], prepared.data.masks[chosen]
-    x = images_to_tensor(images, cfg.data.in_channels).to(device)
-    y = torch.from_numpy(masks).long().to(device)
-    model = build_network(cfg).to(device)  # one network, as each member trains
-    loss_fn = build_loss(cfg.loss, masks).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    miou, step = 0.0, 0
-    precision = resolve_precision(cfg.precision, device)
-    bar = tqdm(range(1, max_steps + 1), desc="overfit one batch", leave=False, disable=None)
-    for step in bar:
-        model.train()
-        loss = training_step(model, x, y, loss_fn, optimizer, device=device, precision=precision)
-        if step % check_every == 0 or step == max_steps:
-            settings = InferenceSettings(in_channels=cfg.data.in_channels, precision=precision)
-            miou = evaluate(model, images, masks, settings, device=device).miou
-            bar.set_postfix(loss=f"{loss.item():.4f}", miou=f"{miou:.3f}")
-            if miou >= target:
-                break
-    return step, miou
 
 
 # ---------------------------------------------------------------- the training state in last.pt

@@ -47,7 +47,7 @@ def _optuna():
     return optuna
 
 
-def search_space(models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict[str, tuple[str, str, tuple]]:
+def search_space(models=DEFAULT_MODELS, *, widths=DEFAULT_WIDTHS) -> dict[str, tuple[str, str, tuple]]:
     """The search space, one place for it: parameter name -> (config field, kind, range).
 
     Kinds: "float" with (low, high, log), "int" with (low, high), "categorical" with the choices. The Dice
@@ -85,24 +85,24 @@ def _inside(kind: str, spec: tuple, value) -> bool:
     return value in spec if kind == "categorical" else spec[0] <= value <= spec[1]
 
 
-def suggest_config(trial, base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> Config:
+def suggest_config(trial, base: Config, *, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> Config:
     """The base config with every parameter of the search space drawn by `trial`."""
     cfg = copy.deepcopy(base)
-    for name, (dotted, kind, spec) in search_space(models, widths).items():
+    for name, (dotted, kind, spec) in search_space(models, widths=widths).items():
         set_field(cfg, dotted, _suggest(trial, name, kind, spec))
     if cfg.model.name != base.model.name:
         cfg.model.options = {}  # the base's options belong to the base's model
     return cfg
 
 
-def base_params(base: Config, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict | None:
+def base_params(base: Config, *, models=DEFAULT_MODELS, widths=DEFAULT_WIDTHS) -> dict | None:
     """`base` as a point of the search space, or None when it lies outside the space.
 
     A new study starts with this point as its first trial, so the study measures the recipe it starts from
     under the same budget and can only report a best that is at least as good on validation.
     """
     params = {}
-    for name, (dotted, kind, spec) in search_space(models, widths).items():
+    for name, (dotted, kind, spec) in search_space(models, widths=widths).items():
         params[name] = get_field(base, dotted)
         if not _inside(kind, spec, params[name]):
             return None
@@ -155,7 +155,7 @@ def check_same_choices(study, models, widths) -> None:
                 )
 
 
-def open_study(out_dir: Path, storage: str | None, name: str, seed: int, heartbeat: int = 60):
+def open_study(out_dir: Path, storage: str | None, name: str, seed: int, *, heartbeat: int = 60):
     """Create or load the study; trials of dead workers (no heartbeat for 2 intervals) are marked failed."""
     optuna = _optuna()
     url = storage or f"sqlite:///{out_dir / 'study.db'}"
@@ -280,6 +280,7 @@ def tune(
     base: Config,
     out_dir: str | os.PathLike,
     n_trials: int,
+    *,
     storage: str | None = None,
     name: str = "marsseg",
     timeout: float | None = None,
@@ -292,11 +293,11 @@ def tune(
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_data(base.data)  # one split for every trial
     with _claim_lock(out_dir):  # two workers creating one SQLite schema at once collide
-        study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat)
+        study, rdb = open_study(out_dir, storage, name, base.seed, heartbeat=heartbeat)
         check_same_choices(study, models, widths)
         check_same_split_for_study(study, prepared.split)
         check_same_kept_epoch_for_study(study, base.optim.keep)
-        start_point = base_params(base, models, widths)
+        start_point = base_params(base, models=models, widths=widths)
         if start_point is not None and not study.get_trials(deepcopy=False):
             study.enqueue_trial(start_point)
     start = time.monotonic()

@@ -53,7 +53,7 @@ def test_same_seed_same_augmentations():
 
 def test_dataset_serves_float_images_and_long_masks_with_three_channels():
     image, mask = pattern()
-    dataset = SegmentationDataset(image[None], mask[None], np.array([0, 0]), None, in_channels=3)
+    dataset = SegmentationDataset(image[None], mask[None], np.array([0, 0]), pipeline=None, in_channels=3)
     x, y = dataset[1]
     assert x.shape == (3, 64, 128) and x.dtype == torch.float32 and torch.equal(x[0], x[2])
     assert y.dtype == torch.long and y.shape == (64, 128) and int(y.max()) == 4

@@ -70,7 +70,7 @@ def test_a_split_of_merged_data_keeps_frames_and_duplicates_on_one_side(tmp_path
     assert data.source_names == ("course", "more") and data.subset(np.array([0, 99])).sources.tolist() == [0, 1]
     groups = group_ids(data)
     assert groups[0] == groups[99]  # a duplicate across sources is one group
-    split = split_data(data, 0.2, 0.2, seed=0)
+    split = split_data(data, val_fraction=0.2, test_fraction=0.2, seed=0)
     side = np.zeros(len(data), int)
     side[split.val], side[split.test] = 1, 2
     for group in np.unique(groups):

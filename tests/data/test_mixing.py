@@ -37,7 +37,9 @@ def test_paste_adds_the_rock_pixels_and_labels_together_and_nothing_else():
     assert np.array_equal(pasted_mask[pasted_mask != 4], target_mask[pasted_mask != 4])
     rows, cols = np.nonzero(pasted_mask == 4)
     assert np.ptp(rows) == 2 and np.ptp(cols) == 4  # one block, not scattered
-    doubled = paste_components(target_image, target_mask, components, np.random.default_rng(1), 1, (2, 2))[1]
+    doubled = paste_components(target_image, target_mask, components, np.random.default_rng(1), 1, scale_range=(2, 2))[
+        1
+    ]
     assert (doubled == 4).sum() == 60  # scaled 2x on each side
     assert paste_components(target_image, target_mask, [], rng, 3)[1].tolist() == target_mask.tolist()
 

@@ -16,19 +16,19 @@ def synthetic_set(n=300, seed=0, frame_ids=None):
 
 def test_parts_are_disjoint_cover_everything_and_repeat_with_seed():
     data = synthetic_set()
-    split = split_data(data, 0.1, 0.1, seed=1)
+    split = split_data(data, val_fraction=0.1, test_fraction=0.1, seed=1)
     parts = [set(split.train.tolist()), set(split.val.tolist()), set(split.test.tolist())]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert set.union(*parts) == set(range(len(data)))
     assert 20 <= len(split.val) <= 40 and 20 <= len(split.test) <= 40
-    again = split_data(data, 0.1, 0.1, seed=1)
+    again = split_data(data, val_fraction=0.1, test_fraction=0.1, seed=1)
     assert np.array_equal(again.val, split.val) and np.array_equal(again.test, split.test)
-    assert not np.array_equal(split_data(data, 0.1, 0.1, seed=2).val, split.val)
+    assert not np.array_equal(split_data(data, val_fraction=0.1, test_fraction=0.1, seed=2).val, split.val)
 
 
 def test_stratified_big_rock_lands_in_every_part():
     data = synthetic_set()
-    split = split_data(data, 0.1, 0.1, seed=0)
+    split = split_data(data, val_fraction=0.1, test_fraction=0.1, seed=0)
     rare = (data.masks == 4).any(axis=(1, 2))
     counts = [int(rare[getattr(split, p)].sum()) for p in ("train", "val", "test")]
     assert counts[1] >= 2 and counts[2] >= 2 and sum(counts) == 30 and counts[0] >= 20
@@ -46,7 +46,7 @@ def test_duplicates_near_duplicates_and_frames_never_straddle():
     assert groups[201] == groups[50] and groups[202] == groups[60] and groups[203] == groups[70]
     assert len(np.unique(groups)) >= 140  # nothing else merged: 150 frames less the 4 copies
     for seed in range(5):
-        split = split_data(data, 0.2, 0.2, seed=seed)
+        split = split_data(data, val_fraction=0.2, test_fraction=0.2, seed=seed)
         part = np.empty(len(data), dtype=object)
         for name in ("train", "val", "test"):
             part[getattr(split, name)] = name
@@ -55,7 +55,7 @@ def test_duplicates_near_duplicates_and_frames_never_straddle():
 
 
 def test_split_saves_and_loads(tmp_path):
-    split = split_data(synthetic_set(), 0.1, 0.1, seed=0)
+    split = split_data(synthetic_set(), val_fraction=0.1, test_fraction=0.1, seed=0)
     split.save(tmp_path / "split.json")
     loaded = Split.load(tmp_path / "split.json")
     assert all(np.array_equal(getattr(loaded, p), getattr(split, p)) for p in ("train", "val", "test"))
@@ -140,12 +140,12 @@ def test_no_frame_of_mars64_straddles_the_default_split_or_a_fold(real_npz):
     tops = np.flatnonzero(below >= 0)
     seam_groups = group_ids(data, seams_only=True)
     assert (seam_groups[tops] != seam_groups[below[tops]]).sum() >= 150  # measured 210: seam_pairs alone split them
-    split = split_data(data, 0.1, 0.1, seed=0)
+    split = split_data(data, val_fraction=0.1, test_fraction=0.1, seed=0)
     part = np.zeros(len(data), dtype=np.int64)
     part[split.val], part[split.test] = 1, 2
     assert (part[tops] == part[below[tops]]).all()
     fold_of = np.zeros(len(data), dtype=np.int64)
-    for k, fold in enumerate(kfold_splits(data, 3, 0.1, seed=0)):
+    for k, fold in enumerate(kfold_splits(data, 3, val_fraction=0.1, seed=0)):
         fold_of[fold.test] = k
     assert (fold_of[tops] == fold_of[below[tops]]).all()
 
@@ -173,6 +173,9 @@ def test_kfold_test_parts_cover_every_sample_once_and_keep_frames_whole():
 def test_kfold_uses_the_same_dealing_as_the_single_split():
     data = synthetic_set()
     # the single split's local test part is the first tenth of the line, as a 10-fold split's first fold
-    assert np.array_equal(split_data(data, 0.1, 0.1, seed=4).test, kfold_splits(data, 10, 0.1, seed=4)[0].test)
+    assert np.array_equal(
+        split_data(data, val_fraction=0.1, test_fraction=0.1, seed=4).test,
+        kfold_splits(data, 10, val_fraction=0.1, seed=4)[0].test,
+    )
     with pytest.raises(ValueError):
         kfold_splits(data, 1)

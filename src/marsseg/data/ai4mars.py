@@ -111,7 +111,7 @@ def frame_crops(frame: np.ndarray, path: Path, frame_size: int) -> np.ndarray:
 
 
 def import_ai4mars(
-    directory: str | os.PathLike, frame_size: int = 128, require_labels: bool = False, progress: bool = False
+    directory: str | os.PathLike, *, frame_size: int = 128, require_labels: bool = False, progress: bool = False
 ) -> ImportResult:
     """Read every frame under `directory` into the course layout (see the module docstring). Nothing is written.
 

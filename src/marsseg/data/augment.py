@@ -17,7 +17,7 @@ from marsseg.data.split import RARE_CLASS  # noqa: E402
 BORDER = cv2.BORDER_REFLECT_101
 
 
-def build_augmentation(cfg: AugmentConfig, seed: int = 0) -> A.Compose | None:
+def build_augmentation(cfg: AugmentConfig, *, seed: int = 0) -> A.Compose | None:
     """The training-time pipeline for uint8 (H, W) images and masks; None when every transform is off.
 
     Albumentations draws from the Compose's own generator, seeded here (global seeds do not reach it).
@@ -79,7 +79,7 @@ def augment_pair(pipeline: A.Compose | None, image: np.ndarray, mask: np.ndarray
 
 
 def crop_around_class(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, min_scale: float, label: int = RARE_CLASS
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, min_scale: float, *, label: int = RARE_CLASS
 ) -> tuple[np.ndarray, np.ndarray]:
     """A zoom on `label`: a crop centred on one of its pixels, resized back to the input's size.
 

@@ -91,7 +91,7 @@ def matches_template(images: np.ndarray, template: Template, rules: CleaningRule
     return close.mean(axis=1) >= rules.min_match_fraction
 
 
-def find_contaminated(data: MarsData, rules: CleaningRules | None = None) -> CleaningReport:
+def find_contaminated(data: MarsData, *, rules: CleaningRules | None = None) -> CleaningReport:
     """Detect contaminated training samples; nothing is removed from `data` itself."""
     rules = rules or CleaningRules()
     removed: dict[int, str] = {}

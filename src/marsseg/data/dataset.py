@@ -18,7 +18,7 @@ def scale_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - PIXEL_CENTER) / PIXEL_SCALE
 
 
-def images_to_tensor(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
+def images_to_tensor(images: np.ndarray, *, in_channels: int = 1) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, C, H, W) float32, the gray channel replicated when C is 3."""
     tensor = scale_pixels(torch.from_numpy(np.ascontiguousarray(images)).float())
     return tensor.unsqueeze(1).expand(-1, in_channels, -1, -1).contiguous()
@@ -41,6 +41,7 @@ class SegmentationDataset(Dataset):
         images: np.ndarray,
         masks: np.ndarray,
         indices: np.ndarray,
+        *,
         pipeline=None,
         in_channels: int = 1,
         rare_crop: float = 0.0,
@@ -90,7 +91,9 @@ class SegmentationDataset(Dataset):
             other = self.indices[self.rng.integers(len(self.indices))]
             image, mask = cutmix(image, mask, self.images[other], self.masks[other], self.rng)
         image, mask = augment_pair(self.pipeline, image, mask)
-        return images_to_tensor(image[None], self.in_channels)[0], torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return images_to_tensor(image[None], in_channels=self.in_channels)[0], torch.from_numpy(
+            np.ascontiguousarray(mask)
+        ).long()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -106,6 +109,7 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     seed: int,
+    *,
     num_workers: int = 0,
     sampler=None,
     drop_last: bool = False,

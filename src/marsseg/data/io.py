@@ -76,7 +76,7 @@ def _check_uint8(path: str, field: str, array: np.ndarray) -> None:
         raise DataError(f"{path}: field '{field}': found dtype {array.dtype}{extra}, expected uint8")
 
 
-def validate_arrays(path: str, arrays: dict[str, np.ndarray], require_test: bool = False) -> MarsData:
+def validate_arrays(path: str, arrays: dict[str, np.ndarray], *, require_test: bool = False) -> MarsData:
     """Check arrays against the course layout and return them as `MarsData`.
 
     Raises:
@@ -148,7 +148,7 @@ def _validate_sources(path: str, arrays: dict[str, np.ndarray], samples: int) ->
     return sources.astype(np.int64), tuple(str(name) for name in names)
 
 
-def load_npz(path: str | os.PathLike, require_test: bool = False) -> MarsData:
+def load_npz(path: str | os.PathLike, *, require_test: bool = False) -> MarsData:
     """Read and validate a data file in the course layout.
 
     Raises:

@@ -25,7 +25,7 @@ class Component:
 
 
 def class_components(
-    images: np.ndarray, masks: np.ndarray, indices: np.ndarray, label: int = RARE_CLASS, min_pixels: int = 4
+    images: np.ndarray, masks: np.ndarray, indices: np.ndarray, *, label: int = RARE_CLASS, min_pixels: int = 4
 ) -> list[Component]:
     """Every 8-connected region of `label` with at least `min_pixels` pixels in the crops `indices`."""
     components = []
@@ -49,6 +49,7 @@ def paste_components(
     components: list[Component],
     rng: np.random.Generator,
     count: int,
+    *,
     scale_range: tuple[float, float] = (0.75, 1.25),
     label: int = RARE_CLASS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def paste_components(
     return image, mask
 
 
-def cutmix_box(height: int, width: int, rng: np.random.Generator, max_area: float = 0.5) -> tuple[slice, slice]:
+def cutmix_box(height: int, width: int, rng: np.random.Generator, *, max_area: float = 0.5) -> tuple[slice, slice]:
     """A random rectangle of the crop's aspect ratio covering 10 % .. `max_area` of it."""
     area = rng.uniform(0.1, max_area)
     box_height, box_width = max(1, round(height * np.sqrt(area))), max(1, round(width * np.sqrt(area)))

@@ -25,7 +25,7 @@ class PreparedData:
     fingerprint: str  # of the raw training_set, so a run can refuse a different file later
 
 
-def load_data(path: str, require_test: bool = False) -> MarsData:
+def load_data(path: str, *, require_test: bool = False) -> MarsData:
     """The file at `path`, or the embedded synthetic data set when `path` is empty."""
     if path == SYNTHETIC:
         from marsseg.data.synth import make_synthetic
@@ -41,7 +41,9 @@ def fingerprint(data: MarsData) -> str:
     return digest.hexdigest()
 
 
-def prepare_data(cfg: DataConfig, split: Split | None = None, expected_fingerprint: str | None = None) -> PreparedData:
+def prepare_data(
+    cfg: DataConfig, *, split: Split | None = None, expected_fingerprint: str | None = None
+) -> PreparedData:
     """Load `cfg.path`, remove contaminated samples, and split (or reuse `split`, e.g. a saved run's).
 
     With `expected_fingerprint` (a run's, from `recorded_fingerprint`), other data is refused: a resumed or scored
@@ -59,7 +61,7 @@ def prepare_data(cfg: DataConfig, split: Split | None = None, expected_fingerpri
     report = find_contaminated(raw)
     data = remove_contaminated(raw, report)
     if split is None:
-        split = split_data(data, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        split = split_data(data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
         if len(split.val) == 0 or not data.masks[split.val].any():
             raise DataError(
                 f"{raw.path}: field 'training_set': found {len(data)} usable samples, too few for a "

@@ -8,12 +8,14 @@ import torch
 from marsseg.data.split import RARE_CLASS
 
 
-def contains_class(masks: np.ndarray, label: int = RARE_CLASS) -> np.ndarray:
+def contains_class(masks: np.ndarray, *, label: int = RARE_CLASS) -> np.ndarray:
     """(N,) bool: which masks contain `label` anywhere."""
     return (masks == label).reshape(len(masks), -1).any(axis=1)
 
 
-def oversample_rare_class(indices: np.ndarray, masks: np.ndarray, factor: int, label: int = RARE_CLASS) -> np.ndarray:
+def oversample_rare_class(
+    indices: np.ndarray, masks: np.ndarray, factor: int, *, label: int = RARE_CLASS
+) -> np.ndarray:
     """`indices` with every sample whose mask contains `label` repeated `factor` times in all.
 
     Args:
@@ -23,12 +25,12 @@ def oversample_rare_class(indices: np.ndarray, masks: np.ndarray, factor: int, l
     """
     if factor < 1:
         raise ValueError(f"oversample factor must be >= 1, got {factor}")
-    rare = indices[contains_class(masks[indices], label)]
+    rare = indices[contains_class(masks[indices], label=label)]
     return np.concatenate([indices] + [rare] * (factor - 1))
 
 
 def rare_class_sampler(
-    indices: np.ndarray, masks: np.ndarray, factor: float, seed: int, label: int = RARE_CLASS
+    indices: np.ndarray, masks: np.ndarray, factor: float, seed: int, *, label: int = RARE_CLASS
 ) -> torch.utils.data.WeightedRandomSampler:
     """The alternative to repetition: draw samples with big-rock images `factor` times as likely.
 
@@ -36,7 +38,7 @@ def rare_class_sampler(
     """
     if factor <= 0:
         raise ValueError(f"sampler factor must be > 0, got {factor}")
-    weights = np.where(contains_class(masks[indices], label), float(factor), 1.0)
+    weights = np.where(contains_class(masks[indices], label=label), float(factor), 1.0)
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(weights, dtype=torch.double),
@@ -53,6 +55,7 @@ def curriculum_indices(
     epoch: int,
     curriculum_epochs: int,
     seed: int | list[int],
+    *,
     label: int = RARE_CLASS,
 ) -> np.ndarray:
     """One epoch's training indices under a curriculum that starts balanced.
@@ -70,8 +73,8 @@ def curriculum_indices(
         curriculum_epochs: epochs until the final share is reached; 0 switches the curriculum off.
         seed: draws the epoch's images (the same seed gives the same indices); anything np.random.default_rng takes.
     """
-    final = oversample_rare_class(indices, masks, factor, label)
-    rare_mask = contains_class(masks[indices], label)
+    final = oversample_rare_class(indices, masks, factor, label=label)
+    rare_mask = contains_class(masks[indices], label=label)
     rare, common = indices[rare_mask], indices[~rare_mask]
     if epoch >= curriculum_epochs or len(rare) == 0 or len(common) == 0:
         return final

@@ -47,7 +47,7 @@ class Split:
         return cls(*(np.array(parts[name], dtype=np.int64) for name in ("train", "val", "test")))
 
 
-def near_duplicate_pairs(images: np.ndarray, max_rms: float = 1.0, chunk: int = 2048) -> list[tuple[int, int]]:
+def near_duplicate_pairs(images: np.ndarray, *, max_rms: float = 1.0, chunk: int = 2048) -> list[tuple[int, int]]:
     """Pairs of images whose 8x8 block means differ by less than `max_rms` gray levels (root mean square).
 
     Block means average away re-encoding and sensor noise (noise of std s leaves about s / 8), so a noisy or
@@ -69,7 +69,7 @@ def near_duplicate_pairs(images: np.ndarray, max_rms: float = 1.0, chunk: int = 
     return pairs
 
 
-def seam_pairs(images: np.ndarray, max_ratio: float = 0.9) -> list[tuple[int, int]]:
+def seam_pairs(images: np.ndarray, *, max_ratio: float = 0.9) -> list[tuple[int, int]]:
     """Pairs (top, bottom) that look like the two halves of one camera frame.
 
     The course crops are the top and bottom halves of frames, shuffled, without frame ids. The last row of a
@@ -162,7 +162,7 @@ def frame_units(below: np.ndarray) -> list[list[int]]:
     return [[i, int(below[i])] if below[i] >= 0 else [i] for i in range(len(below)) if i not in bottoms]
 
 
-def _union_find_roots(count: int, pairs: list[tuple[int, int]], keyings: list[list] = ()) -> np.ndarray:
+def _union_find_roots(count: int, pairs: list[tuple[int, int]], *, keyings: list[list] = ()) -> np.ndarray:
     """(count,) one root index per sample: samples joined by a pair, or by an equal key in any keying, share it."""
     parent = list(range(count))
 
@@ -184,7 +184,7 @@ def _union_find_roots(count: int, pairs: list[tuple[int, int]], keyings: list[li
     return np.array([find(i) for i in range(count)], dtype=np.int64)
 
 
-def inferred_frame_pairs(images: np.ndarray, seams_only: bool = False) -> list[tuple[int, int]]:
+def inferred_frame_pairs(images: np.ndarray, *, seams_only: bool = False) -> list[tuple[int, int]]:
     """Pairs of crops that look like the two halves of one camera frame: the pairs of both seam matchers,
     `seam_pairs` and `frame_halves` (or seam_pairs alone with `seams_only`)."""
     pairs = seam_pairs(images)
@@ -201,7 +201,7 @@ def inferred_frame_ids(images: np.ndarray) -> np.ndarray:
     return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
-def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
+def group_ids(data: MarsData, *, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
     """(N,) group id: samples that share an exact image, a near-duplicate key or a frame share a group.
 
     Frames come from the file's `frame_id` where it has one, else (with `infer_frames`) from inferred_frame_pairs,
@@ -215,11 +215,13 @@ def group_ids(data: MarsData, infer_frames: bool = True, seams_only: bool = Fals
         keyings.append(data.frame_ids.tolist())
     linked = near_duplicate_pairs(data.images)
     if data.frame_ids is None and infer_frames:
-        linked += inferred_frame_pairs(data.images, seams_only)
-    return _union_find_roots(len(data), linked, keyings)
+        linked += inferred_frame_pairs(data.images, seams_only=seams_only)
+    return _union_find_roots(len(data), linked, keyings=keyings)
 
 
-def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True, seams_only: bool = False) -> np.ndarray:
+def group_positions(
+    data: MarsData, *, seed: int = 0, infer_frames: bool = True, seams_only: bool = False
+) -> np.ndarray:
     """(N,) each sample's place in 0..1 when whole groups are dealt out, stratified on whether a group has big rock.
 
     Within each stratum (groups with big rock, groups without) the groups are shuffled and laid end to end by
@@ -227,7 +229,7 @@ def group_positions(data: MarsData, seed: int = 0, infer_frames: bool = True, se
     part its share of the big-rock images, as closely as whole groups allow, and never splits a group.
     """
     rng = np.random.default_rng(seed)
-    groups = group_ids(data, infer_frames, seams_only)
+    groups = group_ids(data, infer_frames=infer_frames, seams_only=seams_only)
     has_rare = (data.masks == RARE_CLASS).any(axis=(1, 2))
     members: dict[int, list[int]] = {}
     for index, group in enumerate(groups.tolist()):
@@ -252,7 +254,7 @@ def _split_at(is_test: np.ndarray, is_val: np.ndarray) -> Split:
 
 
 def split_data(
-    data: MarsData, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
+    data: MarsData, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, infer_frames: bool = True
 ) -> Split:
     """Split whole groups into train / val / test, stratified on whether a group contains big rock
     (group_positions): the local test part is the first `test_fraction` of the line, validation the next."""
@@ -260,13 +262,14 @@ def split_data(
         raise ValueError(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum to less than 1"
         )
-    positions = group_positions(data, seed, infer_frames)
+    positions = group_positions(data, seed=seed, infer_frames=infer_frames)
     return _split_at(positions < test_fraction, positions < test_fraction + val_fraction)
 
 
 def kfold_splits(
     data: MarsData,
     folds: int,
+    *,
     val_fraction: float = 0.1,
     seed: int = 0,
     infer_frames: bool = True,
@@ -280,7 +283,7 @@ def kfold_splits(
     """
     if folds < 2 or not 0 < val_fraction < 1 - 1 / folds:
         raise ValueError(f"need folds >= 2 and 0 < val_fraction < 1 - 1/folds, got {folds} and {val_fraction}")
-    positions = group_positions(data, seed, infer_frames, seams_only)
+    positions = group_positions(data, seed=seed, infer_frames=infer_frames, seams_only=seams_only)
     splits = []
     for fold in range(folds):
         start, end = fold / folds, (fold + 1) / folds

@@ -157,7 +157,7 @@ def _render(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarra
     return images, masks
 
 
-def planted_indices(n_train: int, seed: int = 0, contamination: float = 0.04) -> np.ndarray:
+def planted_indices(n_train: int, *, seed: int = 0, contamination: float = 0.04) -> np.ndarray:
     """Sorted training indices that `make_synthetic` plants with the sprite and the bogus mask."""
     if not 0 <= contamination < 1:
         raise ValueError(f"contamination must be in [0, 1), got {contamination}")
@@ -167,6 +167,7 @@ def planted_indices(n_train: int, seed: int = 0, contamination: float = 0.04) ->
 
 def make_synthetic(
     n_train: int = 2615,
+    *,
     n_test: int = 1000,
     seed: int = 0,
     contamination: float = 0.04,
@@ -187,7 +188,7 @@ def make_synthetic(
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train} and {n_test}")
-    planted = planted_indices(n_train, seed, contamination)
+    planted = planted_indices(n_train, seed=seed, contamination=contamination)
     train_images, train_masks = _render(np.random.default_rng([seed, 0]), n_train)
     test_images, _ = _render(np.random.default_rng([seed, 1]), n_test)
 

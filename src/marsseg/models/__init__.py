@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-def create_model(name: str, in_channels: int = 1, num_classes: int = 5, **kwargs) -> nn.Module:
+def create_model(name: str, *, in_channels: int = 1, num_classes: int = 5, **kwargs) -> nn.Module:
     """Build the model called `name` (a key of `MODELS`) with the given constructor arguments.
 
     Raises:
@@ -66,10 +66,16 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 5, **kwargs
 
 def build_network(cfg) -> nn.Module:
     """One network of a config's model section (cfg: a marsseg.config.Config): what trains, what last.pt holds."""
-    return create_model(cfg.model.name, cfg.data.in_channels, NUM_CLASSES, width=cfg.model.width, **cfg.model.options)
+    return create_model(
+        cfg.model.name,
+        in_channels=cfg.data.in_channels,
+        num_classes=NUM_CLASSES,
+        width=cfg.model.width,
+        **cfg.model.options,
+    )
 
 
-def build_model(cfg, weights: dict | None = None) -> nn.Module:
+def build_model(cfg, *, weights: dict | None = None) -> nn.Module:
     """The shape of a run's model (best.pt): one network, or with optim.keep "best_and_last" the soft vote (Ensemble)
     of two, its best epoch on validation and its last; with model.members > 1, an Ensemble of that many such members,
     which train one at a time (engine.fit). Given best.pt's `weights`, a vote whose best epoch was its last holds
@@ -91,7 +97,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def gflops_per_image(model: nn.Module, in_channels: int = 1, height: int = 64, width: int = 128) -> float:
+def gflops_per_image(model: nn.Module, *, in_channels: int = 1, height: int = 64, width: int = 128) -> float:
     """GFLOP of one eval-mode forward pass on one image (a multiply-add counts as 2 FLOP).
 
     Counts matmuls and convolutions only (what FlopCounterMode counts), not norms, activations or resizes.

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> None:
+def check_integer(name: str, value, minimum: int, *, maximum: int | None = None) -> None:
     """Raise a ValueError naming the argument unless `value` is an integer (not a bool) in minimum..maximum."""
     is_integer = isinstance(value, int) and not isinstance(value, bool)
     if not is_integer or value < minimum or (maximum is not None and value > maximum):
@@ -13,7 +13,7 @@ def check_integer(name: str, value, minimum: int, maximum: int | None = None) ->
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
 
 
-def check_model_args(in_channels: int, num_classes: int, width: int, dropout: float = 0.0) -> None:
+def check_model_args(in_channels: int, num_classes: int, width: int, *, dropout: float = 0.0) -> None:
     """Raise a ValueError naming the argument when a constructor argument every model shares is bad."""
     for name, value, minimum in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2), ("width", width, 1)):
         check_integer(name, value, minimum)
@@ -29,7 +29,7 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
 class ConvBNReLU(nn.Sequential):
     """Conv (no bias: batch norm supplies it) -> BatchNorm -> ReLU; padding keeps H, W (divided by stride)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, *, kernel_size: int = 3, stride: int = 1, dilation: int = 1):
         padding = dilation * (kernel_size // 2)
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation=dilation, bias=False),
@@ -55,7 +55,7 @@ def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convs plus a shortcut; `stride=2` halves H and W."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1):
         super().__init__()
         self.conv1 = ConvBNReLU(in_ch, out_ch, stride=stride)
         self.conv2 = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch))
@@ -68,7 +68,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """ResNet bottleneck: 1x1 squeeze to out_ch/4, 3x3 (strided or dilated), 1x1 expand, plus a shortcut."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1, dilation: int = 1):
         super().__init__()
         mid = max(1, out_ch // 4)
         self.body = nn.Sequential(

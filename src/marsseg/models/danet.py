@@ -53,9 +53,9 @@ class DANet(nn.Module):
         dropout: channel dropout on the fused attention features (0.1 as in the paper).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 32, dropout: float = 0.1):
+    def __init__(self, in_channels: int = 1, *, num_classes: int = 5, width: int = 32, dropout: float = 0.1):
         super().__init__()
-        check_model_args(in_channels, num_classes, width, dropout)
+        check_model_args(in_channels, num_classes, width, dropout=dropout)
         self.input_multiple = 8  # three strided stages
         self.stem = ConvBNReLU(in_channels, width)
         self.stages = nn.ModuleList(

@@ -43,6 +43,7 @@ class DeepLabV3(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
+        *,
         num_classes: int = 5,
         width: int = 32,
         output_stride: int = 8,
@@ -50,7 +51,7 @@ class DeepLabV3(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        check_model_args(in_channels, num_classes, width, dropout)
+        check_model_args(in_channels, num_classes, width, dropout=dropout)
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
         if not atrous_rates or any(not isinstance(r, int) or r < 1 for r in atrous_rates):

@@ -24,6 +24,7 @@ class DualUNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
+        *,
         num_classes: int = 5,
         width: int = 32,
         stem_stride: int = 1,
@@ -38,8 +39,8 @@ class DualUNet(nn.Module):
         self.refine_input = refine_input
         self.deep_supervision = deep_supervision
         options = dict(width=width, stem_stride=stem_stride, residual=residual, dropout=dropout)
-        self.first = UNet(in_channels, num_classes, **options)
-        self.second = UNet(in_channels + num_classes, num_classes, **options)
+        self.first = UNet(in_channels, num_classes=num_classes, **options)
+        self.second = UNet(in_channels + num_classes, num_classes=num_classes, **options)
         self.input_multiple = self.first.input_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
+        *,
         num_classes: int = 5,
         width: int = 32,
         stem_stride: int = 1,
@@ -46,10 +47,10 @@ class UNet(nn.Module):
         full_res: int = 0,
     ):
         super().__init__()
-        check_model_args(in_channels, num_classes, width, dropout)
+        check_model_args(in_channels, num_classes, width, dropout=dropout)
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
-        check_integer("levels", levels, 2, 6)
+        check_integer("levels", levels, 2, maximum=6)
         channels = [width * 2**level for level in range(levels)]
         self.input_multiple = stem_stride * 2 ** (levels - 1)  # H and W must be divisible by this
         block = BasicBlock if residual else DoubleConv
@@ -105,6 +106,7 @@ class ResUNet(UNet):
     def __init__(
         self,
         in_channels: int = 1,
+        *,
         num_classes: int = 5,
         width: int = 32,
         dropout: float = 0.0,
@@ -113,8 +115,8 @@ class ResUNet(UNet):
     ):
         super().__init__(
             in_channels,
-            num_classes,
-            width,
+            num_classes=num_classes,
+            width=width,
             stem_stride=2,
             residual=True,
             dropout=dropout,

@@ -8,7 +8,8 @@ of the 1,437), with the run's own validation part for its keep rule and big-rock
 (data.test_fraction 0: the held-out crops are the test). All rows share one schedule (--epochs).
 
 Each (row, seed) is written when it finishes, so a killed study goes on where it stopped:
-- benchmarks/results/data_scaling.csv: one line per (row, seed) with both scores, per class;
+- benchmarks/results/data_scaling.csv: one line per (row, seed) with both scores, per class, and its wall minutes
+  (training and scoring, whatever else shared the machine);
 - benchmarks/results/data_scaling/ROW_seedS.npz: the per-crop and per-frame confusion matrices, for the paired
   intervals of the report.
 `--report` prints the table (seeds pooled: mIoU, 90 % bootstrap interval over frame groups, per class, the paired
@@ -190,14 +191,13 @@ def report(work: Path, epochs: int) -> None:
     rows = [row for row in ROWS if any(r["row"] == row for r in records)]
     seeds = {row: sorted(int(r["seed"]) for r in records if r["row"] == row) for row in rows}
     frames = {row: next(int(r["labeled_frames"]) for r in records if r["row"] == row) for row in rows}
-    minutes = {row: np.mean([float(r["train_minutes"]) for r in records if r["row"] == row]) for row in rows}
     lines = [
         f"Default recipe, {epochs} epochs, seeds pooled (confusion matrices summed); 90 % bootstrap intervals over "
         "frame groups; difference: paired, against mars64 alone on the seeds both rows have.",
         "",
         "| row | labeled frames | seeds | scored on | mIoU | 90 % | soil | bedrock | sand | big rock "
-        "| vs mars64 (90 %) | minutes a seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs mars64 (90 %) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plotted = {}
     for row in rows:
@@ -220,7 +220,7 @@ def report(work: Path, epochs: int) -> None:
             lines.append(
                 f"| {row} | {frames[row]} | {len(seeds[row])} | {where} | {miou:.3f} | {low:.3f}-{high:.3f} | "
                 + " | ".join(f"{v:.3f}" for v in ious)
-                + f" | {versus} | {minutes[row]:.0f} |"
+                + f" | {versus} |"
             )
     text = "\n".join(lines) + "\n"
     (RESULTS / "data_scaling.md").write_text(text)

@@ -128,8 +128,7 @@ def fit(
     device = process_device(cfg.device, ranks)
     cfg = with_resolved_precision(cfg, device=device)  # config.yaml records what "auto" means here
     if not ensemble:
-        configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
-        seed_everything(cfg.seed)
+        _seed_process(cfg, ranks)
     prepared = run_data(cfg, run_dir, resume, prepared, ranks)
     if ensemble:
         result = _train_members(cfg, run_dir, prepared, device, ranks, resume=resume, on_epoch=on_epoch)
@@ -152,6 +151,12 @@ def fit(
     if ranks.world > 1:
         dist.barrier()  # every rank returns once rank 0 has written its files
     return result
+
+
+def _seed_process(cfg: Config, ranks: Ranks) -> None:
+    """Before a network's data and model are built: this process's share of the CPU threads, and every seed."""
+    configure_threads(cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
+    seed_everything(cfg.seed)
 
 
 def _run_config(cfg: Config, run_dir: str | os.PathLike, resume: bool, ensemble: bool) -> Config:
@@ -510,8 +515,7 @@ def _train_members(
             prepare_run_dir(path, member_resume, True)
         if ranks.world > 1:
             dist.barrier()
-        configure_threads(member_cfg.threads or max(1, (os.cpu_count() or 1) // ranks.world))
-        seed_everything(member_cfg.seed)
+        _seed_process(member_cfg, ranks)
         member_data = run_data(member_cfg, path, member_resume, prepared, ranks)
         numbered = None if on_epoch is None else functools.partial(_numbered, on_epoch, k * cfg.optim.epochs)
         state = _train_network(member_cfg, path, member_data, device, ranks, resume=member_resume, on_epoch=numbered)
